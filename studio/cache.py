@@ -1,0 +1,259 @@
+"""The one model cache every mode shares.
+
+- One resident base `StableDiffusionPipeline` per checkpoint (at most `max_resident_models`, least recently
+  used evicted). Loading returns early when the checkpoint is already resident.
+- Every mode's pipeline is derived from the base with `from_pipe(base, torch_dtype=base.dtype)`: no weight is
+  ever copied. Each derivation gets its own fresh scheduler, so no request mutates shared scheduler state.
+- ControlNet, the HED annotator and a 9-channel inpainting UNet live in their own lazily-loaded slots.
+- One re-entrant lock serialises all GPU work (`with cache.gpu():`).
+- A failed load leaves the previous model resident and serving: the new one is loaded before anything is evicted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from studio import registry
+from studio.registry import Checkpoint
+from studio.schedulers import get_sampler
+from studio.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded. The message names the model, the reason and the fix."""
+
+
+@dataclass
+class Resident:
+    name: str
+    kind: str  # "base", "controlnet", "annotator", "inpaint_unet"
+    source: str
+    param_bytes: int
+
+
+def pick_device(setting: str) -> torch.device:
+    if setting != "auto":
+        return torch.device(setting)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
+    named = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if setting != "auto":
+        return named[setting]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def module_tensors(*owners: Any) -> Iterator[torch.Tensor]:
+    """Every parameter and buffer of the torch modules held by pipelines, modules or annotators."""
+    for owner in owners:
+        modules: list[torch.nn.Module] = []
+        if isinstance(owner, torch.nn.Module):
+            modules.append(owner)
+        elif hasattr(owner, "components"):
+            modules += [m for m in owner.components.values() if isinstance(m, torch.nn.Module)]
+        elif hasattr(owner, "netNetwork"):  # controlnet_aux detectors
+            modules.append(owner.netNetwork)
+        for module in modules:
+            yield from module.parameters()
+            yield from module.buffers()
+
+
+def unique_param_bytes(*owners: Any) -> int:
+    """Bytes of distinct tensor storages across owners: shared weights count once."""
+    seen: dict[int, int] = {}
+    for tensor in module_tensors(*owners):
+        storage = tensor.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
+
+
+def _load_error(what: str, source: str, exc: BaseException) -> ModelLoadError:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ModelLoadError(
+        f"Could not load {what} '{source}': {reason}. Fix: download it once while online "
+        f"(huggingface-cli download {source}) so it is in the Hugging Face cache, point the setting at a local "
+        "folder or .safetensors file, or start with --model tiny to work offline."
+    )
+
+
+class ModelCache:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.device = pick_device(settings.device)
+        self.dtype = pick_dtype(settings.dtype, self.device)
+        self._lock = threading.RLock()
+        self._bases: OrderedDict[str, Any] = OrderedDict()  # checkpoint name -> pipeline
+        self._checkpoints: dict[str, Checkpoint] = {}
+        self._slots: dict[str, Any] = {}  # "controlnet", "annotator", "inpaint_unet"
+        self._slot_sources: dict[str, str] = {}
+        self.current: str = settings.model
+        self.loading: str | None = None
+
+    # ---- locking ------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def gpu(self) -> Iterator[None]:
+        """Serialise GPU work; every scoped change of shared model state happens inside this."""
+        with self._lock:
+            yield
+
+    # ---- base checkpoints -----------------------------------------------------------------------------------
+    def checkpoint(self, ref: str | None = None) -> Checkpoint:
+        ref = ref or self.current
+        if ref == "tiny":
+            from studio import tiny
+
+            tiny.write_all(self.settings.tiny_dir)
+        try:
+            return registry.resolve(ref, self.settings.tiny_dir)
+        except registry.UnknownModelError as exc:
+            raise ModelLoadError(str(exc)) from None
+
+    def base(self, ref: str | None = None) -> Any:
+        """The resident base pipeline of `ref` (default: the current model), loading it if needed."""
+        ckpt = self.checkpoint(ref)
+        with self._lock:
+            if ckpt.name in self._bases:
+                self._bases.move_to_end(ckpt.name)
+                return self._bases[ckpt.name]
+            self.loading = ckpt.label
+            try:
+                pipe = self._load_base(ckpt)  # the previous model stays resident if this raises
+            finally:
+                self.loading = None
+            while len(self._bases) >= self.settings.max_resident_models:
+                evicted, _ = self._bases.popitem(last=False)
+                log.info("Evicting %s", evicted)
+                self._free()
+            self._bases[ckpt.name] = pipe.to(self.device)
+            self._checkpoints[ckpt.name] = ckpt
+            return pipe
+
+    def switch(self, ref: str) -> Checkpoint:
+        """Make `ref` the current model. On failure the previous model stays current and resident."""
+        ckpt = self.checkpoint(ref)
+        self.base(ref)
+        self.current = ckpt.name if ckpt.name in self._bases else ref
+        return ckpt
+
+    def _load_base(self, ckpt: Checkpoint) -> Any:
+        from diffusers import StableDiffusionPipeline
+
+        kwargs: dict[str, Any] = {"torch_dtype": self.dtype}
+        if not self.settings.public_demo:
+            kwargs.update(safety_checker=None, requires_safety_checker=False)
+        log.info("Loading %s from %s", ckpt.label, ckpt.source)
+        try:
+            if ckpt.kind == "file":
+                pipe = StableDiffusionPipeline.from_single_file(ckpt.source, **kwargs)
+            else:
+                pipe = StableDiffusionPipeline.from_pretrained(ckpt.source, **kwargs)
+        except Exception as exc:  # any loader failure becomes one clear message
+            raise _load_error("model", ckpt.source, exc) from exc
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def native_size(self, ref: str | None = None) -> int:
+        pipe = self.base(ref)
+        return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+
+    def model_hash(self, ref: str | None = None) -> str:
+        from studio.hashing import checkpoint_hash
+
+        return checkpoint_hash(self.base(ref), self.checkpoint(ref))
+
+    # ---- derived pipelines ----------------------------------------------------------------------------------
+    def derive(self, pipeline_cls: type, scheduler: str | None = None, ref: str | None = None, **extra: Any) -> Any:
+        """A mode's pipeline sharing every module of the base; `extra` adds modules such as `controlnet`."""
+        base = self.base(ref)
+        if scheduler is not None:
+            extra["scheduler"] = get_sampler(scheduler).build(base.scheduler.config)
+        pipe = pipeline_cls.from_pipe(base, torch_dtype=base.dtype, **extra)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    # ---- companion slots --------------------------------------------------------------------------------------
+    def companion_source(self, slot: str) -> str:
+        configured = {
+            "controlnet": self.settings.controlnet_model,
+            "annotator": self.settings.annotator_model,
+            "inpaint_unet": self.settings.inpaint_model,
+        }[slot]
+        if configured:
+            return str(registry.resolve(configured, self.settings.tiny_dir).source) \
+                if configured == "tiny" else configured
+        defaults = registry.companion_sources(self.checkpoint(), self.settings.tiny_dir)
+        return defaults["inpaint" if slot == "inpaint_unet" else slot]
+
+    def slot(self, name: str) -> Any:
+        """ControlNet, annotator or inpainting UNet: loaded once, on first use, kept until the base changes."""
+        loaders: dict[str, Callable[[str], Any]] = {
+            "controlnet": self._load_controlnet,
+            "annotator": self._load_annotator,
+            "inpaint_unet": self._load_inpaint_unet,
+        }
+        with self._lock:
+            source = self.companion_source(name)
+            if self._slot_sources.get(name) == source:
+                return self._slots[name]
+            self.loading = f"{name} ({source})"
+            try:
+                module = loaders[name](source)
+            except ModelLoadError:
+                raise
+            except Exception as exc:
+                raise _load_error(name, source, exc) from exc
+            finally:
+                self.loading = None
+            self._slots[name], self._slot_sources[name] = module, source
+            return module
+
+    def _load_controlnet(self, source: str) -> Any:
+        from diffusers import ControlNetModel
+
+        return ControlNetModel.from_pretrained(source, torch_dtype=self.dtype).to(self.device)
+
+    def _load_inpaint_unet(self, source: str) -> Any:
+        from diffusers import UNet2DConditionModel
+
+        return UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=self.dtype).to(self.device)
+
+    def _load_annotator(self, source: str) -> Any:
+        from controlnet_aux import HEDdetector
+
+        detector = HEDdetector.from_pretrained(source, filename=registry.HED_ANNOTATOR_FILE)
+        return detector.to(self.device)
+
+    # ---- introspection ------------------------------------------------------------------------------------
+    def resident(self) -> list[Resident]:
+        with self._lock:
+            rows = [Resident(name, "base", self._checkpoints[name].source, unique_param_bytes(pipe))
+                    for name, pipe in self._bases.items()]
+            rows += [Resident(slot, slot, self._slot_sources[slot], unique_param_bytes(module))
+                     for slot, module in self._slots.items()]
+            return rows
+
+    def resident_bytes(self) -> int:
+        with self._lock:
+            return unique_param_bytes(*self._bases.values(), *self._slots.values())
+
+    def _free(self) -> None:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+

@@ -1,0 +1,73 @@
+"""Prompt hygiene, token counting and prompts longer than CLIP's 77-token window.
+
+CLIP sees 77 tokens: <start>, 75 prompt tokens, <end>. Plain diffusers silently cuts everything after that.
+Atelier does what A1111 does instead: a longer prompt is split into chunks of 75 tokens, each chunk is encoded on
+its own (wrapped in <start>/<end>, padded to 77), and the chunk embeddings are concatenated along the sequence
+axis; the UNet's cross-attention reads all of them. The negative prompt is padded with empty chunks to the same
+length. Prompts within 75 tokens take diffusers' own path untouched, so they stay bit-identical to diffusers.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+
+CHUNK = 75
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u200b-\u200f\u2028-\u202e\ufeff]")
+
+
+def clean_prompt(text: str | None, max_chars: int) -> str:
+    """Remove control and bidi characters (keeping newlines and tabs); refuse absurdly long text."""
+    text = _CONTROL.sub("", text or "").strip()
+    if len(text) > max_chars:
+        raise ValueError(f"The prompt has {len(text)} characters; the limit is {max_chars}. Shorten it.")
+    return text
+
+
+def token_ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False, truncation=False).input_ids)
+
+
+def count_tokens(tokenizer: Any, text: str) -> int:
+    return len(token_ids(tokenizer, text))
+
+
+def describe_count(tokens: int) -> str:
+    """The counter the UI shows beside a prompt, A1111-style: `12/75`, `90/150`."""
+    chunks = max(1, -(-tokens // CHUNK))
+    note = f" — {chunks} chunks, each encoded and concatenated" if chunks > 1 else ""
+    return f"{tokens}/{chunks * CHUNK} tokens{note}"
+
+
+def prompt_kwargs(pipe: Any, prompt: str, negative_prompt: str) -> dict[str, Any]:
+    """Arguments for a diffusers SD pipeline call: plain strings when both fit, chunked embeddings otherwise."""
+    tokenizer = pipe.tokenizer
+    ids = token_ids(tokenizer, prompt)
+    negative_ids = token_ids(tokenizer, negative_prompt)
+    if len(ids) <= CHUNK and len(negative_ids) <= CHUNK:
+        return {"prompt": prompt, "negative_prompt": negative_prompt}
+    chunks = max(_chunks(ids), _chunks(negative_ids))
+    return {
+        "prompt_embeds": _encode_chunks(pipe, ids, chunks),
+        "negative_prompt_embeds": _encode_chunks(pipe, negative_ids, chunks),
+    }
+
+
+def _chunks(ids: list[int]) -> int:
+    return max(1, -(-len(ids) // CHUNK))
+
+
+@torch.no_grad()
+def _encode_chunks(pipe: Any, ids: list[int], chunks: int) -> torch.Tensor:
+    tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    rows = []
+    for index in range(chunks):
+        piece = ids[index * CHUNK : (index + 1) * CHUNK]
+        rows.append([bos, *piece, eos] + [pad] * (CHUNK - len(piece)))
+    batch = torch.tensor(rows, device=encoder.device)
+    hidden = encoder(batch)[0]  # (chunks, 77, dim)
+    return hidden.reshape(1, chunks * (CHUNK + 2), hidden.shape[-1]).to(encoder.dtype)

@@ -1,0 +1,97 @@
+"""Named checkpoints, and how a model reference (name, hub id, folder, file) resolves to a source to load."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]{0,95}/[\w.\-]{1,95}$")
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+
+ANNOTATORS_REPO = "lllyasviel/Annotators"
+HED_ANNOTATOR_FILE = "ControlNetHED.pth"
+HED_CONTROLNET = "lllyasviel/sd-controlnet-hed"
+SD15_INPAINTING = "stable-diffusion-v1-5/stable-diffusion-inpainting"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where a base model comes from. `kind` is "hub", "folder" or "file"."""
+
+    name: str
+    source: str
+    kind: str
+    label: str
+    note: str = ""
+
+    @property
+    def is_local(self) -> bool:
+        return self.kind in ("folder", "file")
+
+
+REGISTRY: dict[str, Checkpoint] = {
+    "dreamlike-photoreal-2.0": Checkpoint(
+        name="dreamlike-photoreal-2.0",
+        source="dreamlike-art/dreamlike-photoreal-2.0",
+        kind="hub",
+        label="Dreamlike Photoreal 2.0 (768 px)",
+        note="SD1.5 fine-tune trained at 768x768; add 'photo' to prompts. Its licence restricts commercial hosting.",
+    ),
+    "sd15": Checkpoint(
+        name="sd15",
+        source="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        kind="hub",
+        label="Stable Diffusion 1.5 (512 px)",
+    ),
+}
+ALIASES = {
+    "dreamlike": "dreamlike-photoreal-2.0",
+    "dreamlike-art/dreamlike-photoreal-2.0": "dreamlike-photoreal-2.0",
+    "sd1.5": "sd15",
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": "sd15",
+}
+
+
+class UnknownModelError(ValueError):
+    pass
+
+
+def resolve(ref: str, tiny_dir: Path) -> Checkpoint:
+    """Turn what an operator typed (flag, env var, settings choice) into a Checkpoint.
+
+    Only operator configuration reaches this function; the UI offers a fixed list of choices built from it,
+    so no string from a browser is ever used as a path.
+    """
+    ref = ref.strip()
+    name = ALIASES.get(ref, ref)
+    if name in REGISTRY:
+        return REGISTRY[name]
+    if name == "tiny":
+        return Checkpoint("tiny", str(tiny_dir / "base"), "folder", "Tiny offline test model (64 px)")
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise UnknownModelError(f"{ref} is a folder but not a diffusers pipeline (no model_index.json).")
+        return Checkpoint(path.name, str(path), "folder", f"{path.name} (local folder)")
+    if path.suffix.lower() in SINGLE_FILE_SUFFIXES:
+        if not path.is_file():
+            raise UnknownModelError(f"Checkpoint file {ref} does not exist.")
+        return Checkpoint(path.stem, str(path), "file", f"{path.stem} (single file)")
+    if HUB_ID.match(ref):
+        return Checkpoint(ref, ref, "hub", ref)
+    raise UnknownModelError(
+        f"Model {ref!r} is not a known name ({', '.join(sorted(REGISTRY))}, tiny), an existing diffusers "
+        "folder, a .safetensors/.ckpt file, or a Hugging Face hub id (owner/name)."
+    )
+
+
+def companion_sources(base: Checkpoint, tiny_dir: Path) -> dict[str, str]:
+    """Default ControlNet, annotator and inpainting sources that fit a base checkpoint's family."""
+    if base.name == "tiny":
+        return {
+            "controlnet": str(tiny_dir / "controlnet"),
+            "annotator": str(tiny_dir / "annotator"),
+            "inpaint": str(tiny_dir / "inpaint"),
+        }
+    return {"controlnet": HED_CONTROLNET, "annotator": ANNOTATORS_REPO, "inpaint": SD15_INPAINTING}

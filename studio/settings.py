@@ -1,0 +1,160 @@
+"""Studio settings: one frozen object, built from `STUDIO_*` environment variables and command-line flags.
+
+Nothing writes to settings at run time; tests build them from a plain dict with `Settings.from_env({...})`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_CACHE = Path(os.path.expanduser("~/.cache/atelier"))
+
+
+class SettingsError(ValueError):
+    """A setting has a value the studio cannot use; the message names the setting and the fix."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Server-side limits, re-checked on every request (API callers skip the sliders)."""
+
+    max_pixels: int = 1024 * 1024
+    max_side: int = 2048
+    max_steps: int = 150
+    max_batch_size: int = 8
+    max_batch_count: int = 16
+    max_upload_mb: int = 25
+    max_prompt_chars: int = 8000
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str = "dreamlike-photoreal-2.0"
+    # Choices offered by the UI's model switcher (registry names, or operator-given folders/files).
+    model_choices: tuple[str, ...] = ("dreamlike-photoreal-2.0", "sd15")
+    inpaint_model: str | None = None  # a 9-channel inpainting checkpoint; None → derive from the base
+    controlnet_model: str | None = None  # None → the registry's HED ControlNet for the base's family
+    annotator_model: str | None = None  # None → lllyasviel/Annotators (or the tiny twin)
+    device: str = "auto"
+    dtype: str = "auto"
+    outputs: Path = Path("outputs")
+    tiny_dir: Path = DEFAULT_CACHE / "tiny"
+    host: str = "127.0.0.1"
+    port: int = 7860
+    queue_size: int = 16
+    max_resident_models: int = 1
+    auth: tuple[str, str] | None = None
+    share: bool = False
+    public_demo: bool = False
+    preload: bool = True
+    limits: Limits = field(default_factory=Limits)
+
+    # ---- construction -------------------------------------------------------------------------------------
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Build settings from `STUDIO_*` variables (a dict in tests), then apply explicit overrides."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        limit_values: dict[str, object] = {}
+        for f in dataclasses.fields(cls):
+            if f.name == "limits":
+                continue
+            raw = env.get(f"STUDIO_{f.name.upper()}")
+            if raw is not None:
+                values[f.name] = _parse(f.name, raw)
+        for f in dataclasses.fields(Limits):
+            raw = env.get(f"STUDIO_{f.name.upper()}")
+            if raw is not None:
+                limit_values[f.name] = _parse_int(f.name, raw)
+        path_fields = {f.name for f in dataclasses.fields(cls) if "Path" in str(f.type)}
+        for key, value in overrides.items():
+            if value is not None:
+                values[key] = Path(str(value)).expanduser() if key in path_fields else value
+        if limit_values:
+            values["limits"] = dataclasses.replace(Limits(), **limit_values)
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.auth is None and (self.share or self.host not in ("127.0.0.1", "localhost", "::1")):
+            raise SettingsError(
+                "Serving beyond this machine (--listen, --host or --share) requires --auth USER:PASSWORD."
+            )
+        if self.max_resident_models < 1:
+            raise SettingsError("STUDIO_MAX_RESIDENT_MODELS must be at least 1.")
+        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
+            raise SettingsError(f"Unknown device {self.device!r}: use auto, cpu, cuda, cuda:N or mps.")
+        if self.dtype not in ("auto", "fp32", "fp16", "bf16"):
+            raise SettingsError(f"Unknown dtype {self.dtype!r}: use auto, fp32, fp16 or bf16.")
+
+
+def _parse(name: str, raw: str) -> object:
+    kind = {f.name: f.type for f in dataclasses.fields(Settings)}[name]
+    if "Path" in str(kind):
+        return Path(raw).expanduser()
+    if kind in ("int", int):
+        return _parse_int(name, raw)
+    if kind in ("bool", bool):
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if "tuple[str, str]" in str(kind):
+        return _parse_auth(raw)
+    if "tuple" in str(kind):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    return raw
+
+
+def _parse_int(name: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"STUDIO_{name.upper()} must be a whole number, got {raw!r}.") from None
+
+
+def _parse_auth(raw: str) -> tuple[str, str]:
+    user, sep, password = raw.partition(":")
+    if not sep or not user or not password:
+        raise SettingsError("Auth must look like USER:PASSWORD.")
+    return user, password
+
+
+def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Flags override environment variables; both are optional."""
+    parser = argparse.ArgumentParser(prog="app.py", description="Atelier — a diffusion design studio.")
+    parser.add_argument("--model", help="registry name (dreamlike-photoreal-2.0, sd15, tiny), hub id, "
+                        "diffusers folder or single .safetensors/.ckpt file")
+    parser.add_argument("--inpaint-model", help="optional 9-channel inpainting checkpoint")
+    parser.add_argument("--controlnet-model", help="HED ControlNet (hub id or folder)")
+    parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--listen", action="store_true", help="bind 0.0.0.0 (requires --auth)")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--outputs", type=Path, help="folder for generated PNGs")
+    parser.add_argument("--device")
+    parser.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"])
+    parser.add_argument("--queue-size", type=int)
+    parser.add_argument("--auth", type=_parse_auth, help="USER:PASSWORD")
+    parser.add_argument("--share", action="store_true", help="Gradio share link (requires --auth)")
+    parser.add_argument("--public-demo", action="store_true", help="safety checker and default negative prompt")
+    parser.add_argument("--no-preload", action="store_true", help="load weights on first request only")
+    args = parser.parse_args(argv)
+    overrides: dict[str, object] = {
+        "model": args.model,
+        "inpaint_model": args.inpaint_model,
+        "controlnet_model": args.controlnet_model,
+        "host": "0.0.0.0" if args.listen else args.host,
+        "port": args.port,
+        "outputs": args.outputs,
+        "device": args.device,
+        "dtype": args.dtype,
+        "queue_size": args.queue_size,
+        "auth": args.auth,
+        "share": args.share or None,
+        "public_demo": args.public_demo or None,
+        "preload": False if args.no_preload else None,
+    }
+    return Settings.from_env(env, **overrides)
