@@ -140,7 +140,9 @@ class ModelCache:
                 evicted, _ = self._bases.popitem(last=False)
                 log.info("Evicting %s", evicted)
                 self._free()
-            self._bases[ckpt.name] = pipe.to(self.device)
+            if self.device.type != "cpu":
+                pipe.to(self.device)
+            self._bases[ckpt.name] = pipe
             self._checkpoints[ckpt.name] = ckpt
             return pipe
 

@@ -71,3 +71,23 @@ def _encode_chunks(pipe: Any, ids: list[int], chunks: int) -> torch.Tensor:
     batch = torch.tensor(rows, device=encoder.device)
     hidden = encoder(batch)[0]  # (chunks, 77, dim)
     return hidden.reshape(1, chunks * (CHUNK + 2), hidden.shape[-1]).to(encoder.dtype)
+
+
+class TokenCounter:
+    """Counts prompt tokens with CLIP's own vocabulary (shared by every SD1.5-family model), without loading
+    any model: the tokenizer is built once from the vocabulary `open_clip_torch` ships."""
+
+    def __init__(self, folder: Any) -> None:
+        self.folder = folder
+        self._tokenizer: Any = None
+
+    def __call__(self, text: str) -> str:
+        if self._tokenizer is None:
+            from transformers import CLIPTokenizer
+
+            from studio.tiny import write_tokenizer
+
+            if not (self.folder / "vocab.json").is_file():
+                write_tokenizer(self.folder)
+            self._tokenizer = CLIPTokenizer.from_pretrained(self.folder)
+        return describe_count(count_tokens(self._tokenizer, text or ""))

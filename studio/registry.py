@@ -86,6 +86,26 @@ def resolve(ref: str, tiny_dir: Path) -> Checkpoint:
     )
 
 
+def native_size(ckpt: Checkpoint) -> int:
+    """Native resolution from the UNet config alone (no weights): sample_size x 8."""
+    import json
+
+    config: str | None = None
+    if ckpt.kind == "folder":
+        config = str(Path(ckpt.source) / "unet" / "config.json")
+    elif ckpt.kind == "hub":
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(ckpt.source, "unet/config.json")
+        config = found if isinstance(found, str) else None
+    if config and Path(config).is_file():
+        return int(json.loads(Path(config).read_text())["sample_size"]) * 8
+    return KNOWN_NATIVE.get(ckpt.name, 512)
+
+
+KNOWN_NATIVE = {"dreamlike-photoreal-2.0": 768, "sd15": 512, "tiny": 64}
+
+
 def companion_sources(base: Checkpoint, tiny_dir: Path) -> dict[str, str]:
     """Default ControlNet, annotator and inpainting sources that fit a base checkpoint's family."""
     if base.name == "tiny":

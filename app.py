@@ -1,0 +1,83 @@
+"""Atelier — a diffusion design studio for fashion. `python app.py --model tiny` runs it offline.
+
+A Hugging Face Space imports `demo` from here. Building the UI loads no weights: the model loads on the first
+request (or in the background right after launch, for a workstation).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+
+import gradio as gr
+
+from studio.cache import ModelCache
+from studio.engine.common import Studio
+from studio.engine.txt2img import txt2img
+from studio.outputs import Outputs
+from studio.prompts import TokenCounter
+from studio.registry import resolve
+from studio.settings import Settings, parse_args
+from studio.ui import txt2img_tab
+from studio.ui.widgets import UIContext
+
+log = logging.getLogger("atelier")
+CSS = ".token-count p {font-size: 0.8em; opacity: 0.7; margin: 0} footer {display: none !important}"
+
+
+def create_studio(settings: Settings) -> Studio:
+    return Studio(cache=ModelCache(settings), outputs=Outputs(settings.outputs))
+
+
+def native_size_hint(settings: Settings) -> int:
+    """The startup model's native size for the form defaults, read from config files only."""
+    from studio.registry import native_size
+
+    return native_size(resolve(settings.model, settings.tiny_dir))
+
+
+def build_demo(studio: Studio) -> gr.Blocks:
+    settings = studio.cache.settings
+    ctx = UIContext(native_size=native_size_hint(settings), limits=settings.limits,
+                    count_tokens=TokenCounter(settings.tiny_dir.parent / "clip-tokenizer"))
+    with gr.Blocks(title="Atelier") as demo:
+        gr.Markdown("## Atelier — diffusion design studio")
+        with gr.Tabs():
+            with gr.Tab("txt2img", id="txt2img"):
+                txt2img_tab.create(ctx, lambda req, job: txt2img(studio, req, job))
+    return demo
+
+
+def launch(demo: gr.Blocks, settings: Settings, **kwargs: object) -> object:
+    demo.queue(max_size=settings.queue_size, default_concurrency_limit=1, api_open=False)
+    return demo.launch(
+        server_name=settings.host, server_port=settings.port, auth=settings.auth, share=settings.share,
+        max_file_size=f"{settings.limits.max_upload_mb}mb", allowed_paths=[str(settings.outputs.resolve())],
+        css=CSS, **kwargs,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = parse_args(argv)
+    studio = create_studio(settings)
+    demo = build_demo(studio)
+    if settings.preload:
+        threading.Thread(target=_preload, args=(studio,), daemon=True).start()
+    launch(demo, settings)
+
+
+def _preload(studio: Studio) -> None:
+    try:
+        studio.cache.base()
+    except Exception as exc:  # the UI keeps serving; the first request reports the problem in words
+        log.error("%s", exc)
+
+
+if os.environ.get("SPACE_ID"):  # on a Hugging Face Space, `demo` is imported and launched by the runtime
+    demo = build_demo(create_studio(Settings.from_env()))
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Widgets and handler plumbing every tab shares. Tabs receive engine callables; they never import the model."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+import torch
+
+from studio.cache import ModelLoadError
+from studio.engine.common import MAX_SEED, Cancelled, Generated, Job, RequestError, Result
+from studio.jobs import JobBoard
+from studio.schedulers import DEFAULT_SAMPLER, SAMPLERS
+from studio.settings import Limits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UIContext:
+    """What tabs need to know to lay out their forms, without touching the model."""
+
+    native_size: int
+    limits: Limits
+    count_tokens: Callable[[str], str]
+    board: JobBoard = field(default_factory=JobBoard)
+
+
+@dataclass
+class PromptBlock:
+    prompt: gr.Textbox
+    prompt_count: gr.Markdown
+    negative_prompt: gr.Textbox
+
+
+@dataclass
+class SamplingBlock:
+    num_inference_steps: gr.Slider
+    guidance_scale: gr.Slider
+    scheduler: gr.Dropdown
+    seed: gr.Number
+
+
+def prompt_block(ctx: UIContext, placeholder: str, negative: str = "") -> PromptBlock:
+    prompt = gr.Textbox(label="Prompt", lines=3, placeholder=placeholder)
+    count = gr.Markdown(ctx.count_tokens(""), elem_classes=["token-count"])
+    negative_prompt = gr.Textbox(label="Negative prompt", lines=2, value=negative)
+    prompt.change(ctx.count_tokens, inputs=prompt, outputs=count, queue=False, api_visibility="private")
+    return PromptBlock(prompt, count, negative_prompt)
+
+
+def sampling_block(ctx: UIContext, steps: int = 25, guidance: float = 7.0) -> SamplingBlock:
+    with gr.Row():
+        num_inference_steps = gr.Slider(1, ctx.limits.max_steps, value=steps, step=1, label="Steps")
+        guidance_scale = gr.Slider(0, 30, value=guidance, step=0.5, label="CFG scale")
+    with gr.Row():
+        scheduler = gr.Dropdown(list(SAMPLERS), value=DEFAULT_SAMPLER, label="Sampler")
+        seed = gr.Number(value=-1, precision=0, minimum=-1, maximum=MAX_SEED, label="Seed (-1 = random)")
+    return SamplingBlock(num_inference_steps, guidance_scale, scheduler, seed)
+
+
+def results_block(label: str = "Results") -> tuple[gr.Gallery, gr.Number, gr.Textbox]:
+    gallery = gr.Gallery(label=label, format="png", type="filepath", columns=2, height="auto",
+                         object_fit="contain")
+    with gr.Row():
+        seed_used = gr.Number(label="Seed used", precision=0, interactive=False)
+    infotext = gr.Textbox(label="Parameters", lines=3, interactive=False, buttons=["copy"])
+    return gallery, seed_used, infotext
+
+
+def run_generation(board: JobBoard, request: gr.Request | None, progress: gr.Progress,
+                   run: Callable[[Job], Result]) -> tuple[list[str], int, str]:
+    """Run an engine call for one session with progress and cancel; turn failures into words for the designer.
+
+    Images saved before a cancel or failure are already on disk and are still shown.
+    """
+    session = getattr(request, "session_hash", None) or "anonymous"
+    job = board.start(session)
+    produced: list[Generated] = []
+    job.on_step = lambda step, total: progress((step, total), desc="Denoising", unit="steps")
+    job.on_image = produced.append
+    try:
+        result = run(job)
+        return [str(p) for p in result.paths], result.seed, result.images[0].infotext if result.images else ""
+    except Cancelled:
+        gr.Warning(f"Cancelled. {len(produced)} finished image(s) were kept.")
+    except (RequestError, ModelLoadError) as exc:
+        raise gr.Error(str(exc)) from None
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        raise gr.Error("The GPU ran out of memory. Try a smaller size or batch; the studio is still running.") \
+            from None
+    except Exception:
+        log.exception("Generation failed")
+        raise gr.Error("Generation failed unexpectedly (details in the server log). The studio is still running; "
+                       "try again, or with other settings.") from None
+    finally:
+        board.finish(session, job)
+    return [str(g.path) for g in produced], produced[0].seed if produced else -1, \
+        produced[0].infotext if produced else ""
+
+
+def cancel_button(board: JobBoard) -> gr.Button:
+    button = gr.Button("Cancel", variant="stop", size="sm")
+
+    def cancel(request: gr.Request) -> None:
+        if board.cancel(request.session_hash or "anonymous"):
+            gr.Info("Stopping after the current step…")
+
+    button.click(cancel, queue=False, api_visibility="private")
+    return button
+
+
+def as_int(value: Any, name: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise gr.Error(f"{name} must be a whole number.") from None

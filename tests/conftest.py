@@ -1,0 +1,70 @@
+"""Shared fixtures: the tiny checkpoints are written once per machine (versioned), a studio per test session."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from studio import tiny
+from studio.cache import ModelCache
+from studio.engine.common import Studio
+from studio.outputs import Outputs
+from studio.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the suite may reach the network
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir() -> Path:
+    return tiny.write_all(Path(os.environ.get("ATELIER_TINY_DIR", REPO / ".cache" / "tiny")))
+
+
+def make_settings(tiny_dir: Path, outputs: Path, **overrides: object) -> Settings:
+    return Settings.from_env({}, model="tiny", tiny_dir=tiny_dir, outputs=outputs, preload=False, **overrides)
+
+
+@pytest.fixture(scope="session")
+def studio(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Studio:
+    """One studio on the tiny checkpoint for the whole run (like the app: one cache, many requests)."""
+    settings = make_settings(tiny_dir, tmp_path_factory.mktemp("outputs"))
+    return Studio(cache=ModelCache(settings), outputs=Outputs(settings.outputs))
+
+
+@pytest.fixture
+def fresh_studio(tiny_dir: Path, tmp_path: Path) -> Studio:
+    settings = make_settings(tiny_dir, tmp_path / "outputs")
+    return Studio(cache=ModelCache(settings), outputs=Outputs(settings.outputs))
+
+
+def pixels(image_or_path: Image.Image | Path | str) -> np.ndarray:
+    image = image_or_path if isinstance(image_or_path, Image.Image) else Image.open(image_or_path)
+    return np.asarray(image.convert("RGB")).astype(np.int16)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def running_app(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Studio]]:
+    """The whole studio served on a free local port; yields (url, studio)."""
+    import app
+
+    settings = make_settings(tiny_dir, tmp_path_factory.mktemp("app-outputs"), port=free_port())
+    studio = app.create_studio(settings)
+    demo = app.build_demo(studio)
+    app.launch(demo, settings, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{settings.port}/", studio
+    finally:
+        demo.close()
