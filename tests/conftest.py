@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before anything imports huggingface_hub: no network in the suite
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +21,6 @@ from studio.outputs import Outputs
 from studio.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the suite may reach the network
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
 @pytest.fixture(scope="session")

@@ -94,7 +94,7 @@ def check_size(width: int, height: int, limits: Limits) -> None:
 
 def check_common(req: Any, limits: Limits, prompt_required: bool = True) -> None:
     """Checks shared by every request type (fields named as diffusers names them)."""
-    if prompt_required and not req.prompt:
+    if prompt_required and not (req.prompt or "").strip():
         raise RequestError("The prompt is empty: describe the garment or look you want.")
     check_range("num_inference_steps", req.num_inference_steps, 1, limits.max_steps)
     check_range("guidance_scale", req.guidance_scale, 0, 30)
