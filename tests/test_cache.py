@@ -1,0 +1,110 @@
+"""The shared model cache: real loading path by hub id offline, no duplicated weights, rollback on failure."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    StableDiffusionControlNetPipeline,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionInpaintPipeline,
+)
+
+from studio.cache import ModelLoadError, unique_param_bytes
+from studio.engine.txt2img import Txt2ImgRequest, txt2img
+from studio.tiny import install_in_hf_cache
+from tests.conftest import REPO, pixels
+
+LOAD_BY_HUB_ID = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    import numpy as np
+    from studio.cache import ModelCache, ModelLoadError
+    from studio.engine.common import Studio
+    from studio.engine.txt2img import Txt2ImgRequest, txt2img
+    from studio.outputs import Outputs
+    from studio.settings import Settings
+
+    out = {}
+    for model in ("sd15", "dreamlike-art/dreamlike-photoreal-2.0"):
+        settings = Settings.from_env({}, model=model, outputs=sys.argv[1], preload=False)
+        studio = Studio(ModelCache(settings), Outputs(settings.outputs))
+        result = txt2img(studio, Txt2ImgRequest(prompt="a pleated skirt", num_inference_steps=2, seed=3))
+        out[model] = {"path": str(result.paths[0]), "source": studio.cache.checkpoint().source,
+                      "controlnet": type(studio.cache.slot("controlnet")).__name__,
+                      "annotator": type(studio.cache.slot("annotator")).__name__}
+    settings = Settings.from_env({}, model="some-org/missing-model", outputs=sys.argv[1], preload=False)
+    try:
+        ModelCache(settings).base()
+    except ModelLoadError as exc:
+        out["missing"] = str(exc)
+    print(json.dumps(out))
+""")
+
+
+def test_models_load_by_real_hub_id_from_an_offline_cache(studio, tiny_dir, tmp_path):
+    """The production loading path (`from_pretrained("org/name")`) runs against a Hugging Face cache holding the
+    tiny twins under the real ids, with HF_HUB_OFFLINE=1 (in a subprocess: the hub cache path is read at import)."""
+    install_in_hf_cache(tiny_dir, tmp_path / "hub")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", LOAD_BY_HUB_ID, str(tmp_path / "out")], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    reference = txt2img(studio, Txt2ImgRequest(prompt="a pleated skirt", num_inference_steps=2, seed=3)).paths[0]
+    for model in ("sd15", "dreamlike-art/dreamlike-photoreal-2.0"):
+        assert np.array_equal(pixels(out[model]["path"]), pixels(reference))
+        assert out[model]["controlnet"] == "ControlNetModel" and out[model]["annotator"] == "HEDdetector"
+    assert out["sd15"]["source"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    missing = out["missing"]
+    assert "some-org/missing-model" in missing and "--model tiny" in missing and "download" in missing
+
+
+def test_derived_pipelines_share_every_weight_with_the_base(fresh_studio):
+    cache = fresh_studio.cache
+    base = cache.base()
+    base_bytes = unique_param_bytes(base)
+    dtypes = {name: m.dtype for name, m in base.components.items() if isinstance(m, torch.nn.Module)}
+    controlnet = cache.slot("controlnet")
+    derived = [
+        cache.derive(StableDiffusionImg2ImgPipeline, scheduler="Euler a"),
+        cache.derive(StableDiffusionInpaintPipeline, scheduler="DDIM"),
+        cache.derive(StableDiffusionControlNetPipeline, scheduler="UniPC", controlnet=controlnet),
+    ]
+    assert unique_param_bytes(base, *derived) == base_bytes + unique_param_bytes(controlnet)
+    for pipe in derived:
+        for name in ("unet", "vae", "text_encoder"):
+            assert getattr(pipe, name) is getattr(base, name)
+        assert pipe.scheduler is not base.scheduler  # each run gets its own scheduler state
+    assert {name: m.dtype for name, m in base.components.items() if isinstance(m, torch.nn.Module)} == dtypes
+    assert cache.resident_bytes() == base_bytes + unique_param_bytes(controlnet)
+
+
+def test_failed_switch_keeps_the_previous_model_serving(fresh_studio):
+    req = Txt2ImgRequest(prompt="a denim jacket", num_inference_steps=2, seed=11)
+    before = pixels(txt2img(fresh_studio, req).paths[0])
+    with pytest.raises(ModelLoadError, match="some-org/not-there.*--model tiny"):
+        fresh_studio.cache.switch("some-org/not-there")
+    assert fresh_studio.cache.current == "tiny"
+    assert [r.name for r in fresh_studio.cache.resident()] == ["tiny"]
+    assert np.array_equal(pixels(txt2img(fresh_studio, req).paths[0]), before)
+
+
+def test_loading_the_resident_model_again_returns_early(fresh_studio):
+    first = fresh_studio.cache.base()
+    assert fresh_studio.cache.base("tiny") is first
+    assert fresh_studio.cache.switch("tiny").name == "tiny"
+    assert fresh_studio.cache.base() is first
+
+
+def test_unknown_model_reference_says_what_is_accepted(fresh_studio):
+    with pytest.raises(ModelLoadError, match="not a known name"):
+        fresh_studio.cache.switch("no such model!")
