@@ -1,0 +1,162 @@
+"""Seamless repeats: make every convolution of shared models wrap around, for the length of a `with` block.
+
+Repeats, as the textile trade names them (a tile T of height H and width W):
+- `full`      full drop: the tile repeats on both axes (a torus).
+- `half_drop` each column of tiles is dropped by half a tile: the column to the right of T is T rolled down by
+              H/2, the column to its left T rolled up by H/2; rows wrap plainly.
+- `brick`     each row of tiles is shifted across by half a tile (the transpose of half-drop).
+- `x`, `y`    one axis only (border prints): that axis wraps, the other keeps the model's zero padding.
+
+`padding_mode` has no per-axis or offset option, so each wrapped conv pads its input itself (`wrap_pad`) and runs
+with zero padding of its own. The changes are per instance (`forward`, `padding`, `padding_mode`, plus the VAE
+encoder's asymmetric `Downsample2D` pad and the VAE's `use_tiling`) and are restored exactly in `finally`.
+Callers enter `wrapped` under `studio.cache.gpu()`, so no other request ever sees a wrapped model.
+
+Offsets are half of each feature map's height (half-drop) or width (brick) at every level, so that size must be
+even at every level: the latent side must be divisible by 2 ** (downsamplings + 1) (see `granule`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.downsampling import Downsample2D
+
+REPEATS = ("full", "half_drop", "brick", "x", "y")
+_MARK = "_atelier_repeat"  # instance attribute present only while a conv is wrapped
+
+Pads = tuple[int, int, int, int]  # (left, right, top, bottom), as F.pad takes them
+
+
+def wraps(repeat: str) -> tuple[bool, bool]:
+    """(x wraps, y wraps) for a repeat."""
+    check_repeat(repeat)
+    return repeat != "y", repeat != "x"
+
+
+def check_repeat(repeat: str) -> None:
+    if repeat not in REPEATS:
+        raise ValueError(f"Unknown repeat {repeat!r}; choose one of: {', '.join(REPEATS)}.")
+
+
+def granule(downsamplings: int, scale_factor: int, repeat: str) -> tuple[int, int]:
+    """(width, height) multiples in pixels for which `repeat` is exact on a model with that many downsamplings."""
+    check_repeat(repeat)
+    plain = scale_factor * 2**downsamplings
+    wrap_x, wrap_y = wraps(repeat)
+    width = 2 * plain if repeat == "brick" else plain if wrap_x else scale_factor
+    height = 2 * plain if repeat == "half_drop" else plain if wrap_y else scale_factor
+    return width, height
+
+
+def _strips(x: torch.Tensor, before: int, after: int, dim: int, drop_dim: int | None) -> torch.Tensor:
+    """Pad `x` along `dim` with the wrapped-in strips; with `drop_dim`, the strips are rolled by half along it."""
+    size = x.shape[dim]
+    lead, trail = x, x
+    if drop_dim is not None:
+        half = x.shape[drop_dim]
+        if half % 2:
+            raise ValueError(f"A half-drop/brick repeat needs even feature maps; got size {half}. "
+                             "Use a tile size that is a multiple of the repeat's granule.")
+        lead, trail = torch.roll(x, -half // 2, drop_dim), torch.roll(x, half // 2, drop_dim)
+    parts = [lead.narrow(dim, size - before, before), x, trail.narrow(dim, 0, after)]
+    return torch.cat([p for p in parts if p.shape[dim]], dim=dim)
+
+
+def wrap_pad(x: torch.Tensor, pads: Pads, repeat: str) -> torch.Tensor:
+    """Pad an (N, C, H, W) tensor by `pads` with what lies beyond its edges in the `repeat` plane."""
+    left, right, top, bottom = pads
+    if repeat == "full":
+        return F.pad(x, pads, mode="circular")
+    if repeat == "x":
+        return F.pad(F.pad(x, (left, right, 0, 0), mode="circular"), (0, 0, top, bottom))
+    if repeat == "y":
+        return F.pad(F.pad(x, (0, 0, top, bottom), mode="circular"), (left, right, 0, 0))
+    if repeat == "half_drop":  # columns first (their strips are dropped), then rows wrap plainly
+        return _strips(_strips(x, left, right, -1, drop_dim=-2), top, bottom, -2, drop_dim=None)
+    if repeat == "brick":
+        return _strips(_strips(x, top, bottom, -2, drop_dim=-1), left, right, -1, drop_dim=None)
+    raise ValueError(f"Unknown repeat {repeat!r}; choose one of: {', '.join(REPEATS)}.")
+
+
+def _conv_pads(conv: torch.nn.Conv2d) -> Pads:
+    if isinstance(conv.padding, str):
+        if conv.padding == "valid":
+            return (0, 0, 0, 0)
+        totals = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size, strict=True)]  # "same"
+        (th, tw) = totals
+        return (tw // 2, tw - tw // 2, th // 2, th - th // 2)
+    ph, pw = conv.padding
+    return (pw, pw, ph, ph)
+
+
+def _wrap_conv(conv: torch.nn.Conv2d, pads: Pads, repeat: str) -> Callable[[], None]:
+    """Make one conv pad its own input by `repeat`; returns the function that undoes exactly that."""
+    if _MARK in conv.__dict__:
+        raise RuntimeError("This model is already wrapped for a repeat; `wrapped` blocks do not nest.")
+    saved_mode, saved_padding = conv.padding_mode, conv.padding
+    saved_forward = conv.__dict__.get("forward")  # an instance-level forward (e.g. an offload hook), if any
+    inner = conv.forward
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return inner(wrap_pad(x, pads, repeat))
+
+    conv.padding_mode, conv.padding, conv.forward = "zeros", (0, 0), forward
+    setattr(conv, _MARK, repeat)
+
+    def restore() -> None:
+        conv.padding_mode, conv.padding = saved_mode, saved_padding
+        if saved_forward is None:
+            del conv.forward
+        else:
+            conv.forward = saved_forward
+        delattr(conv, _MARK)
+
+    return restore
+
+
+def _wrap_module(module: torch.nn.Module, repeat: str, undo: list[Callable[[], None]]) -> None:
+    asymmetric: set[int] = set()
+    for sub in module.modules():
+        if isinstance(sub, Downsample2D) and sub.use_conv and sub.padding == 0:
+            # the VAE encoder pads (0, 1, 0, 1) with zeros before a padding-free stride-2 conv: do it wrapped
+            asymmetric.add(id(sub.conv))
+            sub.padding = None  # skips its own zero pad; only `== 0` is ever tested
+
+            def restore(sub: Any = sub) -> None:
+                sub.padding = 0
+
+            undo.append(restore)
+    if getattr(module, "use_tiling", False):  # VAE tiling would decode tile by tile with zero borders
+        module.use_tiling = False
+        undo.append(lambda module=module: setattr(module, "use_tiling", True))
+    for sub in module.modules():
+        if isinstance(sub, torch.nn.Conv2d):
+            pads = (0, 1, 0, 1) if id(sub) in asymmetric else _conv_pads(sub)
+            if any(pads):
+                undo.append(_wrap_conv(sub, pads, repeat))
+
+
+@contextlib.contextmanager
+def wrapped(modules: Iterable[torch.nn.Module | None], repeat: str) -> Iterator[None]:
+    """Every Conv2d (and the VAE encoder's asymmetric Downsample2D pad) inside `modules` wraps around per `repeat`;
+    restored exactly (padding_mode, padding, forward) in `finally`, even on exceptions.
+
+    `None` entries are skipped and a module given twice is wrapped once. Enter under `studio.cache.gpu()`.
+    """
+    check_repeat(repeat)
+    undo: list[Callable[[], None]] = []
+    try:
+        seen: set[int] = set()
+        for module in modules:
+            if module is not None and id(module) not in seen:
+                seen.add(id(module))
+                _wrap_module(module, repeat, undo)
+        yield
+    finally:
+        for restore in reversed(undo):
+            restore()
