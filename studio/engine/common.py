@@ -158,9 +158,9 @@ def base_params(studio: Studio, req: Any, seed: int, width: int, height: int, mo
 
 
 def save_image(studio: Studio, image: Image.Image, prompts: dict[str, str], params: dict[str, Any],
-               mode: str, job: Job | None) -> Generated:
+               mode: str, job: Job | None, dpi: int | None = None) -> Generated:
     infotext = format_infotext(prompts["prompt"], prompts["negative_prompt"], params)
-    path = studio.outputs.save(image, infotext, mode)
+    path = studio.outputs.save(image, infotext, mode, dpi=(dpi, dpi) if dpi else None)
     generated = Generated(path=path, image=image, seed=int(params["Seed"]), infotext=infotext)
     if job is not None and job.on_image is not None:
         job.on_image(generated)
