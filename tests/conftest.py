@@ -29,7 +29,8 @@ def tiny_dir() -> Path:
 
 
 def make_settings(tiny_dir: Path, outputs: Path, **overrides: object) -> Settings:
-    return Settings.from_env({}, model="tiny", tiny_dir=tiny_dir, outputs=outputs, preload=False, **overrides)
+    values: dict[str, object] = {"model": "tiny", "preload": False, **overrides}
+    return Settings.from_env({}, tiny_dir=tiny_dir, outputs=outputs, **values)
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
 import torch
@@ -239,3 +241,70 @@ def test_repeat_mode_is_shift_equivariant_and_restores_the_models(studio: Studio
     assert error("full") <= 1
     assert error(None) > 8
     assert [(c.padding_mode, c.padding, "forward" in c.__dict__) for c in convs] == saved
+
+
+# ---- the tab ----------------------------------------------------------------------------------------------------
+def build_tab(studio: Studio, seen: list[RestyleRequest]) -> dict[str, object]:
+    from studio.ui import restyle_tab
+    from studio.ui.widgets import UIContext
+
+    def fake_generate(req: RestyleRequest, job: object) -> Result:
+        seen.append(req)
+        return Result(images=[], seed=1, params={})
+
+    ctx = UIContext(native_size=64, limits=studio.limits, count_tokens=lambda text: "")
+    with gr.Blocks():
+        return restyle_tab.create(ctx, fake_generate, lambda *args: detect_edges(studio, *args))
+
+
+def test_tab_inputs_match_the_handler_and_the_request(studio: Studio) -> None:
+    parts = build_tab(studio, [])
+    names = [n for n in inspect.signature(parts["handler"]).parameters if n not in ("request", "progress")]
+    assert len(names) == len(parts["inputs"])
+    request_fields = set(RestyleRequest.__dataclass_fields__)
+    assert set(names) - request_fields == {"pixel_perfect"}  # every other input is named as the request names it
+    preview = [n for n in inspect.signature(parts["preview_handler"]).parameters]
+    assert len(preview) == len(parts["preview_inputs"])
+
+
+def test_tab_turns_widget_values_into_the_request(studio: Studio) -> None:
+    seen: list[RestyleRequest] = []
+    handler = build_tab(studio, seen)["handler"]
+    common = {"image": silhouette(), "controlnet_conditioning_scale": 0.5, "control_guidance_start": 0.1,
+              "control_guidance_end": 0.9, "guess_mode": False, "prompt": PROMPT, "negative_prompt": None,
+              "num_inference_steps": 2, "guidance_scale": 7, "scheduler": "Euler", "seed": 3, "batch_size": 1,
+              "batch_count": 1, "request": None, "progress": lambda *a, **k: None}
+    handler(preprocessor="hed", invert=True, pixel_perfect=True, preprocessor_resolution=512, width=0, height=0,
+            repeat="off", **common)
+    handler(preprocessor="none", invert=True, pixel_perfect=False, preprocessor_resolution=128, width=96,
+            height=64, repeat="half_drop", **common)
+    auto, manual = seen
+    assert (auto.invert, auto.preprocessor_resolution, auto.width, auto.height, auto.repeat) == \
+        (False, None, None, None, None)
+    assert (manual.invert, manual.preprocessor_resolution, manual.width, manual.height, manual.repeat) == \
+        (True, 128, 96, 64, "half_drop")
+
+
+def test_preview_shows_the_edge_map_restyle_will_use(studio: Studio) -> None:
+    preview = build_tab(studio, [])["preview_handler"]
+    edge, note = preview(silhouette((48, 72)), "hed", False, True, 512, 0, 0, "off")
+    size = edges.auto_size((48, 72), studio.cache.native_size())
+    assert edge.size == size and f"{size[0]}x{size[1]}" in note and "pixel perfect" in note
+    assert np.array_equal(pixels(edge), pixels(detect_edges(studio, silhouette((48, 72)), "hed")))
+
+
+def test_app_serves_restyle_and_its_edge_preview(running_app: tuple[str, Studio], tmp_path: Path) -> None:
+    from gradio_client import Client, handle_file
+
+    url, _ = running_app
+    sketch = tmp_path / "sketch.png"
+    silhouette((64, 96), "RGBA").save(sketch)
+    client = Client(url, verbose=False)
+    edge, note = client.predict(handle_file(str(sketch)), "hed", False, True, 512, 0, 0, "off",
+                                api_name="/restyle_edges")
+    assert Image.open(edge).size == (56, 80) and "56x80" in note
+    gallery, seed, infotext = client.predict(
+        handle_file(str(sketch)), "hed_safe", False, True, 512, 1.0, 0.0, 1.0, False, PROMPT, "", 1, 7.0, "Euler",
+        5, 1, 1, 0, 0, "off", api_name="/restyle")
+    assert seed == 5 and len(gallery) == 1 and "ControlNet 0" in infotext
+    assert Image.open(gallery[0]["image"]).size == (56, 80)

@@ -1,0 +1,73 @@
+"""The served studio: named endpoints answer through gradio_client with metadata-carrying PNGs; errors are words."""
+
+from __future__ import annotations
+
+import inspect
+
+import gradio as gr
+import pytest
+from gradio_client import Client
+from PIL import Image
+
+import app
+from studio.metadata import parse_infotext, read_parameters
+from tests.conftest import free_port, make_settings
+
+NON_API = {"request", "progress"}
+
+
+@pytest.fixture(scope="module")
+def client(running_app):
+    url, _ = running_app
+    return Client(url, verbose=False)
+
+
+def test_txt2img_endpoint_returns_png_files_with_metadata_and_seed(client):
+    gallery, seed, infotext = client.predict(prompt="a wrap dress in emerald silk", negative_prompt="blurry",
+                                             num_inference_steps=3, seed=77, api_name="/txt2img")
+    assert seed == 77 and len(gallery) == 1
+    with Image.open(gallery[0]["image"]) as image:
+        assert image.format == "PNG"
+        info = parse_infotext(read_parameters(image))
+    assert info.prompt == "a wrap dress in emerald silk" and info.params["Seed"] == "77"
+    assert infotext == read_parameters(Image.open(gallery[0]["image"]))
+
+
+def test_bad_input_through_the_api_is_a_clear_error_and_the_app_keeps_serving(client):
+    with pytest.raises(Exception, match="multiple of 8"):
+        client.predict(prompt="coat", width=100, num_inference_steps=2, api_name="/txt2img")
+    with pytest.raises(Exception, match="5000 is greater than maximum value 150"):  # Gradio bounds the slider
+        client.predict(prompt="coat", num_inference_steps=5000, api_name="/txt2img")
+    gallery, seed, _ = client.predict(prompt="coat", num_inference_steps=2, seed=1, api_name="/txt2img")
+    assert seed == 1 and gallery
+
+
+def test_every_named_endpoint_takes_exactly_its_handlers_named_parameters(tiny_dir, tmp_path):
+    demo = app.build_demo(app.create_studio(make_settings(tiny_dir, tmp_path)))
+    named = {dep.api_name: dep for dep in demo.fns.values() if dep.api_name and dep.api_visibility == "public"}
+    assert "txt2img" in named
+    for name, dep in named.items():
+        params = [p for p in inspect.signature(dep.fn).parameters if p not in NON_API]
+        assert len(params) == len(dep.inputs), name
+        assert not any(p.kind is p.VAR_POSITIONAL for p in inspect.signature(dep.fn).parameters.values()), name
+    assert [p for p in inspect.signature(named["txt2img"].fn).parameters if p not in NON_API][:4] == [
+        "prompt", "negative_prompt", "num_inference_steps", "guidance_scale"]
+
+
+def test_missing_model_gives_the_fix_and_the_server_still_answers(tiny_dir, tmp_path):
+    settings = make_settings(tiny_dir, tmp_path, model="some-org/missing-model", port=free_port())
+    demo = app.build_demo(app.create_studio(settings))
+    app.launch(demo, settings, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{settings.port}/", verbose=False)
+        for _ in range(2):
+            with pytest.raises(Exception, match="some-org/missing-model.*--model tiny"):
+                client.predict(prompt="coat", num_inference_steps=2, api_name="/txt2img")
+    finally:
+        demo.close()
+
+
+def test_building_the_ui_loads_no_weights(tiny_dir, tmp_path):
+    studio = app.create_studio(make_settings(tiny_dir, tmp_path))
+    assert isinstance(app.build_demo(studio), gr.Blocks)
+    assert studio.cache.resident() == []

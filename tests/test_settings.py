@@ -1,0 +1,37 @@
+"""Settings come from env and flags, are frozen, and refuse unsafe or unusable values with the fix named."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from studio.settings import Settings, SettingsError, parse_args
+
+
+def test_env_values_are_parsed_and_flags_override_them():
+    env = {"STUDIO_MODEL": "sd15", "STUDIO_PORT": "9000", "STUDIO_MAX_STEPS": "40", "STUDIO_OUTPUTS": "/tmp/x"}
+    settings = parse_args(["--model", "tiny"], env=env)
+    assert settings.model == "tiny" and settings.port == 9000 and settings.outputs == Path("/tmp/x")
+    assert settings.limits.max_steps == 40
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.model = "other"  # type: ignore[misc]
+
+
+def test_defaults_are_safe():
+    settings = Settings.from_env({})
+    assert settings.host == "127.0.0.1" and not settings.share and settings.auth is None
+    assert settings.model == "dreamlike-photoreal-2.0" and settings.max_resident_models == 1
+
+
+@pytest.mark.parametrize("argv", [["--listen"], ["--share"], ["--host", "0.0.0.0"]])
+def test_serving_beyond_localhost_requires_auth(argv):
+    with pytest.raises(SettingsError, match="--auth"):
+        parse_args(argv, env={})
+    assert parse_args([*argv, "--auth", "ann:secret"], env={}).auth == ("ann", "secret")
+
+
+def test_bad_numbers_name_the_variable():
+    with pytest.raises(SettingsError, match="STUDIO_PORT"):
+        Settings.from_env({"STUDIO_PORT": "eighty"})
