@@ -133,3 +133,15 @@ def load_mask(value: Any, size: tuple[int, int], max_pixels: int) -> Image.Image
     if mask.size != size:
         mask = mask.resize(size, Image.Resampling.NEAREST)
     return mask
+
+
+def load_alpha(value: Any, size: tuple[int, int], max_pixels: int, what: str = "mask layer") -> Image.Image:
+    """A brush layer's alpha as mode "L" (255 = painted, whatever the brush colour; an image without alpha counts
+    as painted everywhere), resized with nearest-neighbour to the image size when they differ."""
+    image = _upright(_open(value, what, None))
+    if image.width * image.height > max_pixels * 4:
+        raise ImageInputError(f"The {what} is far larger than the studio's size limit; upload a smaller one.")
+    alpha = image.convert("RGBA").getchannel("A")
+    if alpha.size != size:
+        alpha = alpha.resize(size, Image.Resampling.NEAREST)
+    return alpha
