@@ -59,6 +59,14 @@ def _shift_dropped(array: np.ndarray, shift: int, axis: int, drop_axis: int) -> 
     return np.concatenate([np.take(dropped, range(shift), axis), np.take(rolled, range(shift, size), axis)], axis)
 
 
+def surroundings(tile: np.ndarray, repeat: str) -> np.ndarray:
+    """The print around `tile`: 3 x 3 tiles (1 x 3 or 3 x 1 for one axis) with `tile` itself in the middle."""
+    height, width = tile.shape[:2]
+    wrap_x, wrap_y = wraps(repeat)
+    moved = translate(tile, height * wrap_y, width * wrap_x, repeat)  # the print's origin moves to the middle
+    return plane(moved, repeat, rows=3 if wrap_y else 1, cols=3 if wrap_x else 1)
+
+
 def preview(tile: Image.Image, repeat: str) -> Image.Image:
     """3 x 3 tiles laid out by the repeat (3 x 1 or 1 x 3 for single-axis repeats)."""
     wrap_x, wrap_y = wraps(repeat)
@@ -75,23 +83,40 @@ class SeamSteps:
     interior: float
 
 
-def seam_steps(tile: Image.Image | np.ndarray, repeat: str) -> SeamSteps:
-    """Steps across every wrap edge of `repeat` versus steps inside the tile, in the same directions."""
-    array = np.asarray(tile.convert("RGB") if isinstance(tile, Image.Image) else tile).astype(np.float64)
+def seam_steps(tile: Image.Image | np.ndarray, repeat: str, axes: str = "xy") -> SeamSteps:
+    """Steps across the wrap edges of `repeat` versus steps inside the tile, in the same directions.
+
+    `axes` limits the directions: "x" looks across the side edges (steps along x), "y" across top/bottom.
+    """
+    array = _levels(tile)
     height, width = array.shape[:2]
     wrap_x, wrap_y = wraps(repeat)
     seams: list[np.ndarray] = []
     inside: list[np.ndarray] = []
-    if wrap_x:
+    if wrap_x and "x" in axes:
         across = plane(array, repeat, rows=1, cols=2)
         seams.append(np.abs(across[:, width] - across[:, width - 1]))
         inside.append(np.abs(np.diff(array, axis=1)))
-    if wrap_y:
+    if wrap_y and "y" in axes:
         down = plane(array, repeat, rows=2, cols=1)
         seams.append(np.abs(down[height] - down[height - 1]))
         inside.append(np.abs(np.diff(array, axis=0)))
+    if not seams:
+        raise ValueError(f"A {repeat} repeat has no wrap edge along {axes!r}.")
     return SeamSteps(seam=float(np.concatenate([s.ravel() for s in seams]).mean()),
                      interior=float(np.concatenate([s.ravel() for s in inside]).mean()))
+
+
+def line_step(tile: Image.Image | np.ndarray, axis: str, index: int) -> float:
+    """Mean step between pixel column (axis "x") or row ("y") `index - 1` and `index` inside the tile."""
+    array = _levels(tile)
+    if axis == "x":
+        return float(np.abs(array[:, index] - array[:, index - 1]).mean())
+    return float(np.abs(array[index] - array[index - 1]).mean())
+
+
+def _levels(tile: Image.Image | np.ndarray) -> np.ndarray:
+    return np.asarray(tile.convert("RGB") if isinstance(tile, Image.Image) else tile).astype(np.float64)
 
 
 # ---- print size ---------------------------------------------------------------------------------------------------
@@ -112,9 +137,8 @@ def resize_tile(tile: Image.Image, size: tuple[int, int], repeat: str) -> Image.
     """Resample a tile to `size` and keep it seamless: the filter reads across the edges into the neighbours."""
     if tile.size == size:
         return tile.copy()
+    around = Image.fromarray(surroundings(np.asarray(tile.convert("RGB")), repeat))
     wrap_x, wrap_y = wraps(repeat)
-    rows, cols = (3 if wrap_y else 1), (3 if wrap_x else 1)
-    around = Image.fromarray(plane(np.asarray(tile.convert("RGB")), repeat, rows, cols))
     left, top = (tile.width if wrap_x else 0), (tile.height if wrap_y else 0)
     return around.resize(size, Image.Resampling.LANCZOS, box=(left, top, left + tile.width, top + tile.height))
 

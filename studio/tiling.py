@@ -96,8 +96,6 @@ def _conv_pads(conv: torch.nn.Conv2d) -> Pads:
 
 def _wrap_conv(conv: torch.nn.Conv2d, pads: Pads, repeat: str) -> Callable[[], None]:
     """Make one conv pad its own input by `repeat`; returns the function that undoes exactly that."""
-    if _MARK in conv.__dict__:
-        raise RuntimeError("This model is already wrapped for a repeat; `wrapped` blocks do not nest.")
     saved_mode, saved_padding = conv.padding_mode, conv.padding
     saved_forward = conv.__dict__.get("forward")  # an instance-level forward (e.g. an offload hook), if any
     inner = conv.forward
@@ -136,6 +134,8 @@ def _wrap_module(module: torch.nn.Module, repeat: str, undo: list[Callable[[], N
         undo.append(lambda module=module: setattr(module, "use_tiling", True))
     for sub in module.modules():
         if isinstance(sub, torch.nn.Conv2d):
+            if _MARK in sub.__dict__:
+                raise RuntimeError("This model is already wrapped for a repeat; `wrapped` blocks do not nest.")
             pads = (0, 1, 0, 1) if id(sub) in asymmetric else _conv_pads(sub)
             if any(pads):
                 undo.append(_wrap_conv(sub, pads, repeat))

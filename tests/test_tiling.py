@@ -37,31 +37,25 @@ def vae(tiny_dir: Path) -> AutoencoderKL:
 def test_wrap_pad_reads_the_neighbours_the_repeat_lays_out(repeat: str) -> None:
     """What a conv sees beyond the tile's edge is the neighbouring tile of the print (zeros on an unwrapped axis)."""
     tile = np.random.default_rng(0).normal(size=(8, 6)).astype(np.float32)
-    padded = tiling.wrap_pad(torch.from_numpy(tile)[None, None], (2, 1, 1, 2), repeat)[0, 0].numpy()
+    left, right, top, bottom = 2, 1, 1, 2
+    padded = tiling.wrap_pad(torch.from_numpy(tile)[None, None], (left, right, top, bottom), repeat)[0, 0].numpy()
     wrap_x, wrap_y = tiling.wraps(repeat)
-    around = patterns.plane(tile, repeat, rows=3, cols=3)
-    expected = around[8 - 1: 16 + 2, 6 - 2: 12 + 1].copy()
-    if not wrap_y:
-        expected[[0, -2, -1]] = 0
-    if not wrap_x:
-        expected[:, [0, 1, -1]] = 0
-    np.testing.assert_array_equal(padded, expected)
+    around = np.pad(patterns.surroundings(tile, repeat), ((0 if wrap_y else 8,) * 2, (0 if wrap_x else 6,) * 2))
+    np.testing.assert_array_equal(padded, around[8 - top: 16 + bottom, 6 - left: 12 + right])
+    assert np.array_equal(around[8:16, 6:12], tile)
 
 
 @pytest.mark.parametrize("repeat", REPEATS)
 def test_translate_moves_the_whole_print(repeat: str) -> None:
     """`translate` cuts the tile out of the print moved by (dy, dx), for shifts up to and beyond a whole tile."""
     tile = np.arange(8 * 6).reshape(8, 6)
-    around = patterns.plane(tile, repeat, rows=3, cols=3)
     wrap_x, wrap_y = tiling.wraps(repeat)
-    for dy, dx in [(3, 0), (0, 2), (5, 4), (8, 6), (0, 7)]:
+    ahead = patterns.plane(tile, repeat, rows=3 if wrap_y else 1, cols=3 if wrap_x else 1)
+    for dy, dx in [(3, 0), (0, 2), (5, 4), (8, 6), (11, 7), (16, 12)]:
         dy, dx = (dy if wrap_y else 0), (dx if wrap_x else 0)
-        top, left = 8 + 8 * wrap_y - dy, 6 + 6 * wrap_x - dx  # the print's origin sits in the middle tile
-        if not (0 <= top <= 16 and 0 <= left <= 12):
-            continue
-        window = around[top - 8 * (not wrap_y): top - 8 * (not wrap_y) + 8, left: left + 6] if wrap_y else \
-            around[:8, left: left + 6]
-        np.testing.assert_array_equal(patterns.translate(tile, dy, dx, repeat), window)
+        moved = patterns.translate(tile, -dy, -dx, repeat)  # up/left: the print ahead slides into view
+        np.testing.assert_array_equal(moved, ahead[dy: dy + 8, dx: dx + 6])
+        np.testing.assert_array_equal(patterns.translate(moved, dy, dx, repeat), tile)
 
 
 def test_odd_feature_maps_cannot_be_dropped_by_half() -> None:
