@@ -245,3 +245,49 @@ def test_bad_requests_are_refused_in_words(studio, change, message):
     fields = {"image": photo((64, 64)), "mask_image": box_mask((64, 64), (8, 8, 24, 24)), **FAST, **change}
     with pytest.raises(RequestError, match=message):
         inpaint(studio, InpaintRequest(**fields))
+
+
+# ---- the served endpoint ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def client(running_app):
+    from gradio_client import Client
+
+    url, _ = running_app
+    return Client(url, verbose=False)
+
+
+def _files(tmp_path, **images: Image.Image) -> dict[str, Any]:
+    from gradio_client import handle_file
+
+    paths = {}
+    for name, image in images.items():
+        image.save(tmp_path / f"{name}.png")
+        paths[name] = handle_file(str(tmp_path / f"{name}.png"))
+    return paths
+
+
+API = {"prompt": PROMPT, "negative_prompt": "", "invert_mask": False, "mask_blur": 3, "masked_content": "original",
+       "padding": 6, "strength": 0.9, "num_inference_steps": 2, "guidance_scale": 7.0, "scheduler": "DDIM",
+       "seed": 7, "batch_size": 1, "batch_count": 1, "api_name": "/inpaint"}
+
+
+def test_api_inpaints_from_image_and_mask_files_without_the_editor(client, tmp_path):
+    image, mask = photo((96, 64), 6), box_mask((96, 64), (40, 20, 64, 44))
+    files = _files(tmp_path, image=image, mask_image=mask)
+    gallery, seed, infotext = client.predict(editor=None, image=files["image"], mask_image=files["mask_image"],
+                                             inpaint_area="only_masked", **API)
+    assert seed == 7 and "Inpaint area: Only masked" in infotext
+    assert_kept_outside_and_changed_inside(Image.open(gallery[0]["image"]), image, mask, blur=3)
+
+
+def test_api_editor_value_uses_brush_layer_alpha_and_refuses_an_empty_canvas(client, tmp_path):
+    image, mask = photo((96, 64), 7), box_mask((96, 64), (10, 10, 40, 40))
+    layer = Image.new("RGBA", (96, 64), (0, 0, 0, 0))
+    layer.paste((255, 59, 107, 255), (10, 10, 40, 40))  # the pink brush
+    files = _files(tmp_path, background=image, layer=layer)
+    editor = {"background": files["background"], "layers": [files["layer"]], "composite": None}
+    gallery, _, _ = client.predict(editor=editor, image=None, mask_image=None, inpaint_area="whole", **API)
+    assert_kept_outside_and_changed_inside(Image.open(gallery[0]["image"]), image, mask, blur=3)
+    empty = {"background": files["background"], "layers": [], "composite": None}
+    with pytest.raises(Exception, match="Draw a mask first"):
+        client.predict(editor=empty, image=None, mask_image=None, inpaint_area="whole", **API)

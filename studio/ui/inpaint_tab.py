@@ -1,0 +1,107 @@
+"""The Inpaint tab: brush over a sleeve, a collar or a fabric area, describe what goes there; the rest is kept.
+
+Two ways in, both on the one `/inpaint` endpoint:
+- the editor: the photo is the background, the brush layers' alpha is the mask (any brush colour);
+- uploads `image` + `mask_image` (white = repaint), as diffusers names them: what API callers send
+  (`editor=None`); in the UI they sit in the "Upload a mask instead" accordion. An uploaded mask wins over brush
+  strokes, an uploaded photo over the editor's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import gradio as gr
+
+from studio.engine.common import Job, Result
+from studio.engine.inpaint import MAX_MASK_BLUR, MAX_PADDING, InpaintRequest
+from studio.ui.widgets import (
+    UIContext,
+    as_int,
+    cancel_button,
+    prompt_block,
+    results_block,
+    run_generation,
+    sampling_block,
+)
+
+Generate = Callable[[InpaintRequest, Job], Result]
+
+MASKED_CONTENT_CHOICES = [("Original (keep the shape, change the look)", "original"),
+                          ("Fill (paint out, then repaint from the surroundings)", "fill"),
+                          ("Latent noise (something new)", "latent_noise")]
+INPAINT_AREA_CHOICES = [("Whole picture", "whole"), ("Only masked (more detail for small areas)", "only_masked")]
+
+
+def image_value(editor: dict[str, Any] | None, image: str | None) -> Any:
+    """What the engine gets as `image`: the uploaded photo (with the editor's strokes, if any), else the editor."""
+    if image is None:
+        return editor
+    layers = (editor or {}).get("layers") or []
+    return {"background": image, "layers": layers} if layers else image
+
+
+def mask_panel(ctx: UIContext) -> dict[str, gr.components.Component]:
+    c: dict[str, gr.components.Component] = {}
+    c["editor"] = gr.ImageEditor(
+        label="Photo: brush over what to repaint", type="filepath", format="png", sources=["upload", "clipboard"],
+        layers=True, transforms=(), height=420,
+        brush=gr.Brush(colors=["#ffffff", "#ff3b6b", "#000000"], default_color="#ff3b6b", color_mode="defaults"),
+    )
+    with gr.Accordion("Upload a mask instead (white = repaint)", open=False):
+        with gr.Row():
+            c["image"] = gr.Image(label="Photo (optional: else the editor's)", type="filepath", image_mode=None,
+                                  sources=["upload", "clipboard"], height=200)
+            c["mask_image"] = gr.Image(label="Mask", type="filepath", image_mode=None,
+                                       sources=["upload", "clipboard"], height=200)
+    with gr.Row():
+        c["invert_mask"] = gr.Checkbox(False, label="Invert mask (repaint everything but the brushed area)")
+        c["mask_blur"] = gr.Slider(0, MAX_MASK_BLUR, value=4, step=1, label="Mask blur (feather, px)")
+    c["masked_content"] = gr.Radio(MASKED_CONTENT_CHOICES, value="original", label="Masked content")
+    with gr.Row():
+        c["inpaint_area"] = gr.Radio(INPAINT_AREA_CHOICES, value="whole", label="Inpaint area")
+        c["padding"] = gr.Slider(0, MAX_PADDING, value=32, step=4, label="Only masked padding (px)")
+    c["strength"] = gr.Slider(0.01, 1.0, value=0.75, step=0.01, label="Denoising strength")
+    return c
+
+
+def create(ctx: UIContext, generate: Generate) -> dict[str, Any]:
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5, min_width=320):
+            c = mask_panel(ctx)
+            prompts = prompt_block(ctx, "e.g. puffed sleeve in ivory silk organza, photo")
+            sampling = sampling_block(ctx)
+            with gr.Row():
+                batch_size = gr.Slider(1, ctx.limits.max_batch_size, value=1, step=1, label="Batch size")
+                batch_count = gr.Slider(1, ctx.limits.max_batch_count, value=1, step=1, label="Batch count")
+            with gr.Row():
+                run = gr.Button("Inpaint", variant="primary")
+                cancel_button(ctx.board)
+        with gr.Column(scale=6, min_width=320):
+            gallery, seed_used, infotext = results_block()
+
+    def inpaint(editor: dict[str, Any] | None, image: str | None, mask_image: str | None, prompt: str,
+                negative_prompt: str, invert_mask: bool, mask_blur: float, masked_content: str, inpaint_area: str,
+                padding: float, strength: float, num_inference_steps: float, guidance_scale: float, scheduler: str,
+                seed: float, batch_size: float, batch_count: float, request: gr.Request,
+                progress: gr.Progress = gr.Progress()) -> tuple[list[str], int, str]:  # noqa: B008 (Gradio idiom)
+        req = InpaintRequest(
+            image=image_value(editor, image), mask_image=mask_image, prompt=prompt or "",
+            negative_prompt=negative_prompt or "", strength=float(strength),
+            num_inference_steps=as_int(num_inference_steps, "Steps"), guidance_scale=float(guidance_scale),
+            scheduler=scheduler, seed=as_int(seed, "Seed"), batch_size=as_int(batch_size, "Batch size"),
+            batch_count=as_int(batch_count, "Batch count"), mask_blur=as_int(mask_blur, "Mask blur"),
+            invert_mask=bool(invert_mask), masked_content=masked_content, inpaint_area=inpaint_area,
+            padding=as_int(padding, "Padding"),
+        )
+        return run_generation(ctx.board, request, progress, lambda job: generate(req, job))
+
+    inputs = [c["editor"], c["image"], c["mask_image"], prompts.prompt, prompts.negative_prompt, c["invert_mask"],
+              c["mask_blur"], c["masked_content"], c["inpaint_area"], c["padding"], c["strength"],
+              sampling.num_inference_steps, sampling.guidance_scale, sampling.scheduler, sampling.seed, batch_size,
+              batch_count]
+    run.click(inpaint, inputs=inputs, outputs=[gallery, seed_used, infotext], api_name="inpaint",
+              concurrency_id="gpu")
+    return {"handler": inpaint, "inputs": inputs, "gallery": gallery, "prompt": prompts.prompt,
+            "input_image": c["editor"]}
