@@ -296,15 +296,16 @@ def test_preview_shows_the_edge_map_restyle_will_use(studio: Studio) -> None:
 def test_app_serves_restyle_and_its_edge_preview(running_app: tuple[str, Studio], tmp_path: Path) -> None:
     from gradio_client import Client, handle_file
 
-    url, _ = running_app
+    url, studio = running_app
     sketch = tmp_path / "sketch.png"
     silhouette((64, 96), "RGBA").save(sketch)
     client = Client(url, verbose=False)
     edge, note = client.predict(handle_file(str(sketch)), "hed", False, True, 512, 0, 0, "off",
                                 api_name="/restyle_edges")
-    assert Image.open(edge).size == (56, 80) and "56x80" in note
+    size = edges.auto_size((64, 96), studio.cache.native_size())
+    assert Image.open(edge).size == size and f"{size[0]}x{size[1]}" in note
     gallery, seed, infotext = client.predict(
         handle_file(str(sketch)), "hed_safe", False, True, 512, 1.0, 0.0, 1.0, False, PROMPT, "", 1, 7.0, "Euler",
         5, 1, 1, 0, 0, "off", api_name="/restyle")
     assert seed == 5 and len(gallery) == 1 and "ControlNet 0" in infotext
-    assert Image.open(gallery[0]["image"]).size == (56, 80)
+    assert Image.open(gallery[0]["image"]).size == size

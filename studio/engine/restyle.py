@@ -203,6 +203,17 @@ def controlnet_params(studio: Studio, req: RestyleRequest, resolution: int) -> d
     return {"ControlNet 0": text, "Repeat": req.repeat}
 
 
+def control_kwargs(req: RestyleRequest, control: Image.Image) -> dict[str, Any]:
+    """The ControlNet pipeline's own arguments (one ControlNet, given as a list to `WindowedControlNet`)."""
+    return {
+        "image": [control],
+        "controlnet_conditioning_scale": float(req.controlnet_conditioning_scale),
+        "control_guidance_start": float(req.control_guidance_start),
+        "control_guidance_end": float(req.control_guidance_end),
+        "guess_mode": req.guess_mode,
+    }
+
+
 def restyle(studio: Studio, req: RestyleRequest, job: Job | None = None,
             latents: torch.Tensor | None = None) -> Result:
     """Generate from the prompt while the ControlNet holds the input's lines. `latents` (tests, scripts) replaces
@@ -228,11 +239,7 @@ def restyle(studio: Studio, req: RestyleRequest, job: Job | None = None,
                 seeds = [seed + batch * req.batch_size + i for i in range(req.batch_size)]
                 output = pipe(
                     **prompt_kwargs(pipe, **prompts),
-                    image=[control],
-                    controlnet_conditioning_scale=float(req.controlnet_conditioning_scale),
-                    control_guidance_start=float(req.control_guidance_start),
-                    control_guidance_end=float(req.control_guidance_end),
-                    guess_mode=req.guess_mode,
+                    **control_kwargs(req, control),
                     num_inference_steps=req.num_inference_steps,
                     guidance_scale=req.guidance_scale,
                     width=width,
