@@ -196,11 +196,13 @@ class ModelCache:
             "annotator": self.settings.annotator_model,
             "inpaint_unet": self.settings.inpaint_model,
         }[slot]
+        key = "inpaint" if slot == "inpaint_unet" else slot
+        if configured == "tiny":  # the tiny twin of this companion
+            return registry.companion_sources(registry.resolve("tiny", self.settings.tiny_dir),
+                                              self.settings.tiny_dir)[key]
         if configured:
-            return str(registry.resolve(configured, self.settings.tiny_dir).source) \
-                if configured == "tiny" else configured
-        defaults = registry.companion_sources(self.checkpoint(), self.settings.tiny_dir)
-        return defaults["inpaint" if slot == "inpaint_unet" else slot]
+            return configured
+        return registry.companion_sources(self.checkpoint(), self.settings.tiny_dir)[key]
 
     def slot(self, name: str) -> Any:
         """ControlNet, annotator or inpainting UNet: loaded once, on first use, kept until the base changes."""
