@@ -16,12 +16,13 @@ import gradio as gr
 from studio.cache import ModelCache
 from studio.engine.common import Studio
 from studio.engine.inpaint import inpaint
+from studio.engine.textile import textile
 from studio.engine.txt2img import txt2img
 from studio.outputs import Outputs
 from studio.prompts import TokenCounter
 from studio.registry import resolve
 from studio.settings import Settings, parse_args
-from studio.ui import inpaint_tab, txt2img_tab
+from studio.ui import inpaint_tab, textile_tab, txt2img_tab
 from studio.ui.widgets import UIContext
 
 log = logging.getLogger("atelier")
@@ -48,6 +49,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("txt2img", id="txt2img"):
                 txt2img_tab.create(ctx, lambda req, job: txt2img(studio, req, job))
+            with gr.Tab("Textile", id="textile"):
+                textile_tab.create(ctx, lambda req, job: textile(studio, req, job))
             with gr.Tab("Inpaint", id="inpaint"):
                 inpaint_tab.create(ctx, lambda req, job: inpaint(studio, req, job))
     return demo
