@@ -68,6 +68,11 @@ def _open(value: Any, what: str, allowed_root: Path | None) -> Image.Image:
     raise ImageInputError(f"Unsupported {what} value ({type(value).__name__}); upload a PNG, JPEG or WebP file.")
 
 
+def open_upload(value: Any, what: str = "image") -> Image.Image:
+    """An upload as PIL decoded it, unconverted: its `info` (PNG text chunks such as `parameters`) intact."""
+    return _open(value, what, None)
+
+
 def _decode(data: bytes, what: str) -> Image.Image:
     if not data:
         raise ImageInputError(f"The {what} file is empty (0 bytes); upload the image again.")
