@@ -1,0 +1,265 @@
+"""The Refine tab: img2img loops with a branching history (continue, compare, restore, download a branch).
+
+History lives per browser session in a `gr.State` holding a small JSON tree (ids and paths inside the outputs
+folder, never images), mirrored into `gr.BrowserState` so it survives a page reload. Why BrowserState rather than a
+server-side store keyed by a browser token: nothing to persist, expire or garbage-collect on the server; sessions
+are isolated by the browser itself; and with a fixed storage key the tree even survives a server restart, like
+the files do. The browser copy is untrusted (its "encryption" key is sent to the page): every path is re-checked
+against the outputs folder when it comes back (`History.from_dict`). Two tabs of one browser share one tree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import torch
+from PIL import Image
+
+from studio.cache import ModelLoadError
+from studio.engine.common import Cancelled, Job, RequestError
+from studio.engine.refine import (
+    DEFAULT_NEGATIVE,
+    MAX_LOOPS,
+    SCHEDULES,
+    SEED_POLICIES,
+    LoopImage,
+    RefineRequest,
+    params_from_infotext,
+)
+from studio.history import History, HistoryError
+from studio.metadata import read_parameters
+from studio.outputs import Outputs
+from studio.ui.widgets import UIContext, as_int, cancel_button, prompt_block, results_block, sampling_block
+
+log = logging.getLogger(__name__)
+Refine = Callable[[RefineRequest, Job], Iterator[LoopImage]]
+STORAGE_KEY = "atelier-refine-history"
+# Order of the form fields that "restore parameters" fills (request field names).
+RESTORED = ("prompt", "negative_prompt", "strength", "num_inference_steps", "guidance_scale", "scheduler", "seed",
+            "color_correction")
+
+
+def create(ctx: UIContext, run_refine: Refine, outputs: Outputs) -> dict[str, Any]:
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5, min_width=320):
+            input_image = gr.Image(label="Input image (upload, paste or drop; a PNG's parameters are restored)",
+                                   type="filepath", image_mode=None, format="png", sources=["upload", "clipboard"],
+                                   height=320)
+            prompts = prompt_block(ctx, "e.g. photo of a linen shirt dress, natural light, detailed hands",
+                                   negative=DEFAULT_NEGATIVE)
+            strength = gr.Slider(0.01, 1, value=0.75, step=0.01, label="Denoising strength")
+            sampling = sampling_block(ctx, guidance=7.5)
+            with gr.Row():
+                batch_size = gr.Slider(1, ctx.limits.max_batch_size, value=1, step=1, label="Batch size (chains)")
+                loops = gr.Slider(1, MAX_LOOPS, value=4, step=1, label="Loops")
+            with gr.Row():
+                strength_schedule = gr.Radio(list(SCHEDULES), value="constant", label="Strength schedule")
+                final_strength = gr.Slider(0.01, 1, value=0.45, step=0.01, label="Final strength (linear)")
+            with gr.Row():
+                seed_policy = gr.Radio(list(SEED_POLICIES), value="increment", label="Seed per loop")
+                color_correction = gr.Checkbox(value=True, label="Colour correction (hold the source palette)")
+            with gr.Row():
+                run = gr.Button("Refine", variant="primary")
+                cancel_button(ctx.board)
+        with gr.Column(scale=6, min_width=320):
+            gallery, seed_used, infotext = results_block("Loop results")
+            with gr.Accordion("History", open=True):
+                node_pick = gr.Dropdown(label="Node", choices=[], value=None, interactive=True)
+                history_gallery = gr.Gallery(label="All nodes", format="png", type="filepath", columns=6,
+                                             height=220, object_fit="contain", allow_preview=False)
+                with gr.Row():
+                    continue_button = gr.Button("Continue from node", size="sm")
+                    compare_button = gr.Button("Compare with parent", size="sm")
+                    restore_button = gr.Button("Restore recipe (replay)", size="sm")
+                    download_button = gr.Button("Download branch", size="sm")
+                compare = gr.ImageSlider(label="Parent ↔ node", type="filepath", format="png", max_height=420)
+                branch_zip = gr.File(label="Branch (zip of PNGs + tree.json)", interactive=False)
+    tree = gr.State(History(outputs.root).to_dict())
+    continue_from = gr.State(None)
+    saved = gr.BrowserState(History(outputs.root).to_dict(), storage_key=STORAGE_KEY, secret=STORAGE_KEY)
+
+    def refine(image: str | None, prompt: str, negative_prompt: str, strength: float, num_inference_steps: float,
+               guidance_scale: float, scheduler: str, seed: float, batch_size: float, loops: float,
+               strength_schedule: str, final_strength: float, seed_policy: str, color_correction: bool,
+               continue_from: int | None, tree: dict[str, Any], request: gr.Request,
+               progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio injects it)
+               ) -> Iterator[tuple[list[tuple[str, str]], int, str, dict]]:
+        history = History.from_dict(tree, outputs.root)
+        req = RefineRequest(
+            image=source_value(image, continue_from, history), prompt=prompt or "",
+            negative_prompt=negative_prompt or "", strength=float(strength),
+            num_inference_steps=as_int(num_inference_steps, "Steps"), guidance_scale=float(guidance_scale),
+            scheduler=scheduler, seed=as_int(seed, "Seed"), batch_size=as_int(batch_size, "Batch size"),
+            loops=as_int(loops, "Loops"), strength_schedule=strength_schedule,
+            final_strength=float(final_strength), seed_policy=seed_policy, color_correction=bool(color_correction),
+        )
+        shown: list[tuple[str, str]] = []
+        seeds: list[int] = []
+        for item in stream(ctx, request, progress, lambda job: run_refine(req, job)):
+            history.add(item.generated.path, item.parent, loop=item.loop, seed=item.seed, strength=item.strength)
+            shown.append((str(item.generated.path), f"loop {item.loop} · chain {item.chain + 1} · seed {item.seed}"))
+            seeds.append(item.seed)
+            yield shown, seeds[0], item.generated.infotext, history.to_dict()
+        if not shown:  # cancelled before the first image: leave every output as it was
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
+
+    def pick(tree: dict[str, Any], evt: gr.SelectData) -> Any:
+        return pick_from_gallery(tree, evt.index, outputs.root)
+
+    inputs = [input_image, prompts.prompt, prompts.negative_prompt, strength, sampling.num_inference_steps,
+              sampling.guidance_scale, sampling.scheduler, sampling.seed, batch_size, loops, strength_schedule,
+              final_strength, seed_policy, color_correction, continue_from, tree]
+    form = [prompts.prompt, prompts.negative_prompt, strength, sampling.num_inference_steps,
+            sampling.guidance_scale, sampling.scheduler, sampling.seed, color_correction]
+    private = {"api_visibility": "private", "queue": False}
+
+    run.click(refine, inputs=inputs, outputs=[gallery, seed_used, infotext, tree], api_name="refine",
+              concurrency_id="gpu")
+    tree.change(lambda t: show_tree(History.from_dict(t, outputs.root)), inputs=tree,
+                outputs=[node_pick, history_gallery], api_name="refine_history", queue=False)
+    tree.change(lambda t: t, inputs=tree, outputs=saved, **private)
+    saved.change(lambda s, t: adopt(s, t, outputs.root), inputs=[saved, tree], outputs=tree, **private)
+    input_image.upload(lambda path: restore_fields(read_png_parameters(path)), inputs=input_image, outputs=form,
+                       **private)
+    history_gallery.select(pick, inputs=tree, outputs=node_pick, **private)
+    continue_button.click(lambda n, t: continue_node(n, t, outputs.root), inputs=[node_pick, tree],
+                          outputs=[input_image, continue_from], **private)
+    compare_button.click(lambda n, t: compare_node(n, t, outputs.root), inputs=[node_pick, tree], outputs=compare,
+                         **private)
+    restore_button.click(lambda n, t: restore_node(n, t, outputs.root), inputs=[node_pick, tree],
+                         outputs=[*form, input_image, continue_from, loops], **private)
+    download_button.click(lambda n, t: download_branch(n, t, outputs.root), inputs=[node_pick, tree],
+                          outputs=branch_zip, **private)
+    return {"handler": refine, "inputs": inputs, "gallery": gallery, "input_image": input_image,
+            "prompt": prompts.prompt, "tree": tree, "node_pick": node_pick}
+
+
+# ---- running ------------------------------------------------------------------------------------------------------
+def stream(ctx: UIContext, request: gr.Request | None, progress: gr.Progress,
+           start: Callable[[Job], Iterator[LoopImage]]) -> Iterator[LoopImage]:
+    """Run a refine for one session with progress and cancel; images already saved stay shown and in history."""
+    session = getattr(request, "session_hash", None) or "anonymous"
+    job = ctx.board.start(session)
+    job.on_step = lambda step, total: progress((step, total), desc="Refining", unit="steps")
+    count = 0
+    try:
+        for item in start(job):
+            count += 1
+            yield item
+    except Cancelled:
+        gr.Warning(f"Cancelled. {count} finished image(s) were kept in the history.")
+    except (RequestError, ModelLoadError) as exc:
+        raise gr.Error(str(exc)) from None
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        raise gr.Error("The GPU ran out of memory. Try a smaller image or batch; the studio is still running.") \
+            from None
+    except Exception:
+        log.exception("Refine failed")
+        raise gr.Error("Refine failed unexpectedly (details in the server log). Finished loops are kept in the "
+                       "history; try again, or with other settings.") from None
+    finally:
+        ctx.board.finish(session, job)
+
+
+def source_value(image: str | None, continue_from: int | None, history: History) -> Any:
+    """The node's own outputs file when the input still is that node's image (so results grow under it)."""
+    if image is None or continue_from is None:
+        return image
+    try:
+        node_path = history.path(continue_from)
+    except HistoryError:
+        return image
+    return node_path if _digest(Path(image)) == _digest(node_path) else image
+
+
+def _digest(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return ""
+
+
+# ---- history views and actions ----------------------------------------------------------------------------------
+def show_tree(history: History) -> tuple[Any, list[tuple[str, str]]]:
+    choices = history.choices()
+    latest = max(history.nodes, default=None)
+    items = [(str(history.path(i)), history.nodes[i].label()) for i, _ in history.ordered()]
+    return gr.Dropdown(choices=choices, value=latest), items
+
+
+def adopt(saved: Any, tree: dict[str, Any], root: Path) -> Any:
+    """On page load: take the browser's copy when this session's tree is still empty (never overwrite it)."""
+    if History.from_dict(tree, root).nodes:
+        return gr.skip()
+    restored = History.from_dict(saved, root)
+    return restored.to_dict() if restored.nodes else gr.skip()
+
+
+def pick_from_gallery(tree: dict[str, Any], index: Any, root: Path) -> Any:
+    rows = History.from_dict(tree, root).ordered()
+    return rows[index][0] if isinstance(index, int) and 0 <= index < len(rows) else gr.skip()
+
+
+def _node(node_id: Any, tree: dict[str, Any], root: Path) -> tuple[History, int]:
+    history = History.from_dict(tree, root)
+    if node_id is None:
+        raise gr.Error("Pick a node in the history first.")
+    try:
+        return history, history.node(node_id).id
+    except HistoryError as exc:
+        raise gr.Error(str(exc)) from None
+
+
+def continue_node(node_id: Any, tree: dict[str, Any], root: Path) -> tuple[str, int]:
+    history, node = _node(node_id, tree, root)
+    gr.Info(f"Input set to #{node}: the next run grows a branch from it.")
+    return str(history.path(node)), node
+
+
+def compare_node(node_id: Any, tree: dict[str, Any], root: Path) -> Any:
+    history, node = _node(node_id, tree, root)
+    parent = history.nodes[node].parent
+    if parent is None:
+        gr.Warning(f"#{node} is a source image; it has no parent to compare with.")
+        return gr.skip()
+    return str(history.path(parent)), str(history.path(node))
+
+
+def restore_node(node_id: Any, tree: dict[str, Any], root: Path) -> tuple[Any, ...]:
+    """The node's recipe into the form, its parent as input and one loop: Refine then reproduces the node."""
+    history, node = _node(node_id, tree, root)
+    fields = restore_fields(read_png_parameters(history.path(node)))
+    parent = history.nodes[node].parent
+    if parent is None:
+        return (*fields, gr.skip(), gr.skip(), gr.skip())
+    gr.Info(f"Recipe of #{node} restored with #{parent} as input: Refine reproduces it.")
+    return (*fields, str(history.path(parent)), parent, 1)
+
+
+def download_branch(node_id: Any, tree: dict[str, Any], root: Path) -> str:
+    history, node = _node(node_id, tree, root)
+    folder = Path(tempfile.mkdtemp(prefix="atelier-branch-"))
+    return str(history.export_branch(node, folder / f"atelier-branch-{node}.zip"))
+
+
+def restore_fields(parameters: str | None) -> tuple[Any, ...]:
+    """Form values in `RESTORED` order; fields the text does not state are left as they are."""
+    fields = params_from_infotext(parameters)
+    return tuple(fields[name] if name in fields else gr.skip() for name in RESTORED)
+
+
+def read_png_parameters(path: str | Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        with Image.open(path) as image:
+            return read_parameters(image)
+    except OSError:
+        return None

@@ -1,0 +1,255 @@
+"""Refine: loops are plain diffusers img2img, chained, scheduled, colour-held, branchable and replayable."""
+
+from __future__ import annotations
+
+import inspect
+import shutil
+import zipfile
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionImg2ImgPipeline
+from PIL import Image
+
+from studio.color import mean_delta_e, palette_delta_e
+from studio.engine.common import Job, RequestError
+from studio.engine.refine import RefineRequest, load_source, params_from_infotext, refine
+from studio.history import History
+from studio.metadata import format_infotext, parse_infotext, pnginfo, read_parameters
+from studio.schedulers import get_sampler
+from studio.ui import refine_tab
+from studio.ui.widgets import UIContext
+from tests.conftest import free_port, pixels
+
+PROMPT = "photo of a linen shirt dress, natural light"
+
+
+def colourful(size: int = 64) -> Image.Image:
+    """A fixed image with strong hues everywhere: red-green-blue gradients."""
+    y, x = np.mgrid[0:size, 0:size] * (255 / (size - 1))
+    return Image.fromarray(np.stack([x, y, 255 - (x + y) / 2], -1).round().astype(np.uint8))
+
+
+def params_of(path: Path) -> dict[str, str]:
+    with Image.open(path) as image:
+        return parse_infotext(read_parameters(image)).params
+
+
+def run(studio, **fields) -> list:
+    """Loops without classifier-free guidance unless asked (half the UNet work; the properties do not need it)."""
+    defaults = {"image": colourful(), "prompt": PROMPT, "guidance_scale": 1.0}
+    return list(refine(studio, RefineRequest(**{**defaults, **fields})))
+
+
+# ---- one loop is plain diffusers -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def plain_components(tiny_dir):
+    plain = StableDiffusionImg2ImgPipeline.from_pretrained(tiny_dir / "base", safety_checker=None)
+    return plain.components
+
+
+@pytest.mark.parametrize(("scheduler", "strength"), [("DPM++ 2M Karras", 0.75), ("Euler a", 0.5)])
+def test_one_loop_equals_plain_img2img_pixel_for_pixel(studio, plain_components, scheduler, strength):
+    [item] = run(studio, strength=strength, num_inference_steps=4, guidance_scale=7.5, scheduler=scheduler,
+                 seed=1234)
+    config = plain_components["scheduler"].config  # the checkpoint's own (PNDM) config, as the studio uses
+    # Constructed like `from_pretrained(..., scheduler=...)` would: the pipeline's __init__ sees the scheduler.
+    plain = StableDiffusionImg2ImgPipeline(**{**plain_components, "scheduler": get_sampler(scheduler).build(config)})
+    plain.set_progress_bar_config(disable=True)
+    expected = plain(PROMPT, image=colourful(), strength=strength, num_inference_steps=4, guidance_scale=7.5,
+                     negative_prompt=RefineRequest(image=None).negative_prompt,
+                     generator=torch.Generator("cpu").manual_seed(1234)).images[0]
+    assert np.array_equal(pixels(item.generated.path), pixels(expected))
+    assert np.array_equal(pixels(item.parent), pixels(colourful()))  # the source copy in outputs is lossless
+
+
+@pytest.mark.parametrize(("steps", "strength"), [(4, 0.5), (5, 0.3), (2, 1.0)])
+def test_strength_s_with_n_steps_runs_int_n_times_s_denoising_steps(studio, steps, strength):
+    reports: list[tuple[int, int]] = []
+    items = list(refine(studio, RefineRequest(image=colourful(), prompt=PROMPT, strength=strength,
+                                              num_inference_steps=steps, seed=3),
+                        Job(on_step=lambda step, total: reports.append((step, total)))))
+    expected = int(steps * strength)
+    assert [step for step, _ in reports] == list(range(1, expected + 1))
+    assert {total for _, total in reports} == {expected}
+    assert params_of(items[0].generated.path)["Denoising strength"] == str(strength)
+
+
+# ---- loops --------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("policy", ["fixed", "increment", "random"])
+def test_n_loops_make_n_chained_nodes_with_schedule_strengths_and_policy_seeds(studio, policy):
+    items = run(studio, loops=3, strength=0.9, strength_schedule="linear", final_strength=0.5, seed_policy=policy,
+                num_inference_steps=2, seed=1000)
+    assert [i.loop for i in items] == [1, 2, 3]
+    assert [i.parent for i in items[1:]] == [i.generated.path for i in items[:-1]]
+    recorded = [params_of(i.generated.path) for i in items]
+    assert [float(p["Denoising strength"]) for p in recorded] == [0.9, 0.7, 0.5]
+    seeds = [int(p["Seed"]) for p in recorded]
+    assert seeds == [i.seed for i in items] and seeds[0] == 1000
+    if policy == "fixed":
+        assert seeds == [1000, 1000, 1000]
+    elif policy == "increment":
+        assert seeds == [1000, 1001, 1002]
+    assert [p["Parent"] for p in recorded] == [i.parent.name for i in items]
+    assert [p["Loop"] for p in recorded] == ["1/3", "2/3", "3/3"] and recorded[0]["Seed policy"] == policy
+
+    history = History(studio.outputs.root)
+    ids = [history.add(i.generated.path, i.parent, loop=i.loop, seed=i.seed, strength=i.strength) for i in items]
+    assert len(history.nodes) == 4  # the source, then one node per loop
+    assert history.lineage(ids[-1]) == [1, *ids] and all(history.nodes[i].children == [i + 1] for i in (1, *ids[:-1]))
+
+
+def test_colour_correction_reduces_drift_over_8_loops(studio):
+    source = colourful()
+    drift = {}
+    for corrected in (False, True):
+        final = run(studio, loops=8, strength=0.5, num_inference_steps=2, seed=21, color_correction=corrected)[-1]
+        image = Image.open(final.generated.path)
+        drift[corrected] = (palette_delta_e(image, source), mean_delta_e(image, source))
+    print(f"\nΔE2000 of the mean colour after 8 loops: {drift[False][0]:.2f} without correction, "
+          f"{drift[True][0]:.2f} with; pixelwise mean ΔE2000: {drift[False][1]:.2f} vs {drift[True][1]:.2f}")
+    assert drift[True][0] < drift[False][0]
+
+
+# ---- branching and replay -----------------------------------------------------------------------------------------
+def test_branching_from_a_middle_node_grows_a_sibling_subtree_and_the_zip_holds_exactly_the_branch(studio, tmp_path):
+    history = History(studio.outputs.root)
+    trunk = run(studio, loops=3, strength=0.5, num_inference_steps=2, seed=5, color_correction=True)
+    middle = trunk[1].generated.path
+    twig = run(studio, image=middle, loops=1, strength=0.5, num_inference_steps=2, seed=6)
+    for item in trunk + twig:
+        history.add(item.generated.path, item.parent, loop=item.loop, seed=item.seed, strength=item.strength)
+    assert twig[0].parent == middle  # an outputs file is its own source: no copy, no new root
+    assert history.node(3).children == [4, 5] and len(history.nodes) == 5
+    with zipfile.ZipFile(history.export_branch(5, tmp_path / "branch.zip")) as archive:
+        pngs = sorted(n for n in archive.namelist() if n.endswith(".png"))
+        assert pngs == sorted(f"{i:03d}-{history.path(i).name}" for i in (1, 2, 3, 5))
+        assert all(read_parameters(Image.open(archive.open(n))) for n in pngs[1:])
+
+
+def test_rerunning_a_node_with_its_recorded_recipe_and_parent_reproduces_it_exactly(studio):
+    trunk = run(studio, loops=3, strength=0.6, num_inference_steps=3, seed_policy="random", color_correction=True,
+                scheduler="Euler a")
+    node = trunk[2]
+    with Image.open(node.generated.path) as image:
+        recipe = params_from_infotext(read_parameters(image))
+    assert recipe["seed"] == node.seed and recipe["strength"] == 0.6 and recipe["color_correction"] is True
+    [again] = list(refine(studio, RefineRequest(image=node.parent, loops=1, **recipe)))
+    assert np.array_equal(pixels(again.generated.path), pixels(node.generated.path))
+    assert again.parent == node.parent
+
+
+def test_an_a1111_or_atelier_png_restores_its_parameters(tmp_path):
+    a1111 = ("tweed jacket, photo\nNegative prompt: blurry, lowres\nSteps: 30, Sampler: DPM++ 2M, Schedule type: "
+             "Karras, CFG scale: 7, Seed: 123, Size: 512x768, Model hash: abc, Denoising strength: 0.35")
+    Image.new("RGB", (64, 64)).save(tmp_path / "a1111.png", pnginfo=pnginfo(a1111))
+    restored = refine_tab.restore_fields(refine_tab.read_png_parameters(tmp_path / "a1111.png"))
+    expected = {"prompt": "tweed jacket, photo", "negative_prompt": "blurry, lowres", "num_inference_steps": 30,
+                "scheduler": "DPM++ 2M Karras", "guidance_scale": 7.0, "seed": 123, "strength": 0.35}
+    assert dict(zip(refine_tab.RESTORED, restored, strict=True)) == {
+        **expected, "color_correction": gr.skip()}  # not stated: the form keeps its own value
+    atelier = format_infotext("silk gown: \"bias cut\"", "", {"Steps": 4, "Sampler": "Euler a", "CFG scale": 6.5,
+                                                              "Seed": 9, "Color correction": False})
+    fields = params_from_infotext(atelier)
+    assert fields["prompt"] == "silk gown: \"bias cut\"" and fields["color_correction"] is False
+    assert "strength" not in fields  # a txt2img PNG says nothing about strength: the form keeps its own
+    assert params_from_infotext(None) == {} and params_from_infotext("just a caption") == {}
+
+
+# ---- bad inputs ---------------------------------------------------------------------------------------------------
+def test_bad_inputs_are_converted_or_refused_in_words(studio, tmp_path):
+    with pytest.raises(RequestError, match="No input image"):
+        load_source(studio, None)
+    rgba = np.zeros((64, 80, 4), np.uint8)
+    rgba[..., 0], rgba[:, :40, 3] = 255, 255  # left half opaque red, right half transparent
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    image = load_source(studio, tmp_path / "rgba.png").image
+    assert image.mode == "RGB" and image.getpixel((10, 10)) == (255, 0, 0) and image.getpixel((70, 10)) == (255,) * 3
+    Image.fromarray(np.full((64, 64), 65535, np.uint16)).save(tmp_path / "deep.png")
+    assert load_source(studio, tmp_path / "deep.png").image.getpixel((0, 0)) == (255, 255, 255)
+    rotated = Image.fromarray(np.zeros((64, 128, 3), np.uint8))  # stored 128 wide, shown 64 wide
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to view"
+    rotated.save(tmp_path / "rotated.jpg", exif=exif)
+    assert load_source(studio, tmp_path / "rotated.jpg").image.size == (64, 128)
+    big = load_source(studio, Image.new("RGB", (1500, 1000))).image  # above the studio's 1 MP limit
+    assert big.width * big.height <= studio.limits.max_pixels and big.width % 8 == big.height % 8 == 0
+    Image.new("1", (7100, 7000)).save(tmp_path / "huge.png")
+    with pytest.raises(RequestError, match="limit is"):
+        load_source(studio, tmp_path / "huge.png")
+
+
+# ---- the tab ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tab(studio):
+    ctx = UIContext(native_size=64, limits=studio.limits, count_tokens=lambda text: "")
+    with gr.Blocks() as demo:
+        parts = refine_tab.create(ctx, lambda req, job: refine(studio, req, job), studio.outputs)
+    return demo, parts
+
+
+def test_handler_parameters_match_the_tab_inputs(tab):
+    _, parts = tab
+    names = [p for p in inspect.signature(parts["handler"]).parameters if p not in ("request", "progress")]
+    assert len(names) == len(parts["inputs"])
+    assert names[:8] == ["image", "prompt", "negative_prompt", "strength", "num_inference_steps", "guidance_scale",
+                         "scheduler", "seed"]
+
+
+def saved_png(studio, shade: int) -> Path:
+    return studio.outputs.save(Image.new("RGB", (64, 64), (shade, 40, 90)), f"look\nSeed: {shade}", "refine")
+
+
+def test_bad_input_in_the_tab_is_an_error_in_words_and_the_history_is_unchanged(studio, tab, tmp_path):
+    _, parts = tab
+    history = History(studio.outputs.root)
+    history.add(saved_png(studio, 1), saved_png(studio, 2), loop=1, seed=1, strength=0.5)
+    tree = history.to_dict()
+    before = History.from_dict(tree, studio.outputs.root).to_dict()
+    Image.new("1", (7100, 7000)).save(tmp_path / "huge.png")
+    for image in (None, str(tmp_path / "huge.png")):
+        outputs = parts["handler"](image, PROMPT, "", 0.75, 2, 7.5, "Euler", 1, 1, 2, "constant", 0.5, "fixed", True,
+                                   None, tree, None)
+        with pytest.raises(gr.Error) as error:
+            next(outputs)
+        assert "input image" in str(error.value.message).lower()
+        assert tree == before
+
+
+def test_continuing_from_a_node_grows_under_that_node(studio, tmp_path):
+    history = History(studio.outputs.root)
+    path = saved_png(studio, 3)
+    node = history.add(path)
+    cached_copy = tmp_path / "image.png"  # what Gradio hands back after showing the node in the input
+    shutil.copyfile(path, cached_copy)
+    assert refine_tab.source_value(str(cached_copy), node, history) == path
+    assert refine_tab.source_value(str(tmp_path / "other.png"), node, history) == str(tmp_path / "other.png")
+    assert refine_tab.source_value(str(cached_copy), None, history) == str(cached_copy)
+
+
+def test_two_sessions_keep_separate_trees(studio, tab, tmp_path):
+    from gradio_client import Client, handle_file
+
+    demo, _ = tab
+    port = free_port()
+    demo.queue(api_open=False).launch(server_port=port, prevent_thread_lock=True, quiet=True,
+                                      allowed_paths=[str(studio.outputs.root)])
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        alice, bob = Client(url, verbose=False), Client(url, verbose=False)
+        colourful().save(tmp_path / "look.png")
+        args = dict(prompt=PROMPT, negative_prompt="", strength=0.5, num_inference_steps=2, guidance_scale=7.5,
+                    scheduler="Euler", seed=7, batch_size=1, strength_schedule="constant", final_strength=0.5,
+                    seed_policy="increment", color_correction=False, api_name="/refine")
+        shown, seed, infotext = alice.predict(image=handle_file(tmp_path / "look.png"), loops=2, **args)
+        assert len(shown) == 2 and seed == 7 and "Denoising strength: 0.5" in infotext
+        bob.predict(image=handle_file(tmp_path / "look.png"), loops=1, **args)
+        _, alice_nodes = alice.predict(api_name="/refine_history")
+        _, bob_nodes = bob.predict(api_name="/refine_history")
+        assert [n["caption"] for n in alice_nodes] == ["#1 source", "#2 ← #1, s=0.5, seed 7", "#3 ← #2, s=0.5, seed 8"]
+        assert [n["caption"] for n in bob_nodes] == ["#1 source", "#2 ← #1, s=0.5, seed 7"]
+    finally:
+        demo.close()
