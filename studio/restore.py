@@ -174,6 +174,9 @@ def restore_from_text(text: str, limits: Limits | None = None) -> Restored:
     """Request fields for the right tab from an infotext (a PNG's `parameters`, or text pasted from A1111)."""
     info = parse_infotext(text)
     params = info.params
+    if params.get("Mode") == "refine-source":
+        raise RestoreError("This is a Refine source copy: it records no generation settings. Send it to a tab "
+                           "as an input image instead.")
     mode = detect_mode(params)
     values: dict[str, Any] = {**MODE_DEFAULTS.get(mode, {}), "prompt": info.prompt,
                               "negative_prompt": info.negative_prompt}
@@ -234,11 +237,4 @@ def restore_from_png(source: str | Path | Image.Image, limits: Limits | None = N
         raise RestoreError(f"{kind} carries no generation settings (no 'parameters' metadata). Drop a PNG saved "
                            "by Atelier or AUTOMATIC1111; converting to JPEG/WebP, screenshots and many upload sites "
                            "strip it.")
-    if params_of(text).get("Mode") == "refine-source":
-        raise RestoreError("This is a Refine source copy: it records no generation settings. Send it to a tab "
-                           "as an input image instead.")
     return restore_from_text(text, limits)
-
-
-def params_of(text: str) -> dict[str, str]:
-    return parse_infotext(text).params
