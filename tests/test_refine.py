@@ -16,9 +16,10 @@ from PIL import Image
 
 from studio.color import mean_delta_e, palette_delta_e
 from studio.engine.common import Job, RequestError
-from studio.engine.refine import RefineRequest, load_source, params_from_infotext, refine
+from studio.engine.refine import RefineRequest, load_source, refine
 from studio.history import History
-from studio.metadata import format_infotext, parse_infotext, pnginfo, read_parameters
+from studio.metadata import parse_infotext, pnginfo, read_parameters
+from studio.restore import restore_from_png
 from studio.schedulers import get_sampler
 from studio.ui import refine_tab
 from studio.ui.widgets import UIContext
@@ -134,29 +135,31 @@ def test_rerunning_a_node_with_its_recorded_recipe_and_parent_reproduces_it_exac
     trunk = run(studio, loops=3, strength=0.6, num_inference_steps=3, seed_policy="random", color_correction=True,
                 scheduler="Euler a")
     node = trunk[2]
-    with Image.open(node.generated.path) as image:
-        recipe = params_from_infotext(read_parameters(image))
+    recipe = restore_from_png(node.generated.path, studio.limits).values  # what "Restore recipe" puts in the form
     assert recipe["seed"] == node.seed and recipe["strength"] == 0.6 and recipe["color_correction"] is True
-    [again] = list(refine(studio, RefineRequest(image=node.parent, loops=1, **recipe)))
+    [again] = list(refine(studio, RefineRequest(image=node.parent, **recipe)))
     assert np.array_equal(pixels(again.generated.path), pixels(node.generated.path))
     assert again.parent == node.parent
 
 
-def test_an_a1111_or_atelier_png_restores_its_parameters(tmp_path):
+def test_an_a1111_or_atelier_png_restores_its_parameters(studio, tmp_path):
     a1111 = ("tweed jacket, photo\nNegative prompt: blurry, lowres\nSteps: 30, Sampler: DPM++ 2M, Schedule type: "
              "Karras, CFG scale: 7, Seed: 123, Size: 512x768, Model hash: abc, Denoising strength: 0.35")
     Image.new("RGB", (64, 64)).save(tmp_path / "a1111.png", pnginfo=pnginfo(a1111))
-    restored = refine_tab.restore_fields(refine_tab.read_png_parameters(tmp_path / "a1111.png"))
-    expected = {"prompt": "tweed jacket, photo", "negative_prompt": "blurry, lowres", "num_inference_steps": 30,
-                "scheduler": "DPM++ 2M Karras", "guidance_scale": 7.0, "seed": 123, "strength": 0.35}
-    assert dict(zip(refine_tab.RESTORED, restored, strict=True)) == {
-        **expected, "color_correction": gr.skip()}  # not stated: the form keeps its own value
-    atelier = format_infotext("silk gown: \"bias cut\"", "", {"Steps": 4, "Sampler": "Euler a", "CFG scale": 6.5,
-                                                              "Seed": 9, "Color correction": False})
-    fields = params_from_infotext(atelier)
-    assert fields["prompt"] == "silk gown: \"bias cut\"" and fields["color_correction"] is False
-    assert "strength" not in fields  # a txt2img PNG says nothing about strength: the form keeps its own
-    assert params_from_infotext(None) == {} and params_from_infotext("just a caption") == {}
+    restored = dict(zip(refine_tab.RESTORED, refine_tab.restore_fields(tmp_path / "a1111.png", studio.limits),
+                        strict=True))
+    assert restored == {"prompt": "tweed jacket, photo", "negative_prompt": "blurry, lowres",
+                        "num_inference_steps": 30, "scheduler": "DPM++ 2M Karras", "guidance_scale": 7.0, "seed": 123,
+                        "strength": 0.35, "loops": 1, "strength_schedule": "constant",
+                        "color_correction": gr.skip(), "seed_policy": gr.skip()}  # unstated: the form keeps its own
+    [item] = run(studio, strength=0.5, num_inference_steps=2, seed=77, seed_policy="increment")
+    restored = dict(zip(refine_tab.RESTORED, refine_tab.restore_fields(item.generated.path, studio.limits),
+                        strict=True))
+    assert (restored["prompt"], restored["seed"], restored["strength"], restored["seed_policy"]) == (
+        PROMPT, 77, 0.5, "increment")
+    photo = tmp_path / "photo.png"
+    colourful().save(photo)
+    assert set(map(str, refine_tab.restore_fields(photo, studio.limits, quiet=True))) == {str(gr.skip())}
 
 
 # ---- bad inputs ---------------------------------------------------------------------------------------------------

@@ -39,9 +39,9 @@ from studio.engine.common import (
     step_callback,
 )
 from studio.images import ImageInputError, load_image
-from studio.metadata import format_infotext, parse_infotext, read_parameters
+from studio.metadata import format_infotext, read_parameters
 from studio.prompts import prompt_kwargs
-from studio.schedulers import DEFAULT_SAMPLER, SAMPLERS, from_infotext
+from studio.schedulers import DEFAULT_SAMPLER, SAMPLERS
 from studio.settings import Limits
 
 log = logging.getLogger(__name__)
@@ -242,28 +242,3 @@ def _img2img(studio: Studio, req: RefineRequest, prompts: dict[str, str], image:
             output_type="pil",
         )
     return output.images[0]
-
-
-# ---- replay -----------------------------------------------------------------------------------------------------
-def params_from_infotext(text: str | None) -> dict[str, Any]:
-    """Request fields recorded in an Atelier or A1111 infotext; only what it actually states."""
-    if not text:
-        return {}
-    info = parse_infotext(text)
-    p = info.params
-    if not p or p.get("Mode") == "refine-source":
-        return {}
-    fields: dict[str, Any] = {"prompt": info.prompt, "negative_prompt": info.negative_prompt}
-    readers = {"Steps": ("num_inference_steps", int), "CFG scale": ("guidance_scale", float),
-               "Seed": ("seed", int), "Denoising strength": ("strength", float),
-               "Color correction": ("color_correction", lambda v: v.strip().lower() == "true")}
-    for key, (name, read) in readers.items():
-        if key in p:
-            try:
-                fields[name] = read(p[key])
-            except ValueError:
-                log.warning("Ignoring unreadable %s: %r", key, p[key])
-    sampler = from_infotext(p.get("Sampler", ""), p.get("Schedule type"))
-    if sampler is not None:
-        fields["scheduler"] = sampler
-    return fields

@@ -19,30 +19,22 @@ from typing import Any
 
 import gradio as gr
 import torch
-from PIL import Image
 
 from studio.cache import ModelLoadError
 from studio.engine.common import Cancelled, Job, RequestError
-from studio.engine.refine import (
-    DEFAULT_NEGATIVE,
-    MAX_LOOPS,
-    SCHEDULES,
-    SEED_POLICIES,
-    LoopImage,
-    RefineRequest,
-    params_from_infotext,
-)
+from studio.engine.refine import DEFAULT_NEGATIVE, MAX_LOOPS, SCHEDULES, SEED_POLICIES, LoopImage, RefineRequest
 from studio.history import History, HistoryError
-from studio.metadata import read_parameters
 from studio.outputs import Outputs
+from studio.restore import RestoreError, restore_from_png
+from studio.settings import Limits
 from studio.ui.widgets import UIContext, as_int, cancel_button, prompt_block, results_block, sampling_block
 
 log = logging.getLogger(__name__)
 Refine = Callable[[RefineRequest, Job], Iterator[LoopImage]]
 STORAGE_KEY = "atelier-refine-history"
-# Order of the form fields that "restore parameters" fills (request field names).
+# The form fields a restored PNG fills, in this order (request field names; see studio.restore).
 RESTORED = ("prompt", "negative_prompt", "strength", "num_inference_steps", "guidance_scale", "scheduler", "seed",
-            "color_correction")
+            "color_correction", "seed_policy", "loops", "strength_schedule")
 
 
 def create(ctx: UIContext, run_refine: Refine, outputs: Outputs) -> dict[str, Any]:
@@ -116,7 +108,8 @@ def create(ctx: UIContext, run_refine: Refine, outputs: Outputs) -> dict[str, An
               sampling.guidance_scale, sampling.scheduler, sampling.seed, batch_size, loops, strength_schedule,
               final_strength, seed_policy, color_correction, continue_from, tree]
     form = [prompts.prompt, prompts.negative_prompt, strength, sampling.num_inference_steps,
-            sampling.guidance_scale, sampling.scheduler, sampling.seed, color_correction]
+            sampling.guidance_scale, sampling.scheduler, sampling.seed, color_correction, seed_policy, loops,
+            strength_schedule]
     private = {"api_visibility": "private", "queue": False}
 
     run.click(refine, inputs=inputs, outputs=[gallery, seed_used, infotext, tree], api_name="refine",
@@ -125,15 +118,15 @@ def create(ctx: UIContext, run_refine: Refine, outputs: Outputs) -> dict[str, An
                 outputs=[node_pick, history_gallery], api_name="refine_history", queue=False)
     tree.change(lambda t: t, inputs=tree, outputs=saved, **private)
     saved.change(lambda s, t: adopt(s, t, outputs.root), inputs=[saved, tree], outputs=tree, **private)
-    input_image.upload(lambda path: restore_fields(read_png_parameters(path)), inputs=input_image, outputs=form,
+    input_image.upload(lambda path: restore_fields(path, ctx.limits, quiet=True), inputs=input_image, outputs=form,
                        **private)
     history_gallery.select(pick, inputs=tree, outputs=node_pick, **private)
     continue_button.click(lambda n, t: continue_node(n, t, outputs.root), inputs=[node_pick, tree],
                           outputs=[input_image, continue_from], **private)
     compare_button.click(lambda n, t: compare_node(n, t, outputs.root), inputs=[node_pick, tree], outputs=compare,
                          **private)
-    restore_button.click(lambda n, t: restore_node(n, t, outputs.root), inputs=[node_pick, tree],
-                         outputs=[*form, input_image, continue_from, loops], **private)
+    restore_button.click(lambda n, t: restore_node(n, t, outputs.root, ctx.limits), inputs=[node_pick, tree],
+                         outputs=[*form, input_image, continue_from], **private)
     download_button.click(lambda n, t: download_branch(n, t, outputs.root), inputs=[node_pick, tree],
                           outputs=branch_zip, **private)
     return {"handler": refine, "inputs": inputs, "gallery": gallery, "input_image": input_image,
@@ -232,15 +225,15 @@ def compare_node(node_id: Any, tree: dict[str, Any], root: Path) -> Any:
     return str(history.path(parent)), str(history.path(node))
 
 
-def restore_node(node_id: Any, tree: dict[str, Any], root: Path) -> tuple[Any, ...]:
-    """The node's recipe into the form, its parent as input and one loop: Refine then reproduces the node."""
+def restore_node(node_id: Any, tree: dict[str, Any], root: Path, limits: Limits) -> tuple[Any, ...]:
+    """The node's recipe into the form (one loop) and its parent as input: Refine then reproduces the node."""
     history, node = _node(node_id, tree, root)
-    fields = restore_fields(read_png_parameters(history.path(node)))
+    fields = restore_fields(history.path(node), limits)
     parent = history.nodes[node].parent
     if parent is None:
-        return (*fields, gr.skip(), gr.skip(), gr.skip())
-    gr.Info(f"Recipe of #{node} restored with #{parent} as input: Refine reproduces it.")
-    return (*fields, str(history.path(parent)), parent, 1)
+        return (*fields, gr.skip(), gr.skip())
+    gr.Info(f"#{parent} is the input: Refine now reproduces #{node}.")
+    return (*fields, str(history.path(parent)), parent)
 
 
 def download_branch(node_id: Any, tree: dict[str, Any], root: Path) -> str:
@@ -249,17 +242,18 @@ def download_branch(node_id: Any, tree: dict[str, Any], root: Path) -> str:
     return str(history.export_branch(node, folder / f"atelier-branch-{node}.zip"))
 
 
-def restore_fields(parameters: str | None) -> tuple[Any, ...]:
-    """Form values in `RESTORED` order; fields the text does not state are left as they are."""
-    fields = params_from_infotext(parameters)
-    return tuple(fields[name] if name in fields else gr.skip() for name in RESTORED)
+def restore_fields(path: str | Path | None, limits: Limits, quiet: bool = False) -> tuple[Any, ...]:
+    """Form values in `RESTORED` order from a PNG's parameters; what it does not state is left as it is.
 
-
-def read_png_parameters(path: str | Path | None) -> str | None:
+    `quiet`: an upload without parameters (a photo) is the normal case, not worth a warning."""
+    skip = tuple(gr.skip() for _ in RESTORED)
     if path is None:
-        return None
+        return skip
     try:
-        with Image.open(path) as image:
-            return read_parameters(image)
-    except OSError:
-        return None
+        restored = restore_from_png(path, limits)
+    except RestoreError as exc:
+        if not quiet:
+            gr.Warning(str(exc))
+        return skip
+    gr.Info(restored.note)
+    return tuple(restored.values[name] if name in restored.values else gr.skip() for name in RESTORED)
