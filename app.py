@@ -16,13 +16,15 @@ import gradio as gr
 from studio.cache import ModelCache
 from studio.engine.common import Studio
 from studio.engine.inpaint import inpaint
+from studio.engine.refine import refine
+from studio.engine.restyle import detect_edges, restyle
 from studio.engine.textile import textile
 from studio.engine.txt2img import txt2img
 from studio.outputs import Outputs
 from studio.prompts import TokenCounter
 from studio.registry import resolve
 from studio.settings import Settings, parse_args
-from studio.ui import inpaint_tab, textile_tab, txt2img_tab
+from studio.ui import inpaint_tab, refine_tab, restyle_tab, textile_tab, txt2img_tab
 from studio.ui.widgets import UIContext
 
 log = logging.getLogger("atelier")
@@ -49,10 +51,15 @@ def build_demo(studio: Studio) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("txt2img", id="txt2img"):
                 txt2img_tab.create(ctx, lambda req, job: txt2img(studio, req, job))
+            with gr.Tab("Refine", id="refine"):
+                refine_tab.create(ctx, lambda req, job: refine(studio, req, job), studio.outputs)
             with gr.Tab("Textile", id="textile"):
                 textile_tab.create(ctx, lambda req, job: textile(studio, req, job))
             with gr.Tab("Inpaint", id="inpaint"):
                 inpaint_tab.create(ctx, lambda req, job: inpaint(studio, req, job))
+            with gr.Tab("Restyle", id="restyle"):
+                restyle_tab.create(ctx, lambda req, job: restyle(studio, req, job),
+                                   lambda *args: detect_edges(studio, *args))
     return demo
 
 
