@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 import gradio as gr
 
@@ -24,10 +25,13 @@ from studio.outputs import Outputs
 from studio.prompts import TokenCounter
 from studio.registry import resolve
 from studio.settings import Settings, parse_args
-from studio.ui import inpaint_tab, refine_tab, restyle_tab, textile_tab, txt2img_tab
+from studio.presets import load_presets
+from studio.restore import restore_from_png
+from studio.ui import inpaint_tab, refine_tab, restyle_tab, shell, textile_tab, txt2img_tab
 from studio.ui.widgets import UIContext
 
 log = logging.getLogger("atelier")
+REPO = Path(__file__).resolve().parent
 CSS = ".token-count p {font-size: 0.8em; opacity: 0.7; margin: 0} footer {display: none !important}"
 
 
@@ -44,22 +48,38 @@ def native_size_hint(settings: Settings) -> int:
 
 def build_demo(studio: Studio) -> gr.Blocks:
     settings = studio.cache.settings
+    presets = load_presets(REPO / "presets", settings.limits)  # a broken preset stops startup, naming file and key
     ctx = UIContext(native_size=native_size_hint(settings), limits=settings.limits,
                     count_tokens=TokenCounter(settings.tiny_dir.parent / "clip-tokenizer"))
+    modes = {
+        "txt2img": ("txt2img", lambda: txt2img_tab.create(ctx, lambda req, job: txt2img(studio, req, job))),
+        "refine": ("Refine", lambda: refine_tab.create(ctx, lambda req, job: refine(studio, req, job),
+                                                       studio.outputs)),
+        "textile": ("Textile", lambda: textile_tab.create(ctx, lambda req, job: textile(studio, req, job))),
+        "inpaint": ("Inpaint", lambda: inpaint_tab.create(ctx, lambda req, job: inpaint(studio, req, job))),
+        "restyle": ("Restyle", lambda: restyle_tab.create(ctx, lambda req, job: restyle(studio, req, job),
+                                                          lambda *args: detect_edges(studio, *args))),
+    }
     with gr.Blocks(title="Atelier") as demo:
-        gr.Markdown("## Atelier — diffusion design studio")
-        with gr.Tabs():
-            with gr.Tab("txt2img", id="txt2img"):
-                txt2img_tab.create(ctx, lambda req, job: txt2img(studio, req, job))
-            with gr.Tab("Refine", id="refine"):
-                refine_tab.create(ctx, lambda req, job: refine(studio, req, job), studio.outputs)
-            with gr.Tab("Textile", id="textile"):
-                textile_tab.create(ctx, lambda req, job: textile(studio, req, job))
-            with gr.Tab("Inpaint", id="inpaint"):
-                inpaint_tab.create(ctx, lambda req, job: inpaint(studio, req, job))
-            with gr.Tab("Restyle", id="restyle"):
-                restyle_tab.create(ctx, lambda req, job: restyle(studio, req, job),
-                                   lambda *args: detect_edges(studio, *args))
+        with gr.Row(equal_height=True):
+            gr.Markdown("## Atelier — diffusion design studio")
+            shell.model_switcher(studio)
+        handles: list[shell.TabHandle] = []
+        tab_blocks: list[gr.Tab] = []
+        with gr.Tabs() as tabs:
+            for mode, (label, create) in modes.items():
+                with gr.Tab(label, id=mode) as tab:
+                    picker = shell.preset_picker(presets.get(mode, []))
+                    handle = shell.TabHandle(mode, label, create())
+                    shell.wire_presets(picker, presets.get(mode, []), handle)
+                    shell.examples_for(handle)
+                handles.append(handle)
+                tab_blocks.append(tab)
+        for tab, handle in zip(tab_blocks, handles, strict=True):
+            with tab:  # "Send to" rows under each tab's results, once every target exists
+                shell.send_row(handle.parts["gallery"], handles, tabs, exclude=handle.mode)
+        shell.session_results(handles, tabs)
+        shell.restorer(handles, tabs, lambda path: restore_from_png(path, settings.limits))
     return demo
 
 
