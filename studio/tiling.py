@@ -53,18 +53,15 @@ def granule(downsamplings: int, scale_factor: int, repeat: str) -> tuple[int, in
     return width, height
 
 
-def _strips(x: torch.Tensor, before: int, after: int, dim: int, drop_dim: int | None) -> torch.Tensor:
-    """Pad `x` along `dim` with the wrapped-in strips; with `drop_dim`, the strips are rolled by half along it."""
-    size = x.shape[dim]
-    lead, trail = x, x
-    if drop_dim is not None:
-        half = x.shape[drop_dim]
-        if half % 2:
-            raise ValueError(f"A half-drop/brick repeat needs even feature maps; got size {half}. "
-                             "Use a tile size that is a multiple of the repeat's granule.")
-        lead, trail = torch.roll(x, -half // 2, drop_dim), torch.roll(x, half // 2, drop_dim)
-    parts = [lead.narrow(dim, size - before, before), x, trail.narrow(dim, 0, after)]
-    return torch.cat([p for p in parts if p.shape[dim]], dim=dim)
+def _dropped(x: torch.Tensor, before: int, after: int, dim: int, drop_dim: int) -> torch.Tensor:
+    """Pad `x` along `dim` with the strips that wrap in, rolled by half the size of `drop_dim` (+ after, - before)."""
+    half, size = x.shape[drop_dim], x.shape[dim]
+    if half % 2:
+        raise ValueError(f"A half-drop/brick repeat needs even feature maps; got size {half}. "
+                         "Use a tile size that is a multiple of the repeat's granule.")
+    lead = torch.roll(x.narrow(dim, size - before, before), -(half // 2), drop_dim)
+    trail = torch.roll(x.narrow(dim, 0, after), half // 2, drop_dim)
+    return torch.cat([lead, x, trail], dim=dim)
 
 
 def wrap_pad(x: torch.Tensor, pads: Pads, repeat: str) -> torch.Tensor:
@@ -76,10 +73,10 @@ def wrap_pad(x: torch.Tensor, pads: Pads, repeat: str) -> torch.Tensor:
         return F.pad(F.pad(x, (left, right, 0, 0), mode="circular"), (0, 0, top, bottom))
     if repeat == "y":
         return F.pad(F.pad(x, (0, 0, top, bottom), mode="circular"), (left, right, 0, 0))
-    if repeat == "half_drop":  # columns first (their strips are dropped), then rows wrap plainly
-        return _strips(_strips(x, left, right, -1, drop_dim=-2), top, bottom, -2, drop_dim=None)
+    if repeat == "half_drop":  # columns first (their strips come in dropped), then rows wrap plainly
+        return F.pad(_dropped(x, left, right, dim=-1, drop_dim=-2), (0, 0, top, bottom), mode="circular")
     if repeat == "brick":
-        return _strips(_strips(x, top, bottom, -2, drop_dim=-1), left, right, -1, drop_dim=None)
+        return F.pad(_dropped(x, top, bottom, dim=-2, drop_dim=-1), (left, right, 0, 0), mode="circular")
     raise ValueError(f"Unknown repeat {repeat!r}; choose one of: {', '.join(REPEATS)}.")
 
 
