@@ -68,7 +68,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
         tab_blocks: list[gr.Tab] = []
         with gr.Tabs() as tabs:
             for mode, (label, create) in modes.items():
-                with gr.Tab(label, id=mode) as tab:
+                with gr.Tab(label, id=mode, elem_id=f"tab-{mode}") as tab:
                     picker = shell.preset_picker(presets.get(mode, []))
                     handle = shell.TabHandle(mode, label, create())
                     shell.wire_presets(picker, presets.get(mode, []), handle)
