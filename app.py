@@ -22,11 +22,11 @@ from studio.engine.restyle import detect_edges, restyle
 from studio.engine.textile import textile
 from studio.engine.txt2img import txt2img
 from studio.outputs import Outputs
+from studio.presets import load_presets
 from studio.prompts import TokenCounter
 from studio.registry import resolve
-from studio.settings import Settings, parse_args
-from studio.presets import load_presets
 from studio.restore import restore_from_png
+from studio.settings import Settings, parse_args
 from studio.ui import inpaint_tab, refine_tab, restyle_tab, shell, textile_tab, txt2img_tab
 from studio.ui.widgets import UIContext
 

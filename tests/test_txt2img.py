@@ -65,9 +65,9 @@ def test_batch_images_use_consecutive_seeds_and_each_reproduces_alone(studio):
 
 
 def test_png_parameters_parse_back_into_the_request(studio):
-    req = Txt2ImgRequest(prompt="刺繍のシルクドレス, embroidered silk dress: \"atelier\"", negative_prompt="lowres, text",
-                         num_inference_steps=3, guidance_scale=6.5, width=64, height=128, scheduler="Euler a",
-                         seed=4242)
+    req = Txt2ImgRequest(prompt="刺繍のシルクドレス, embroidered silk dress: \"atelier\"",
+                         negative_prompt="lowres, text", num_inference_steps=3, guidance_scale=6.5, width=64,
+                         height=128, scheduler="Euler a", seed=4242)
     path = txt2img(studio, req).paths[0]
     with Image.open(path) as image:
         assert image.size == (64, 128)

@@ -8,8 +8,15 @@ import gradio as gr
 
 from studio.engine.common import Job, Result
 from studio.engine.txt2img import Txt2ImgRequest
-from studio.ui.widgets import UIContext, as_int, cancel_button, prompt_block, results_block, run_generation, \
-    sampling_block
+from studio.ui.widgets import (
+    UIContext,
+    as_int,
+    cancel_button,
+    prompt_block,
+    results_block,
+    run_generation,
+    sampling_block,
+)
 
 Generate = Callable[[Txt2ImgRequest, Job], Result]
 
@@ -33,7 +40,8 @@ def create(ctx: UIContext, generate: Generate) -> dict[str, gr.components.Compon
 
     def txt2img(prompt: str, negative_prompt: str, num_inference_steps: float, guidance_scale: float,
                 width: float, height: float, scheduler: str, seed: float, batch_size: float, batch_count: float,
-                request: gr.Request, progress: gr.Progress = gr.Progress()) -> tuple[list[str], int, str]:
+                request: gr.Request,
+                progress: gr.Progress = gr.Progress()) -> tuple[list[str], int, str]:  # noqa: B008 (Gradio idiom)
         req = Txt2ImgRequest(
             prompt=prompt, negative_prompt=negative_prompt or "",
             num_inference_steps=as_int(num_inference_steps, "Steps"), guidance_scale=float(guidance_scale),
