@@ -16,6 +16,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Refuse decoding anything bigger than this many pixels (PIL raises DecompressionBombError past 2x its limit).
 Image.MAX_IMAGE_PIXELS = 64_000_000
+MAX_SIDE = 16_384  # absurd sizes: no garment photo or print is longer than this
+MAX_ASPECT = 16
 
 
 class ImageInputError(ValueError):
@@ -32,6 +34,11 @@ def load_image(value: Any, max_pixels: int, what: str = "image", background: tup
     image = _open(value, what, allowed_root)
     image = _upright(image)
     image = to_rgb(image, background)
+    if max(image.size) > MAX_SIDE or max(image.size) > MAX_ASPECT * min(image.size):
+        raise ImageInputError(
+            f"The {what} is {image.width}x{image.height}: sides up to {MAX_SIDE} px and an aspect of at most "
+            f"{MAX_ASPECT}:1 are accepted. Crop it closer to the garment and upload again."
+        )
     if image.width * image.height > max_pixels:
         scale = (max_pixels / (image.width * image.height)) ** 0.5
         raise ImageInputError(
