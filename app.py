@@ -7,7 +7,6 @@ request (or in the background right after launch, for a workstation).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,7 +49,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
     settings = studio.cache.settings
     presets = load_presets(REPO / "presets", settings.limits)  # a broken preset stops startup, naming file and key
     ctx = UIContext(native_size=native_size_hint(settings), limits=settings.limits,
-                    count_tokens=TokenCounter(settings.tiny_dir.parent / "clip-tokenizer"))
+                    count_tokens=TokenCounter(settings.tiny_dir.parent / "clip-tokenizer"),
+                    default_negative_prompt=settings.default_negative_prompt)
     modes = {
         "txt2img": ("txt2img", lambda: txt2img_tab.create(ctx, lambda req, job: txt2img(studio, req, job))),
         "refine": ("Refine", lambda: refine_tab.create(ctx, lambda req, job: refine(studio, req, job),
@@ -85,6 +85,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
 
 def launch(demo: gr.Blocks, settings: Settings, **kwargs: object) -> object:
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=1, api_open=False)
+    # On a Space, the platform fronts the public address; elsewhere settings refuse 0.0.0.0 without --auth.
     return demo.launch(
         server_name=settings.host, server_port=settings.port, auth=settings.auth, share=settings.share,
         max_file_size=f"{settings.limits.max_upload_mb}mb", allowed_paths=[str(settings.outputs.resolve())],
@@ -99,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     demo = build_demo(studio)
     if settings.preload:
         threading.Thread(target=_preload, args=(studio,), daemon=True).start()
-    launch(demo, settings)
+    launch(demo, settings, inbrowser=settings.open_browser)
 
 
 def _preload(studio: Studio) -> None:
@@ -109,8 +110,14 @@ def _preload(studio: Studio) -> None:
         log.error("%s", exc)
 
 
-if os.environ.get("SPACE_ID"):  # on a Hugging Face Space, `demo` is imported and launched by the runtime
-    demo = build_demo(create_studio(Settings.from_env()))
+def __getattr__(name: str) -> gr.Blocks:
+    """`from app import demo` (a Hugging Face Space) builds the studio from the environment on first access, so
+    importing this module stays cheap."""
+    if name == "demo":
+        global demo
+        demo = build_demo(create_studio(Settings.from_env()))
+        return demo
+    raise AttributeError(name)
 
 if __name__ == "__main__":
     main()

@@ -52,6 +52,9 @@ class Settings:
     share: bool = False
     public_demo: bool = False
     preload: bool = True
+    open_browser: bool = False
+    space: bool = False  # running on a Hugging Face Space (SPACE_ID set): the platform fronts the public address
+    default_negative_prompt: str = ""
     limits: Limits = field(default_factory=Limits)
 
     # ---- construction -------------------------------------------------------------------------------------
@@ -59,7 +62,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Build settings from `STUDIO_*` variables (a dict in tests), then apply explicit overrides."""
         env = os.environ if env is None else env
-        values: dict[str, object] = {}
+        values: dict[str, object] = space_defaults() if env.get("SPACE_ID") else {}
         limit_values: dict[str, object] = {}
         for f in dataclasses.fields(cls):
             if f.name == "limits":
@@ -82,7 +85,10 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        if self.auth is None and (self.share or self.host not in ("127.0.0.1", "localhost", "::1")):
+        if self.public_demo and not self.default_negative_prompt:
+            raise SettingsError("A public demo needs a default negative prompt (STUDIO_DEFAULT_NEGATIVE_PROMPT).")
+        exposed = self.share or self.host not in ("127.0.0.1", "localhost", "::1")
+        if self.auth is None and exposed and not self.space:
             raise SettingsError(
                 "Serving beyond this machine (--listen, --host or --share) requires --auth USER:PASSWORD."
             )
@@ -92,6 +98,16 @@ class Settings:
             raise SettingsError(f"Unknown device {self.device!r}: use auto, cpu, cuda, cuda:N or mps.")
         if self.dtype not in ("auto", "fp32", "fp16", "bf16"):
             raise SettingsError(f"Unknown dtype {self.dtype!r}: use auto, fp32, fp16 or bf16.")
+
+
+PUBLIC_NEGATIVE = "nsfw, nude, naked, lowres, watermark, signature, text, bad anatomy"
+
+
+def space_defaults() -> dict[str, object]:
+    """On a Hugging Face Space: public address behind the platform's proxy, safety checker on, a default negative
+    prompt, and SD 1.5 (Dreamlike Photoreal's licence restricts commercial hosting)."""
+    return {"space": True, "host": "0.0.0.0", "public_demo": True, "model": "sd15", "preload": False,
+            "default_negative_prompt": PUBLIC_NEGATIVE}
 
 
 def _parse(name: str, raw: str) -> object:
@@ -141,6 +157,7 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
     parser.add_argument("--share", action="store_true", help="Gradio share link (requires --auth)")
     parser.add_argument("--public-demo", action="store_true", help="safety checker and default negative prompt")
     parser.add_argument("--no-preload", action="store_true", help="load weights on first request only")
+    parser.add_argument("--open", action="store_true", help="open the studio in a browser tab")
     args = parser.parse_args(argv)
     overrides: dict[str, object] = {
         "model": args.model,
@@ -155,6 +172,8 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
         "auth": args.auth,
         "share": args.share or None,
         "public_demo": args.public_demo or None,
+        "default_negative_prompt": PUBLIC_NEGATIVE if args.public_demo else None,
+        "open_browser": args.open or None,
         "preload": False if args.no_preload else None,
     }
     return Settings.from_env(env, **overrides)

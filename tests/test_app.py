@@ -71,3 +71,36 @@ def test_building_the_ui_loads_no_weights(tiny_dir, tmp_path):
     studio = app.create_studio(make_settings(tiny_dir, tmp_path))
     assert isinstance(app.build_demo(studio), gr.Blocks)
     assert studio.cache.resident() == []
+
+
+def _handler(demo: gr.Blocks, name: str):
+    return next(dep.fn for dep in demo.fns.values() if getattr(dep.fn, "__name__", "") == name)
+
+
+def test_model_switcher_loads_a_listed_model_and_a_failed_switch_keeps_the_previous(tiny_dir, tmp_path):
+    settings = make_settings(tiny_dir, tmp_path, model_choices=("tiny", "some-org/missing-model"))
+    studio = app.create_studio(settings)
+    switch = _handler(app.build_demo(studio), "switch")
+    assert "tiny" in switch("tiny") and studio.cache.current == "tiny"
+    with pytest.raises(gr.Error, match="some-org/missing-model.*Still using tiny"):
+        switch("some-org/missing-model")
+    with pytest.raises(gr.Error, match="Choose one of the listed models"):
+        switch("/etc/passwd")
+    assert [r.name for r in studio.cache.resident()] == ["tiny"]
+
+
+def test_public_demo_prefills_its_negative_prompt_in_every_tab(tiny_dir, tmp_path):
+    settings = make_settings(tiny_dir, tmp_path, public_demo=True, default_negative_prompt="nsfw, nude")
+    demo = app.build_demo(app.create_studio(settings))
+    negatives = [c for c in demo.blocks.values() if isinstance(c, gr.Textbox) and c.label == "Negative prompt"]
+    assert len(negatives) >= 5 and all(str(c.value).startswith("nsfw, nude") for c in negatives)
+
+
+def test_importing_demo_builds_the_studio_from_the_environment(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDIO_MODEL", "tiny")
+    monkeypatch.setenv("STUDIO_TINY_DIR", str(tiny_dir))
+    monkeypatch.setenv("STUDIO_OUTPUTS", str(tmp_path))
+    monkeypatch.delattr(app, "demo", raising=False)
+    from app import demo
+
+    assert isinstance(demo, gr.Blocks)

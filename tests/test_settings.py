@@ -35,3 +35,15 @@ def test_serving_beyond_localhost_requires_auth(argv):
 def test_bad_numbers_name_the_variable():
     with pytest.raises(SettingsError, match="STUDIO_PORT"):
         Settings.from_env({"STUDIO_PORT": "eighty"})
+
+
+def test_a_hugging_face_space_gets_public_demo_defaults():
+    settings = Settings.from_env({"SPACE_ID": "atelier/demo"})
+    assert settings.space and settings.public_demo and settings.host == "0.0.0.0"
+    assert settings.model == "sd15" and "nsfw" in settings.default_negative_prompt
+    assert Settings.from_env({"SPACE_ID": "x", "STUDIO_MODEL": "tiny"}).model == "tiny"
+
+
+def test_public_demo_flag_turns_on_the_default_negative_prompt():
+    settings = parse_args(["--public-demo"], env={})
+    assert settings.public_demo and "nsfw" in settings.default_negative_prompt

@@ -27,6 +27,7 @@ class UIContext:
     limits: Limits
     count_tokens: Callable[[str], str]
     board: JobBoard = field(default_factory=JobBoard)
+    default_negative_prompt: str = ""  # the public demo's; prepended to every tab's negative prompt
 
 
 @dataclass
@@ -47,6 +48,7 @@ class SamplingBlock:
 def prompt_block(ctx: UIContext, placeholder: str, negative: str = "") -> PromptBlock:
     prompt = gr.Textbox(label="Prompt", lines=3, placeholder=placeholder)
     count = gr.Markdown(ctx.count_tokens(""), elem_classes=["token-count"])
+    negative = ", ".join(part for part in (ctx.default_negative_prompt, negative) if part)
     negative_prompt = gr.Textbox(label="Negative prompt", lines=2, value=negative)
     prompt.change(ctx.count_tokens, inputs=prompt, outputs=count, queue=False, api_visibility="private")
     return PromptBlock(prompt, count, negative_prompt)
