@@ -65,8 +65,10 @@ def sampling_block(ctx: UIContext, steps: int = 25, guidance: float = 7.0) -> Sa
 
 
 def results_block(label: str = "Results") -> tuple[gr.Gallery, gr.Number, gr.Textbox]:
+    # interactive=False: results are not an upload box, and only a static Gallery fires .change when a handler
+    # fills it (Gradio 6.31), which the shell's session results and Send-to reset listen to.
     gallery = gr.Gallery(label=label, format="png", type="filepath", columns=2, height="auto",
-                         object_fit="contain")
+                         object_fit="contain", interactive=False)
     with gr.Row():
         seed_used = gr.Number(label="Seed used", precision=0, interactive=False)
     infotext = gr.Textbox(label="Parameters", lines=3, interactive=False, buttons=["copy"])
