@@ -31,7 +31,12 @@ from studio.ui.widgets import UIContext
 
 log = logging.getLogger("atelier")
 REPO = Path(__file__).resolve().parent
-CSS = ".token-count p {font-size: 0.8em; opacity: 0.7; margin: 0} footer {display: none !important}"
+CSS = ".token-count p {font-size: 0.8em; opacity: 0.7; margin: 0} footer {display: none !important}" + (
+    # header: the "Load model" button at its own height, not stretched to the dropdown's; on a phone the title
+    # takes its own line above the model switcher instead of a four-line column beside it
+    " #header button {align-self: center}"
+    " @media (max-width: 640px) {#header > * {flex: 1 1 100% !important}}"
+)
 
 
 def create_studio(settings: Settings) -> Studio:
@@ -61,7 +66,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
                                                           lambda *args: detect_edges(studio, *args))),
     }
     with gr.Blocks(title="Atelier") as demo:
-        with gr.Row(equal_height=True):
+        with gr.Row(equal_height=True, elem_id="header"):
             gr.Markdown("## Atelier — diffusion design studio")
             shell.model_switcher(studio)
         handles: list[shell.TabHandle] = []
