@@ -137,6 +137,8 @@ def send_to_refine_and_refine(page: Page, source_name: str) -> str:
     expect(page.get_by_role("tab", name="Refine", exact=True)).to_have_attribute("aria-selected", "true")
     received = block(tab, "Input image (upload, paste or drop; a PNG's parameters are restored)").locator("img")
     expect(received).to_have_attribute("src", re.compile(rf"/{re.escape(source_name)}$"))
+    # The look travels with the image: the sent PNG's prompt fills Refine's prompt.
+    expect(tab.get_by_label("Prompt", exact=True)).to_have_value(re.compile("a wrap dress in emerald silk"))
     set_number(tab, "Steps", STEPS)
     set_number(tab, "Loops", 1)
     tab.get_by_role("button", name="Refine", exact=True).click()

@@ -76,15 +76,34 @@ def send_row(source: gr.Gallery, targets: list[TabHandle], tabs: gr.Tabs, exclud
     source.select(remember, inputs=source, outputs=selected, queue=False, api_visibility="private")
     source.change(lambda: None, outputs=selected, queue=False, api_visibility="private")
     for target, button in buttons:
-        def send(chosen: str | None, value: Any, target: TabHandle = target) -> tuple[Any, Any]:
+        prompt_fields = [target.fields[name] for name in ("prompt", "negative_prompt") if name in target.fields]
+
+        def send(chosen: str | None, value: Any, target: TabHandle = target) -> dict[Any, Any]:
             paths = gallery_paths(value)
             path = chosen if chosen in paths else (paths[0] if paths else None)
             if path is None:
                 raise gr.Error("Nothing to send yet: generate an image first (or select one in the gallery).")
-            return image_value_for(target, path), gr.Tabs(selected=target.mode)
+            updates = fill(target, prompts_of(path))  # the look travels with the image
+            updates[target.input_image] = image_value_for(target, path)
+            updates[tabs] = gr.Tabs(selected=target.mode)
+            return updates
 
-        button.click(send, inputs=[selected, source], outputs=[target.input_image, tabs], queue=False,
-                     api_visibility="private")
+        button.click(send, inputs=[selected, source], outputs=[target.input_image, tabs, *prompt_fields],
+                     queue=False, api_visibility="private")
+
+
+def prompts_of(path: str) -> dict[str, str]:
+    """The prompt and negative prompt recorded in a result PNG (empty when it has none)."""
+    from PIL import Image
+
+    from studio.metadata import parse_infotext, read_parameters
+
+    with Image.open(path) as image:
+        text = read_parameters(image)
+    if not text:
+        return {}
+    info = parse_infotext(text)
+    return {"prompt": info.prompt, "negative_prompt": info.negative_prompt}
 
 
 def session_results(handles: list[TabHandle], tabs: gr.Tabs) -> None:
@@ -92,7 +111,7 @@ def session_results(handles: list[TabHandle], tabs: gr.Tabs) -> None:
     history = gr.State([])  # paths only (per-session, deep-copied by Gradio: keep it small)
     with gr.Accordion("This session's results", open=False):
         gallery = gr.Gallery(label="Newest first", format="png", type="filepath", columns=6, height=260,
-                             object_fit="contain")
+                             object_fit="contain", interactive=False)
         params = gr.Textbox(label="Parameters of the selected result", lines=3, interactive=False)
         send_row(gallery, handles, tabs)
         with gr.Row():
@@ -176,9 +195,8 @@ def restorer(handles: list[TabHandle], tabs: gr.Tabs, restore: Callable[[str], A
     """Drop an Atelier or A1111 PNG: the right tab's form is filled from its metadata."""
     by_mode = {h.mode: h for h in handles}
     with gr.Accordion("Restore parameters from a PNG", open=False):
-        with gr.Row():
-            upload = gr.File(label="Atelier or A1111 PNG", file_types=[".png"], type="filepath")
-            note = gr.Markdown()
+        upload = gr.File(label="Atelier or A1111 PNG", file_types=[".png"], type="filepath")
+        note = gr.Markdown()
     outputs: list[Any] = [tabs, note, *{c for h in handles for c in h.fields.values()}]
 
     def apply(path: str | None) -> dict[Any, Any]:

@@ -70,7 +70,7 @@ def results_block(label: str = "Results") -> tuple[gr.Gallery, gr.Number, gr.Tex
     gallery = gr.Gallery(label=label, format="png", type="filepath", columns=2, height="auto",
                          object_fit="contain", interactive=False)
     with gr.Row():
-        seed_used = gr.Number(label="Seed used", precision=0, interactive=False)
+        seed_used = gr.Number(label="Seed used", value=None, precision=0, interactive=False)
     infotext = gr.Textbox(label="Parameters", lines=3, interactive=False, buttons=["copy"])
     return gallery, seed_used, infotext
 
