@@ -37,7 +37,7 @@ class ModelLoadError(RuntimeError):
 @dataclass
 class Resident:
     name: str
-    kind: str  # "base", "controlnet", "annotator", "inpaint_unet"
+    kind: str  # "base", "controlnet", "annotator", "inpaint_unet", "adapter"
     source: str
     param_bytes: int
 
@@ -83,6 +83,21 @@ def unique_param_bytes(*owners: Any) -> int:
     return sum(seen.values())
 
 
+# LoRA adapter slots loaded into a base UNet (`ModelCache.adapter`) -> the adapter name peft/diffusers know.
+ADAPTER_NAMES = {"lcm_lora": "lcm"}
+
+
+def adapter_param_bytes(pipe: Any, adapter: str | None = None) -> int:
+    """Bytes of the LoRA tensors injected into a pipeline's modules: one adapter's, or all of them."""
+    seen: dict[int, int] = {}
+    for owner in pipe.components.values():
+        if isinstance(owner, torch.nn.Module):
+            for name, tensor in owner.named_parameters():
+                if ".lora_" in name and (adapter is None or f".{adapter}." in name):
+                    seen[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+    return sum(seen.values())
+
+
 def _load_error(what: str, source: str, exc: BaseException) -> ModelLoadError:
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return ModelLoadError(
@@ -102,6 +117,7 @@ class ModelCache:
         self._checkpoints: dict[str, Checkpoint] = {}
         self._slots: dict[str, Any] = {}  # "controlnet", "annotator", "inpaint_unet"
         self._slot_sources: dict[str, str] = {}
+        self._adapter_sources: dict[tuple[str, str], str] = {}  # (checkpoint name, adapter slot) -> source
         self.current: str = settings.model
         self.loading: str | None = None
 
@@ -243,11 +259,50 @@ class ModelCache:
         detector = HEDdetector.from_pretrained(source, filename=registry.HED_ANNOTATOR_FILE)
         return detector.to(self.device)
 
+    # ---- LoRA adapters (loaded into the base UNet, disabled unless a scoped context enables them) ----------
+    def adapter(self, slot: str = "lcm_lora", ref: str | None = None) -> str:
+        """Load the LoRA of `slot` (LCM-LoRA for drafts) once into the base UNet; return its adapter name.
+
+        It is left disabled, so every other call runs on the plain base weights; `studio.adapters.enabled_adapter`
+        turns it on for one call, under `gpu()`. Weights are never fused into the base."""
+        name = ADAPTER_NAMES[slot]
+        with self._lock:
+            pipe, ckpt = self.base(ref), self.checkpoint(ref)
+            if adapter_param_bytes(pipe, name):
+                return name
+            source = self.adapter_source(slot, ref)
+            self.loading = f"{slot} ({source})"
+            try:
+                pipe.load_lora_weights(source, weight_name=registry.LCM_LORA_FILE, adapter_name=name)
+            except Exception as exc:
+                if adapter_param_bytes(pipe, name):  # roll back a half-injected adapter
+                    pipe.delete_adapters(name)
+                raise _load_error(f"LoRA {slot}", source, exc) from exc
+            finally:
+                self.loading = None
+            pipe.disable_lora()
+            self._adapter_sources[(ckpt.name, slot)] = source
+            return name
+
+    def adapter_source(self, slot: str = "lcm_lora", ref: str | None = None) -> str:
+        """Where the LoRA of `slot` comes from for a checkpoint: its hub id, or the tiny twin's folder."""
+        return registry.companion_sources(self.checkpoint(ref), self.settings.tiny_dir)[slot]
+
+    def _adapter_rows(self) -> list[Resident]:
+        rows = []
+        for (ckpt, slot), source in self._adapter_sources.items():
+            size = adapter_param_bytes(self._bases[ckpt], ADAPTER_NAMES[slot]) if ckpt in self._bases else 0
+            if size:
+                rows.append(Resident(slot, "adapter", source, size))
+        return rows
+
     # ---- introspection ------------------------------------------------------------------------------------
     def resident(self) -> list[Resident]:
         with self._lock:
-            rows = [Resident(name, "base", self._checkpoints[name].source, unique_param_bytes(pipe))
+            rows = [Resident(name, "base", self._checkpoints[name].source,
+                             unique_param_bytes(pipe) - adapter_param_bytes(pipe))
                     for name, pipe in self._bases.items()]
+            rows += self._adapter_rows()
             rows += [Resident(slot, slot, self._slot_sources[slot], unique_param_bytes(module))
                      for slot, module in self._slots.items()]
             return rows

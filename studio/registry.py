@@ -13,6 +13,8 @@ ANNOTATORS_REPO = "lllyasviel/Annotators"
 HED_ANNOTATOR_FILE = "ControlNetHED.pth"
 HED_CONTROLNET = "lllyasviel/sd-controlnet-hed"
 SD15_INPAINTING = "stable-diffusion-v1-5/stable-diffusion-inpainting"
+LCM_LORA = "latent-consistency/lcm-lora-sdv1-5"  # draft mode: 4-8 step LCM sampling on any SD1.5 checkpoint
+LCM_LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
 @dataclass(frozen=True)
@@ -107,11 +109,13 @@ KNOWN_NATIVE = {"dreamlike-photoreal-2.0": 768, "sd15": 512, "tiny": 64}
 
 
 def companion_sources(base: Checkpoint, tiny_dir: Path) -> dict[str, str]:
-    """Default ControlNet, annotator and inpainting sources that fit a base checkpoint's family."""
+    """Default ControlNet, annotator, inpainting and draft LoRA sources that fit a base checkpoint's family."""
     if base.name == "tiny":
         return {
             "controlnet": str(tiny_dir / "controlnet"),
             "annotator": str(tiny_dir / "annotator"),
             "inpaint": str(tiny_dir / "inpaint"),
+            "lcm_lora": str(tiny_dir / "lcm_lora"),
         }
-    return {"controlnet": HED_CONTROLNET, "annotator": ANNOTATORS_REPO, "inpaint": SD15_INPAINTING}
+    return {"controlnet": HED_CONTROLNET, "annotator": ANNOTATORS_REPO, "inpaint": SD15_INPAINTING,
+            "lcm_lora": LCM_LORA}

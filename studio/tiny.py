@@ -4,7 +4,7 @@ Weights are random but deterministic (fixed seeds), so every machine writes iden
 studio run offline on a CPU in seconds, and let tests load them through the very `from_pretrained` calls used for
 the real hub ids — either from a folder, or installed into a Hugging Face cache under the real ids.
 
-    python -m studio.tiny OUT_DIR          # base/, inpaint/, controlnet/, annotator/ControlNetHED.pth
+    python -m studio.tiny OUT_DIR          # base/, inpaint/, controlnet/, annotator/, lcm_lora/
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 log = logging.getLogger(__name__)
 
 # Bump when the layout or the seeds change: folders written by an older version are rewritten.
-VERSION = "atelier-tiny-4"
+VERSION = "atelier-tiny-5"
 NATIVE_SIZE = 64  # px; latents 8x8
 SEED = 20260101
 
@@ -45,7 +45,12 @@ HUB_TWINS = {
     "stable-diffusion-v1-5/stable-diffusion-inpainting": "inpaint",
     "lllyasviel/sd-controlnet-hed": "controlnet",
     "lllyasviel/Annotators": "annotator",
+    "latent-consistency/lcm-lora-sdv1-5": "lcm_lora",
 }
+# The UNet layers LCM-LoRA adapts (its training script's target modules), and the file name it ships.
+LCM_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+                    "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj")
+LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -176,6 +181,34 @@ def write_annotator(folder: Path) -> None:
     torch.save(net.state_dict(), folder / "ControlNetHED.pth")
 
 
+def write_lcm_lora(folder: Path, rank: int = 4) -> None:
+    """`pytorch_lora_weights.safetensors` as latent-consistency/lcm-lora-sdv1-5 ships it: kohya-style keys
+    (`lora_unet_<module_path>.lora_down/.lora_up/.alpha`) over the UNet's attention, feed-forward, resnet and
+    resampler layers. Both matrices are random (a trained LoRA's `lora_up` is not zero), so the adapter visibly
+    changes the output when enabled and a test can tell whether it is applied."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    torch.manual_seed(SEED)
+    unet = UNet2DConditionModel(in_channels=4, out_channels=4, **_UNET)
+    generator = torch.Generator().manual_seed(SEED + 7)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, module in unet.named_modules():
+        if not name.endswith(LCM_LORA_TARGETS) or not isinstance(module, torch.nn.Linear | torch.nn.Conv2d):
+            continue
+        key = "lora_unet_" + name.replace(".", "_")
+        if isinstance(module, torch.nn.Linear):
+            down_shape, up_shape = (rank, module.in_features), (module.out_features, rank)
+        else:
+            down_shape = (rank, module.in_channels, *module.kernel_size)
+            up_shape = (module.out_channels, rank, 1, 1)
+        tensors[key + ".lora_down.weight"] = torch.randn(down_shape, generator=generator) * 0.1
+        tensors[key + ".lora_up.weight"] = torch.randn(up_shape, generator=generator) * 0.1
+        tensors[key + ".alpha"] = torch.tensor(float(rank))
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, folder / LORA_FILE)
+
+
 def write_all(out_dir: Path) -> Path:
     """Write every tiny checkpoint into out_dir (atomically: a half-written folder is never visible)."""
     out_dir = Path(out_dir)
@@ -188,6 +221,7 @@ def write_all(out_dir: Path) -> Path:
         write_base(tmp / "inpaint", in_channels=9)
         write_controlnet(tmp / "controlnet")
         write_annotator(tmp / "annotator")
+        write_lcm_lora(tmp / "lcm_lora")
         (tmp / "VERSION").write_text(VERSION + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -225,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     path = write_all(args.out_dir)
-    print(f"Wrote tiny checkpoints to {path}: base/, inpaint/, controlnet/, annotator/ControlNetHED.pth")
+    print(f"Wrote tiny checkpoints to {path}: base/, inpaint/, controlnet/, annotator/ControlNetHED.pth, lcm_lora/")
 
 
 if __name__ == "__main__":

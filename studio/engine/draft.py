@@ -1,0 +1,176 @@
+"""Fast drafts: LCM-LoRA samples a look in 4–8 steps; the chosen draft is then rendered in full with its seed.
+
+The LCM-LoRA (`latent-consistency/lcm-lora-sdv1-5`) is loaded once into the shared base UNet by the cache and
+stays disabled; a draft call enables it only inside `enabled_adapter`, under the GPU lock, so every other call
+runs on the plain base weights. Each draft samples with a fresh `LCMScheduler` built from the checkpoint's own
+scheduler config. A draft image with seed `s` starts from the same noise as a txt2img image with seed `s`
+(one CPU generator per image), so `render_draft` re-runs that seed as a full txt2img render.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from diffusers import LCMScheduler, StableDiffusionPipeline
+
+from studio.adapters import enabled_adapter
+from studio.engine.common import (
+    MAX_SEED,
+    Job,
+    RequestError,
+    Result,
+    Studio,
+    check_range,
+    check_size,
+    clean_prompts,
+    generators,
+    resolve_seed,
+    save_image,
+    step_callback,
+)
+from studio.engine.txt2img import Txt2ImgRequest, txt2img
+from studio.prompts import prompt_kwargs
+from studio.registry import HUB_ID, LCM_LORA_FILE
+
+DRAFT_STEPS = 4
+MAX_DRAFT_STEPS = 8
+# LCM distils guidance into the model: 1.0 switches classifier-free guidance off (one UNet pass per step, so the
+# negative prompt is not used); up to 2.0 adds a little CFG back at twice the cost per step. Higher burns images.
+DRAFT_GUIDANCE = 1.0
+MAX_DRAFT_GUIDANCE = 2.0
+ADAPTER_SLOT = "lcm_lora"
+
+
+@dataclass(frozen=True)
+class DraftRequest:
+    prompt: str
+    negative_prompt: str = ""  # used only when guidance_scale > 1
+    num_inference_steps: int = DRAFT_STEPS
+    guidance_scale: float = DRAFT_GUIDANCE
+    width: int | None = None  # None: the model's native size
+    height: int | None = None
+    seed: int = -1  # -1: random; draft i of the run uses seed + i, as txt2img does
+    batch_size: int = 1
+    batch_count: int = 1
+
+
+@dataclass(frozen=True)
+class DraftChoice:
+    """What identifies one draft for its full render: prompts, seed and size."""
+
+    prompt: str
+    negative_prompt: str
+    seed: int
+    width: int
+    height: int
+
+
+def check_draft(req: DraftRequest, studio: Studio) -> None:
+    limits = studio.limits
+    if not (req.prompt or "").strip():
+        raise RequestError("The prompt is empty: describe the garment or look you want.")
+    if not 1 <= req.num_inference_steps <= MAX_DRAFT_STEPS:
+        raise RequestError(f"Drafts take 1 to {MAX_DRAFT_STEPS} steps (LCM); got {req.num_inference_steps}. "
+                           "For more steps, render the chosen draft in full.")
+    if not 1 <= req.guidance_scale <= MAX_DRAFT_GUIDANCE:
+        raise RequestError(f"Draft guidance (CFG) must be between 1 and {MAX_DRAFT_GUIDANCE:g}: LCM needs low "
+                           f"guidance; got {req.guidance_scale:g}.")
+    check_range("seed", req.seed, -1, MAX_SEED)
+    check_range("batch_size", req.batch_size, 1, limits.max_batch_size)
+    check_range("batch_count", req.batch_count, 1, limits.max_batch_count)
+
+
+def draft(studio: Studio, req: DraftRequest, job: Job | None = None) -> Result:
+    """Drafts with the LCM-LoRA enabled for this call only; saved with `Draft: LCM-LoRA` and its hash."""
+    check_draft(req, studio)
+    prompts = clean_prompts(req, studio.limits)
+    with studio.cache.gpu():
+        native = studio.cache.native_size()
+        width, height = req.width or native, req.height or native
+        check_size(width, height, studio.limits)
+        adapter = studio.cache.adapter(ADAPTER_SLOT)
+        pipe = studio.cache.derive(StableDiffusionPipeline)
+        pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)  # this call's own; the base's untouched
+        seed = resolve_seed(req.seed)
+        images = []
+        for batch in range(req.batch_count):
+            seeds = [seed + batch * req.batch_size + i for i in range(req.batch_size)]
+            with enabled_adapter(pipe, adapter):
+                output = pipe(
+                    **prompt_kwargs(pipe, **prompts),
+                    num_inference_steps=req.num_inference_steps,
+                    guidance_scale=req.guidance_scale,
+                    width=width,
+                    height=height,
+                    num_images_per_prompt=req.batch_size,
+                    generator=generators(seeds),
+                    callback_on_step_end=step_callback(job, req.num_inference_steps),
+                    output_type="pil",
+                )
+            for image, image_seed in zip(output.images, seeds, strict=True):
+                params = draft_params(studio, req, image_seed, width, height)
+                images.append(save_image(studio, image, prompts, params, "draft", job))
+    return Result(images=images, seed=seed, params={**prompts, **draft_params(studio, req, seed, width, height)})
+
+
+def draft_params(studio: Studio, req: DraftRequest, seed: int, width: int, height: int) -> dict[str, Any]:
+    """A1111's keys (Sampler `LCM`, `Lora hashes` as `name: sha256[:12]`) plus `Draft: LCM-LoRA`."""
+    source = studio.cache.adapter_source(ADAPTER_SLOT)
+    return {
+        "Steps": req.num_inference_steps,
+        "Sampler": "LCM",
+        "CFG scale": req.guidance_scale,
+        "Seed": seed,
+        "Size": f"{width}x{height}",
+        "Model hash": studio.cache.model_hash() or None,
+        "Model": studio.cache.checkpoint().name,
+        "Lora hashes": f"{source.rstrip('/').split('/')[-1]}: {lora_hash(source)}",
+        "Draft": "LCM-LoRA",
+        "Mode": "txt2img-draft",  # a restored draft opens in the txt2img tab
+    }
+
+
+def lora_hash(source: str) -> str:
+    """A1111's LoRA short hash: the first 12 hex digits of the weights file's SHA-256 ("" when not found)."""
+    path = Path(source) / LCM_LORA_FILE if Path(source).is_dir() else Path(source)
+    if not path.is_file() and HUB_ID.match(source):
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(source, LCM_LORA_FILE)
+        path = Path(found) if isinstance(found, str) else path
+    if not path.is_file():
+        return ""
+    stat = path.stat()
+    return _sha256_12(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256_12(path: str, size: int, mtime_ns: int) -> str:  # size/mtime: re-hash when the file changes
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+# ---- the chosen draft, rendered in full ---------------------------------------------------------------------
+def draft_choices(result: Result) -> list[DraftChoice]:
+    """One choice per draft image, in the order the drafts were produced (the gallery's order)."""
+    width, height = (int(side) for side in str(result.params["Size"]).split("x"))
+    return [DraftChoice(result.params["prompt"], result.params["negative_prompt"], image.seed, width, height)
+            for image in result.images]
+
+
+def render_request(choice: DraftChoice, full: Txt2ImgRequest) -> Txt2ImgRequest:
+    """The full render of a draft: its prompts, seed and size; the full request's steps, sampler and CFG."""
+    return replace(full, prompt=choice.prompt, negative_prompt=choice.negative_prompt, seed=choice.seed,
+                   width=choice.width, height=choice.height, batch_size=1, batch_count=1)
+
+
+def render_draft(studio: Studio, choice: DraftChoice, full: Txt2ImgRequest, job: Job | None = None) -> Result:
+    """A plain txt2img (adapter off) from the draft's seed: the same starting noise, sampled in full."""
+    return txt2img(studio, render_request(choice, full), job)

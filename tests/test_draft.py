@@ -1,0 +1,188 @@
+"""Fast drafts: LCM-LoRA sampling that is really applied, scoped to draft calls, and rendered in full by seed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+from diffusers import LCMScheduler, StableDiffusionPipeline
+from safetensors.torch import load_file
+
+from studio.adapters import adapter_enabled, enabled_adapter
+from studio.cache import ModelCache
+from studio.engine.common import Cancelled, Job, RequestError, Studio
+from studio.engine.draft import DraftRequest, draft, draft_choices, render_draft
+from studio.engine.txt2img import Txt2ImgRequest, txt2img
+from studio.metadata import parse_infotext
+from studio.outputs import Outputs
+from studio.registry import LCM_LORA, LCM_LORA_FILE
+from studio.tiny import install_in_hf_cache
+from tests.conftest import REPO, make_settings, pixels
+
+PROMPT = "photo of a cropped denim jacket, studio light"
+PLAIN = Txt2ImgRequest(prompt=PROMPT, negative_prompt="blurry", num_inference_steps=2, guidance_scale=7.0,
+                       scheduler="Euler", seed=21)
+
+
+@pytest.fixture(scope="module")
+def drafting(tiny_dir, tmp_path_factory):
+    """A studio of its own, and its txt2img output for PLAIN made before any draft was ever run in it."""
+    settings = make_settings(tiny_dir, tmp_path_factory.mktemp("draft-outputs"))
+    studio = Studio(ModelCache(settings), Outputs(settings.outputs))
+    return studio, pixels(txt2img(studio, PLAIN).paths[0])
+
+
+def reference_lcm(tiny_dir, with_lora: bool, seed: int, **call):
+    """Plain diffusers, as its LCM-LoRA docs use it: from_pretrained + load_lora_weights + LCMScheduler."""
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_dir / "base", safety_checker=None)
+    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    if with_lora:
+        pipe.load_lora_weights(tiny_dir / "lcm_lora", weight_name=LCM_LORA_FILE, adapter_name="lcm")
+    return pipe(**call, generator=torch.Generator("cpu").manual_seed(seed)).images[0]
+
+
+def test_draft_is_diffusers_lcm_lora_sampling_and_the_lora_changes_the_image(drafting, tiny_dir):
+    studio, _ = drafting
+    result = draft(studio, DraftRequest(prompt=PROMPT, seed=7))
+    call = dict(prompt=PROMPT, num_inference_steps=4, guidance_scale=1.0, seed=7)
+    with_lora, without_lora = reference_lcm(tiny_dir, True, **call), reference_lcm(tiny_dir, False, **call)
+    ours = pixels(result.paths[0])
+    assert np.array_equal(ours, pixels(with_lora))
+    assert np.abs(ours - pixels(without_lora)).mean() > 2  # same seed, scheduler and steps: only the LoRA differs
+    params = parse_infotext(result.images[0].infotext).params
+    file_hash = hashlib.sha256((tiny_dir / "lcm_lora" / LCM_LORA_FILE).read_bytes()).hexdigest()[:12]
+    assert params["Draft"] == "LCM-LoRA" and params["Lora hashes"] == f"lcm_lora: {file_hash}"
+    assert (params["Sampler"], params["Steps"], params["CFG scale"], params["Seed"]) == ("LCM", "4", "1.0", "7")
+
+
+def test_the_draft_adapter_is_off_for_non_draft_calls(drafting):
+    studio, before = drafting
+    draft(studio, DraftRequest(prompt=PROMPT, num_inference_steps=2, seed=21))
+    assert not adapter_enabled(studio.cache.base(), "lcm")
+    assert np.array_equal(pixels(txt2img(studio, PLAIN).paths[0]), before)
+
+
+def test_an_error_or_cancel_inside_a_draft_leaves_the_adapter_disabled(drafting):
+    studio, before = drafting
+    unet = studio.cache.base().unet
+
+    def fail(module, args):
+        assert adapter_enabled(studio.cache.base(), "lcm")  # the failure happens with the adapter on
+        raise RuntimeError("UNet failed")
+
+    hook = unet.register_forward_pre_hook(fail)
+    try:
+        with pytest.raises(RuntimeError, match="UNet failed"):
+            draft(studio, DraftRequest(prompt=PROMPT, seed=3))
+    finally:
+        hook.remove()
+    assert not adapter_enabled(studio.cache.base(), "lcm")
+    job = Job()
+    job.cancel.set()
+    with pytest.raises(Cancelled):
+        draft(studio, DraftRequest(prompt=PROMPT, num_inference_steps=2, seed=3), job)
+    assert not adapter_enabled(studio.cache.base(), "lcm")
+    assert np.array_equal(pixels(txt2img(studio, PLAIN).paths[0]), before)
+
+
+def test_the_scope_restores_an_adapter_state_it_did_not_set(drafting):
+    """Whatever state the layers had (here: LoRA enabled at half weight) comes back after the block."""
+    studio, _ = drafting
+    pipe = studio.cache.base()
+    studio.cache.adapter("lcm_lora")
+    with studio.cache.gpu():
+        pipe.set_adapters(["lcm"], [0.5])
+        pipe.enable_lora()
+        try:
+            scales = [dict(layer.scaling) for layer in pipe.unet.modules() if hasattr(layer, "scaling")]
+            with enabled_adapter(pipe, "lcm", 1.0):
+                assert [dict(lay.scaling) for lay in pipe.unet.modules() if hasattr(lay, "scaling")] != scales
+            assert [dict(lay.scaling) for lay in pipe.unet.modules() if hasattr(lay, "scaling")] == scales
+            assert adapter_enabled(pipe, "lcm")
+        finally:
+            pipe.set_adapters(["lcm"], [1.0])
+            pipe.disable_lora()
+
+
+def test_rendering_a_draft_is_txt2img_with_the_drafts_seed_and_prompt(drafting):
+    studio, _ = drafting
+    started = time.perf_counter()
+    drafts = draft(studio, DraftRequest(prompt=PROMPT, negative_prompt="blurry", seed=40, batch_size=2))
+    draft_s = time.perf_counter() - started
+    chosen = draft_choices(drafts)[1]
+    assert (chosen.seed, chosen.prompt, chosen.negative_prompt) == (41, PROMPT, "blurry")
+    full = Txt2ImgRequest(prompt="ignored: the draft's prompt wins", num_inference_steps=4, guidance_scale=7.0,
+                          scheduler="DPM++ 2M Karras", seed=-1, batch_size=3)
+    started = time.perf_counter()
+    rendered = render_draft(studio, chosen, full)
+    full_s = time.perf_counter() - started
+    plain = txt2img(studio, Txt2ImgRequest(prompt=PROMPT, negative_prompt="blurry", num_inference_steps=4,
+                                           guidance_scale=7.0, scheduler="DPM++ 2M Karras", seed=41))
+    assert rendered.seed == 41 and len(rendered.images) == 1
+    assert np.array_equal(pixels(rendered.paths[0]), pixels(plain.paths[0]))
+    assert not np.array_equal(pixels(rendered.paths[0]), pixels(drafts.paths[1]))
+    print(f"\ntiny CPU: 2 drafts (4 LCM steps, CFG 1) {draft_s:.2f} s; "
+          f"1 full render (4 steps, CFG 7) {full_s:.2f} s")
+
+
+def test_lora_bytes_are_counted_once_and_exactly(fresh_studio, tiny_dir):
+    cache = fresh_studio.cache
+    cache.base()
+    base_bytes = cache.resident_bytes()
+    cache.adapter("lcm_lora")
+    tensors = load_file(tiny_dir / "lcm_lora" / LCM_LORA_FILE)
+    lora_bytes = sum(t.numel() * cache.dtype.itemsize for key, t in tensors.items() if not key.endswith(".alpha"))
+    assert cache.resident_bytes() == base_bytes + lora_bytes
+    rows = {row.kind: row for row in cache.resident()}
+    assert rows["adapter"].param_bytes == lora_bytes and rows["base"].param_bytes == base_bytes
+    assert cache.adapter("lcm_lora") == "lcm" and cache.resident_bytes() == base_bytes + lora_bytes  # loaded once
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("num_inference_steps", 25, "1 to 8 steps"),
+    ("guidance_scale", 7.0, "between 1 and 2"),
+    ("prompt", "  ", "prompt is empty"),
+])
+def test_bad_draft_requests_say_what_to_do(studio, field, value, message):
+    req = DraftRequest(**{"prompt": PROMPT, field: value})
+    with pytest.raises(RequestError, match=message):
+        draft(studio, req)
+
+
+LOAD_BY_HUB_ID = textwrap.dedent("""
+    import json, sys
+    from studio.cache import ModelCache, adapter_param_bytes
+    from studio.engine.common import Studio
+    from studio.engine.draft import DraftRequest, draft
+    from studio.outputs import Outputs
+    from studio.settings import Settings
+
+    settings = Settings.from_env({}, model="sd15", outputs=sys.argv[1], preload=False)
+    studio = Studio(ModelCache(settings), Outputs(settings.outputs))
+    result = draft(studio, DraftRequest(prompt="a pleated skirt", num_inference_steps=1, seed=3))
+    print(json.dumps({"source": studio.cache.adapter_source(), "path": str(result.paths[0]),
+                      "infotext": result.images[0].infotext}))
+""")
+
+
+def test_lcm_lora_loads_by_its_real_hub_id_from_an_offline_cache(drafting, tiny_dir, tmp_path):
+    studio, _ = drafting
+    install_in_hf_cache(tiny_dir, tmp_path / "hub")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", LOAD_BY_HUB_ID, str(tmp_path / "out")], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["source"] == LCM_LORA == "latent-consistency/lcm-lora-sdv1-5"
+    assert "lcm-lora-sdv1-5: " in parse_infotext(out["infotext"]).params["Lora hashes"]
+    here = draft(studio, DraftRequest(prompt="a pleated skirt", num_inference_steps=1, seed=3))
+    assert np.array_equal(pixels(out["path"]), pixels(here.paths[0]))
