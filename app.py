@@ -15,6 +15,7 @@ import gradio as gr
 
 from studio.cache import ModelCache
 from studio.engine.common import Studio
+from studio.engine.draft import draft, render_draft
 from studio.engine.inpaint import inpaint
 from studio.engine.refine import refine
 from studio.engine.restyle import detect_edges, restyle
@@ -56,8 +57,11 @@ def build_demo(studio: Studio) -> gr.Blocks:
     ctx = UIContext(native_size=native_size_hint(settings), limits=settings.limits,
                     count_tokens=TokenCounter(settings.tiny_dir.parent / "clip-tokenizer"),
                     default_negative_prompt=settings.default_negative_prompt)
+    drafts = txt2img_tab.DraftActions(lambda req, job: draft(studio, req, job),
+                                      lambda choice, req, job: render_draft(studio, choice, req, job))
     modes = {
-        "txt2img": ("txt2img", lambda: txt2img_tab.create(ctx, lambda req, job: txt2img(studio, req, job))),
+        "txt2img": ("txt2img", lambda: txt2img_tab.create(ctx, lambda req, job: txt2img(studio, req, job),
+                                                          drafts=drafts)),
         "refine": ("Refine", lambda: refine_tab.create(ctx, lambda req, job: refine(studio, req, job),
                                                        studio.outputs)),
         "textile": ("Textile", lambda: textile_tab.create(ctx, lambda req, job: textile(studio, req, job))),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import subprocess
@@ -10,10 +11,12 @@ import sys
 import textwrap
 import time
 
+import gradio as gr
 import numpy as np
 import pytest
 import torch
 from diffusers import LCMScheduler, StableDiffusionPipeline
+from gradio_client import Client
 from safetensors.torch import load_file
 
 from studio.adapters import adapter_enabled, enabled_adapter
@@ -25,7 +28,7 @@ from studio.metadata import parse_infotext
 from studio.outputs import Outputs
 from studio.registry import LCM_LORA, LCM_LORA_FILE
 from studio.tiny import install_in_hf_cache
-from tests.conftest import REPO, make_settings, pixels
+from tests.conftest import REPO, free_port, make_settings, pixels
 
 PROMPT = "photo of a cropped denim jacket, studio light"
 PLAIN = Txt2ImgRequest(prompt=PROMPT, negative_prompt="blurry", num_inference_steps=2, guidance_scale=7.0,
@@ -186,3 +189,35 @@ def test_lcm_lora_loads_by_its_real_hub_id_from_an_offline_cache(drafting, tiny_
     assert "lcm-lora-sdv1-5: " in parse_infotext(out["infotext"]).params["Lora hashes"]
     here = draft(studio, DraftRequest(prompt="a pleated skirt", num_inference_steps=1, seed=3))
     assert np.array_equal(pixels(out["path"]), pixels(here.paths[0]))
+
+
+def test_draft_endpoint_and_render_action_in_the_app(tiny_dir, tmp_path):
+    """/draft answers like /txt2img (gallery, seed, infotext); "Render this draft" renders the clicked draft's seed
+    and prompt at the form's steps, sampler and CFG."""
+    import app
+
+    settings = make_settings(tiny_dir, tmp_path / "outputs", port=free_port())
+    studio = app.create_studio(settings)
+    demo = app.build_demo(studio)
+    named = {dep.api_name: dep for dep in demo.fns.values() if dep.api_name}
+    render = next(dep.fn for dep in demo.fns.values() if getattr(dep.fn, "__name__", "") == "render")
+    assert list(inspect.signature(named["draft"].fn).parameters)[:4] == [
+        "prompt", "negative_prompt", "num_inference_steps", "guidance_scale"]
+    app.launch(demo, settings, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{settings.port}/", verbose=False)
+        gallery, seed, infotext = client.predict(prompt=PROMPT, num_inference_steps=2, seed=9, batch_size=2,
+                                                 api_name="/draft")
+        with pytest.raises(Exception, match="multiple of 8"):  # checked by the engine, said in words
+            client.predict(prompt=PROMPT, width=100, num_inference_steps=2, api_name="/draft")
+    finally:
+        demo.close()
+    assert seed == 9 and len(gallery) == 2 and parse_infotext(infotext).params["Draft"] == "LCM-LoRA"
+    choices = [{"prompt": PROMPT, "negative_prompt": "", "seed": s, "width": 64, "height": 64} for s in (9, 10)]
+    with pytest.raises(gr.Error, match="press Draft first"):
+        render([], None, 2, 7.0, "Euler", request=None)
+    paths, used, info, left, chosen = render(choices, 1, 2, 7.0, "Euler", request=None)
+    assert used == 10 and len(paths) == 1 and (left, chosen) == ([], None)
+    params = parse_infotext(info).params
+    assert (params["Seed"], params["Steps"], params["Sampler"], params["Mode"]) == ("10", "2", "Euler", "txt2img")
+    assert parse_infotext(info).prompt == PROMPT
