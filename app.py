@@ -13,6 +13,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from studio.batching import Txt2ImgBatcher
 from studio.cache import ModelCache
 from studio.engine.common import Studio
 from studio.engine.draft import draft, render_draft
@@ -20,7 +21,6 @@ from studio.engine.inpaint import inpaint
 from studio.engine.refine import refine
 from studio.engine.restyle import detect_edges, restyle
 from studio.engine.textile import textile
-from studio.engine.txt2img import txt2img
 from studio.outputs import Outputs
 from studio.presets import load_presets
 from studio.prompts import TokenCounter
@@ -57,10 +57,11 @@ def build_demo(studio: Studio) -> gr.Blocks:
     ctx = UIContext(native_size=native_size_hint(settings), limits=settings.limits,
                     count_tokens=TokenCounter(settings.tiny_dir.parent / "clip-tokenizer"),
                     default_negative_prompt=settings.default_negative_prompt)
+    batcher = Txt2ImgBatcher(studio)  # concurrent txt2img requests share a UNet batch (settings.batch_window_ms)
     drafts = txt2img_tab.DraftActions(lambda req, job: draft(studio, req, job),
                                       lambda choice, req, job: render_draft(studio, choice, req, job))
     modes = {
-        "txt2img": ("txt2img", lambda: txt2img_tab.create(ctx, lambda req, job: txt2img(studio, req, job),
+        "txt2img": ("txt2img", lambda: txt2img_tab.create(ctx, batcher, concurrency=batcher.concurrency,
                                                           drafts=drafts)),
         "refine": ("Refine", lambda: refine_tab.create(ctx, lambda req, job: refine(studio, req, job),
                                                        studio.outputs)),

@@ -55,6 +55,8 @@ class Settings:
     open_browser: bool = False
     space: bool = False  # running on a Hugging Face Space (SPACE_ID set): the platform fronts the public address
     default_negative_prompt: str = ""
+    # txt2img requests arriving within this window (ms) of each other share one UNet batch; 0 = off
+    batch_window_ms: int = 40
     limits: Limits = field(default_factory=Limits)
 
     # ---- construction -------------------------------------------------------------------------------------
@@ -92,6 +94,8 @@ class Settings:
             raise SettingsError(
                 "Serving beyond this machine (--listen, --host or --share) requires --auth USER:PASSWORD."
             )
+        if self.batch_window_ms < 0:
+            raise SettingsError("STUDIO_BATCH_WINDOW_MS must be 0 (batching off) or more.")
         if self.max_resident_models < 1:
             raise SettingsError("STUDIO_MAX_RESIDENT_MODELS must be at least 1.")
         if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):

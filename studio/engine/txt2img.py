@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
+import torch
 from diffusers import StableDiffusionPipeline
+from PIL import Image
 
 from studio.engine.common import (
+    Cancelled,
     Job,
+    RequestError,
     Result,
     Studio,
     base_params,
@@ -65,3 +71,153 @@ def txt2img(studio: Studio, req: Txt2ImgRequest, job: Job | None = None) -> Resu
                 images.append(save_image(studio, image, prompts, params, "txt2img", job))
     return Result(images=images, seed=seed, params={**prompts, **base_params(studio, req, seed, width, height,
                                                                                     "txt2img")})
+
+
+# ---- several designers' requests in one UNet batch (studio.batching groups them) --------------------------------
+SHARED_FIELDS = ("num_inference_steps", "guidance_scale", "width", "height", "scheduler")  # one pipeline call
+OWN_FIELDS = ("prompt", "negative_prompt", "seed", "batch_size", "batch_count")  # per request inside the batch
+Outcome = Result | BaseException
+
+
+def shared_params(req: Txt2ImgRequest) -> tuple[object, ...]:
+    return tuple(getattr(req, name) for name in SHARED_FIELDS)
+
+
+def txt2img_many(studio: Studio, requests: Sequence[Txt2ImgRequest], jobs: Sequence[Job | None],
+                 on_done: Callable[[int, Outcome], None] | None = None) -> list[Outcome]:
+    """Requests that share `SHARED_FIELDS` as one UNet batch. Image k of request r uses r's prompts and seed + k
+    and is saved with r's metadata, so it is the image `txt2img(r)` makes, within batched-convolution rounding.
+
+    A cancelled request's images are dropped (its rows cannot leave a running schedule: samplers keep per-row
+    state); the run stops once every request is cancelled. An error in one request's callbacks or saving is that
+    request's outcome only; an error of the pipeline call itself is raised. `on_done(index, outcome)` fires as
+    soon as a request's outcome is known; PNGs are written after the GPU lock is released.
+    """
+    first = requests[0]
+    if any(shared_params(r) != shared_params(first) for r in requests):
+        raise ValueError(f"txt2img_many needs requests with equal {', '.join(SHARED_FIELDS)}.")
+    group = _Group(requests, jobs, on_done)
+    prompts = group.validate(studio)
+    with studio.cache.gpu():
+        native = studio.cache.native_size()
+        width, height = first.width or native, first.height or native
+        try:
+            check_size(width, height, studio.limits)
+        except RequestError as exc:
+            for i in group.waiting():
+                group.settle(i, exc)
+            return group.outcomes  # type: ignore[return-value]
+        pipe = studio.cache.derive(StableDiffusionPipeline, scheduler=first.scheduler)
+        seeds = {i: resolve_seed(requests[i].seed) for i in group.waiting()}
+        images = _denoise(pipe, group, prompts, seeds, width, height)
+        params = {i: base_params(studio, requests[i], seeds[i], width, height, "txt2img") for i in group.waiting()}
+    for i in group.waiting():
+        try:
+            saved = [save_image(studio, image, prompts[i], {**params[i], "Seed": seed}, "txt2img", jobs[i])
+                     for image, seed in images[i]]
+            group.settle(i, Result(images=saved, seed=seeds[i], params={**prompts[i], **params[i]}))
+        except Exception as exc:  # this request's failure (disk, its own callback); the others still save
+            group.settle(i, exc)
+    return group.outcomes  # type: ignore[return-value]
+
+
+class _NobodyWaiting(Exception):
+    """Every request of a pipeline call was cancelled or failed: stop denoising."""
+
+
+@dataclass
+class _Group:
+    requests: Sequence[Txt2ImgRequest]
+    jobs: Sequence[Job | None]
+    on_done: Callable[[int, Outcome], None] | None
+    outcomes: list[Outcome | None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.outcomes = [None] * len(self.requests)
+
+    def settle(self, index: int, outcome: Outcome) -> None:
+        if self.outcomes[index] is None:
+            self.outcomes[index] = outcome
+            if self.on_done is not None:
+                self.on_done(index, outcome)
+
+    def waiting(self) -> list[int]:
+        return [i for i, outcome in enumerate(self.outcomes) if outcome is None]
+
+    def validate(self, studio: Studio) -> dict[int, dict[str, str]]:
+        prompts: dict[int, dict[str, str]] = {}
+        for i, req in enumerate(self.requests):
+            try:
+                check_common(req, studio.limits)
+                prompts[i] = clean_prompts(req, studio.limits)
+            except RequestError as exc:
+                self.settle(i, exc)
+        return prompts
+
+    def callback(self, members: dict[int, int], total: int) -> Callable[..., dict[str, Any]]:
+        """Progress (and previews of its own first row, `members[i]`) to each request's own job; a cancel or a
+        failing callback settles that request only."""
+
+        def on_step_end(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            for i, row in members.items():
+                job = self.jobs[i]
+                if job is None or self.outcomes[i] is not None:
+                    continue
+                if job.cancel.is_set():
+                    self.settle(i, Cancelled("Cancelled."))
+                    continue
+                try:
+                    self._report(job, kwargs.get("latents"), row, step + 1, total)
+                except Exception as exc:
+                    self.settle(i, exc)
+            if all(self.outcomes[i] is not None for i in members):
+                raise _NobodyWaiting
+            return kwargs
+
+        return on_step_end
+
+    @staticmethod
+    def _report(job: Job, latents: Any, row: int, step: int, total: int) -> None:
+        if job.on_step is not None:
+            job.on_step(step, total)
+
+
+def _denoise(pipe: Any, group: _Group, prompts: dict[int, dict[str, str]], seeds: dict[int, int], width: int,
+             height: int) -> dict[int, list[tuple[Image.Image, int]]]:
+    """One pipeline call per prompt length (chunked long prompts must match in length) over every waiting image."""
+    calls: dict[int, list[tuple[int, dict[str, Any]]]] = {}
+    for i in group.waiting():
+        kwargs = prompt_kwargs(pipe, **prompts[i])
+        calls.setdefault(kwargs["prompt_embeds"].shape[1] if "prompt_embeds" in kwargs else 0, []).append((i, kwargs))
+    shared = group.requests[0]
+    images: dict[int, list[tuple[Image.Image, int]]] = {i: [] for i in group.waiting()}
+    for members in calls.values():
+        rows = [(i, kwargs, seeds[i] + k) for i, kwargs in members
+                for k in range(group.requests[i].batch_size * group.requests[i].batch_count)]
+        first_rows: dict[int, int] = {}
+        for row, (i, _, _) in enumerate(rows):
+            first_rows.setdefault(i, row)
+        try:
+            output = pipe(
+                **_stack([kwargs for _, kwargs, _ in rows]),
+                num_inference_steps=shared.num_inference_steps,
+                guidance_scale=shared.guidance_scale,
+                width=width,
+                height=height,
+                generator=generators([seed for _, _, seed in rows]),
+                callback_on_step_end=group.callback(first_rows, shared.num_inference_steps),
+                output_type="pil",
+            )
+        except _NobodyWaiting:
+            continue
+        for (i, _, seed), image in zip(rows, output.images, strict=True):
+            images[i].append((image, seed))
+    return images
+
+
+def _stack(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-image prompt arguments as one batch: lists of strings, or concatenated chunked embeddings."""
+    if "prompt" in rows[0]:
+        return {"prompt": [r["prompt"] for r in rows], "negative_prompt": [r["negative_prompt"] for r in rows]}
+    return {"prompt_embeds": torch.cat([r["prompt_embeds"] for r in rows]),
+            "negative_prompt_embeds": torch.cat([r["negative_prompt_embeds"] for r in rows])}

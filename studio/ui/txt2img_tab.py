@@ -39,8 +39,10 @@ class DraftActions:
     render: Callable[[DraftChoice, Txt2ImgRequest, Job], Result]
 
 
-def create(ctx: UIContext, generate: Generate,
+def create(ctx: UIContext, generate: Generate, concurrency: int = 1,
            drafts: DraftActions | None = None) -> dict[str, gr.components.Component]:
+    """`concurrency` > 1: that many txt2img calls may wait at once, so a batcher can merge them into one UNet batch
+    (studio.batching); the GPU lock still serialises GPU work with every other mode."""
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=320):
             prompts = prompt_block(ctx, "e.g. photo of a tailored wool coat, camel, studio light, full body")
@@ -73,10 +75,11 @@ def create(ctx: UIContext, generate: Generate,
 
     inputs = [prompts.prompt, prompts.negative_prompt, sampling.num_inference_steps, sampling.guidance_scale,
               width, height, sampling.scheduler, sampling.seed, batch_size, batch_count]
-    run.click(txt2img, inputs=inputs, outputs=[gallery, seed_used, infotext], api_name="txt2img",
-              concurrency_id="gpu")
+    queue: dict = {"concurrency_id": "txt2img", "concurrency_limit": concurrency} if concurrency > 1 else \
+        {"concurrency_id": "gpu"}
+    run.click(txt2img, inputs=inputs, outputs=[gallery, seed_used, infotext], api_name="txt2img", **queue)
     prompts.prompt.submit(txt2img, inputs=inputs, outputs=[gallery, seed_used, infotext],
-                          api_visibility="private", concurrency_id="gpu")
+                          api_visibility="private", **queue)
     if drafts is not None and draft_ui is not None:
         wire_drafts(ctx, drafts, draft_ui, [prompts.prompt, prompts.negative_prompt, width, height, sampling.seed,
                                             batch_size, batch_count],
