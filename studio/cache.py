@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from studio import registry
+from studio import fastpath, registry
 from studio.registry import Checkpoint
 from studio.schedulers import get_sampler
 from studio.settings import Settings
@@ -158,6 +158,7 @@ class ModelCache:
                 self._free()
             if self.device.type != "cpu":
                 pipe.to(self.device)
+            fastpath.prepare_pipeline(pipe, self.settings, self.device)  # SDPA, channels-last, compile
             self._bases[ckpt.name] = pipe
             self._checkpoints[ckpt.name] = ckpt
             return pipe
@@ -246,12 +247,14 @@ class ModelCache:
     def _load_controlnet(self, source: str) -> Any:
         from diffusers import ControlNetModel
 
-        return ControlNetModel.from_pretrained(source, torch_dtype=self.dtype).to(self.device)
+        module = ControlNetModel.from_pretrained(source, torch_dtype=self.dtype).to(self.device)
+        return fastpath.prepare_module(module, self.settings, self.device)
 
     def _load_inpaint_unet(self, source: str) -> Any:
         from diffusers import UNet2DConditionModel
 
-        return UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=self.dtype).to(self.device)
+        module = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=self.dtype).to(self.device)
+        return fastpath.prepare_module(module, self.settings, self.device)
 
     def _load_annotator(self, source: str) -> Any:
         from controlnet_aux import HEDdetector

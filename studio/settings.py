@@ -42,6 +42,11 @@ class Settings:
     annotator_model: str | None = None  # None → lllyasviel/Annotators (or the tiny twin)
     device: str = "auto"
     dtype: str = "auto"
+    # GPU fast path (studio.fastpath): channels-last memory format ("auto" = on for CUDA), torch.compile of the
+    # UNet/ControlNet, and a live latent preview every `preview_every` denoising steps (0 = off)
+    channels_last: str = "auto"
+    compile: bool = False
+    preview_every: int = 5
     outputs: Path = Path("outputs")
     tiny_dir: Path = DEFAULT_CACHE / "tiny"
     host: str = "127.0.0.1"
@@ -102,6 +107,10 @@ class Settings:
             raise SettingsError(f"Unknown device {self.device!r}: use auto, cpu, cuda, cuda:N or mps.")
         if self.dtype not in ("auto", "fp32", "fp16", "bf16"):
             raise SettingsError(f"Unknown dtype {self.dtype!r}: use auto, fp32, fp16 or bf16.")
+        if self.channels_last not in ("auto", "on", "off"):
+            raise SettingsError(f"STUDIO_CHANNELS_LAST must be auto, on or off; got {self.channels_last!r}.")
+        if self.preview_every < 0:
+            raise SettingsError("STUDIO_PREVIEW_EVERY must be 0 (no live preview) or a number of steps.")
 
 
 PUBLIC_NEGATIVE = "nsfw, nude, naked, lowres, watermark, signature, text, bad anatomy"
@@ -156,6 +165,8 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
     parser.add_argument("--outputs", type=Path, help="folder for generated PNGs")
     parser.add_argument("--device")
     parser.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"])
+    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (GPU; slow first run)")
+    parser.add_argument("--channels-last", choices=["auto", "on", "off"])
     parser.add_argument("--queue-size", type=int)
     parser.add_argument("--auth", type=_parse_auth, help="USER:PASSWORD")
     parser.add_argument("--share", action="store_true", help="Gradio share link (requires --auth)")
@@ -172,6 +183,8 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
         "outputs": args.outputs,
         "device": args.device,
         "dtype": args.dtype,
+        "compile": args.compile or None,
+        "channels_last": args.channels_last,
         "queue_size": args.queue_size,
         "auth": args.auth,
         "share": args.share or None,

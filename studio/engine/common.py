@@ -19,6 +19,7 @@ from PIL import Image
 from studio.cache import ModelCache
 from studio.metadata import format_infotext
 from studio.outputs import Outputs
+from studio.preview import preview_due, preview_image
 from studio.prompts import clean_prompt
 from studio.schedulers import SAMPLERS, get_sampler
 from studio.settings import Limits
@@ -41,6 +42,9 @@ class Job:
     on_step: Callable[[int, int], None] | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     on_image: Callable[[Generated], None] | None = None
+    # live preview: on_preview(image, step, total) every `preview_every` steps (0 = never); see studio.preview
+    on_preview: Callable[[Image.Image, int, int], None] | None = None
+    preview_every: int = 0
 
 
 @dataclass
@@ -134,9 +138,18 @@ def step_callback(job: Job | None, total: int) -> Callable[..., dict[str, Any]]:
                 raise Cancelled("Cancelled.")
             if job.on_step is not None:
                 job.on_step(step + 1, total)
+            if job.on_preview is not None and preview_due(step + 1, total, job.preview_every):
+                _send_preview(job, kwargs.get("latents"), step + 1, total)
         return kwargs
 
     return callback
+
+
+def _send_preview(job: Job, latents: Any, step: int, total: int) -> None:
+    """The latents are only read: previews never change the image."""
+    image = preview_image(latents) if isinstance(latents, torch.Tensor) else None
+    if image is not None and job.on_preview is not None:
+        job.on_preview(image, step, total)
 
 
 # ---- metadata and saving ---------------------------------------------------------------------------------------

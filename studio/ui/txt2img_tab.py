@@ -22,6 +22,7 @@ from studio.ui.widgets import (
     UIContext,
     as_int,
     cancel_button,
+    live,
     prompt_block,
     results_block,
     run_generation,
@@ -58,6 +59,7 @@ def create(ctx: UIContext, generate: Generate, concurrency: int = 1,
                 cancel_button(ctx.board)
             draft_ui = draft_controls() if drafts is not None else None
         with gr.Column(scale=6, min_width=320):
+            preview = gr.Image(label="Live preview", visible=False, interactive=False, height=256)
             gallery, seed_used, infotext = results_block()
 
     def txt2img(prompt: str, negative_prompt: str, num_inference_steps: float, guidance_scale: float,
@@ -77,15 +79,18 @@ def create(ctx: UIContext, generate: Generate, concurrency: int = 1,
               width, height, sampling.scheduler, sampling.seed, batch_size, batch_count]
     queue: dict = {"concurrency_id": "txt2img", "concurrency_limit": concurrency} if concurrency > 1 else \
         {"concurrency_id": "gpu"}
-    run.click(txt2img, inputs=inputs, outputs=[gallery, seed_used, infotext], api_name="txt2img", **queue)
-    prompts.prompt.submit(txt2img, inputs=inputs, outputs=[gallery, seed_used, infotext],
-                          api_visibility="private", **queue)
+    outputs = [gallery, seed_used, infotext]
+    # The browser watches the image develop (a generator twin with one more output, the preview); the /txt2img API
+    # is the plain handler on an event of its own, so clients still get exactly (gallery, seed, infotext).
+    gr.on([run.click, prompts.prompt.submit], live(txt2img, ctx.preview_every), inputs=inputs,
+          outputs=[*outputs, preview], api_name="txt2img_live", api_visibility="private", **queue)
+    gr.on([], txt2img, inputs=inputs, outputs=outputs, api_name="txt2img", **queue)
     if drafts is not None and draft_ui is not None:
         wire_drafts(ctx, drafts, draft_ui, [prompts.prompt, prompts.negative_prompt, width, height, sampling.seed,
                                             batch_size, batch_count],
                     [sampling.num_inference_steps, sampling.guidance_scale, sampling.scheduler],
                     [gallery, seed_used, infotext], [run.click, prompts.prompt.submit])
-    return {"handler": txt2img, "inputs": inputs, "gallery": gallery, "prompt": prompts.prompt}
+    return {"handler": txt2img, "inputs": inputs, "gallery": gallery, "prompt": prompts.prompt, "preview": preview}
 
 
 # ---- fast drafts: LCM-LoRA drafts in a few steps, then the chosen one rendered in full by its seed ---------------

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import logging
-from collections.abc import Callable
+import queue
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
 import torch
+from PIL import Image
 
 from studio.cache import ModelLoadError
 from studio.engine.common import MAX_SEED, Cancelled, Generated, Job, RequestError, Result
@@ -28,6 +33,7 @@ class UIContext:
     count_tokens: Callable[[str], str]
     board: JobBoard = field(default_factory=JobBoard)
     default_negative_prompt: str = ""  # the public demo's; prepended to every tab's negative prompt
+    preview_every: int = 5  # live preview every N denoising steps (settings.preview_every); 0 = off
 
 
 @dataclass
@@ -86,6 +92,9 @@ def run_generation(board: JobBoard, request: gr.Request | None, progress: gr.Pro
     produced: list[Generated] = []
     job.on_step = lambda step, total: progress((step, total), desc="Denoising", unit="steps")
     job.on_image = produced.append
+    sink = _PREVIEW_SINK.get()
+    if sink is not None:  # running under `live`: previews go to its generator
+        sink.job, job.on_preview, job.preview_every = job, sink.put, sink.every
     try:
         result = run(job)
         return [str(p) for p in result.paths], result.seed, result.images[0].infotext if result.images else ""
@@ -105,6 +114,66 @@ def run_generation(board: JobBoard, request: gr.Request | None, progress: gr.Pro
         board.finish(session, job)
     return [str(g.path) for g in produced], produced[0].seed if produced else -1, \
         produced[0].infotext if produced else ""
+
+
+# ---- live preview: a generator twin of a tab handler ----------------------------------------------------------
+@dataclass
+class PreviewSink:
+    """Where `run_generation` sends a running job's previews while it runs under `live`."""
+
+    every: int
+    put: Callable[[Image.Image, int, int], None]
+    job: Job | None = None
+
+
+_PREVIEW_SINK: contextvars.ContextVar[PreviewSink | None] = contextvars.ContextVar("atelier_preview", default=None)
+
+
+def live(handler: Callable[..., tuple[Any, ...]], every: int, outputs: int = 3) -> Callable[..., Iterator[Any]]:
+    """A generator twin of a tab handler for the browser: the same named parameters and the same final outputs,
+    plus one more output, a preview image shown every `every` denoising steps and hidden again at the end.
+
+    The handler runs on a worker thread in a copy of the caller's contextvars context, so `gr.Progress`,
+    `gr.Warning` and errors reach Gradio as before; its own API endpoint stays the plain handler. If Gradio closes
+    the generator early (the browser left), the job is cancelled and the worker awaited, so the GPU queue slot is
+    not handed on while this run still holds the GPU."""
+
+    @functools.wraps(handler)
+    def stream(*args: Any, **kwargs: Any) -> Iterator[tuple[Any, ...]]:
+        events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        sink = PreviewSink(every, lambda image, step, total: events.put(("preview", image)))
+        context = contextvars.copy_context()
+
+        def work() -> None:
+            try:
+                events.put(("done", context.run(_run_with_sink, sink, handler, args, kwargs)))
+            except BaseException as exc:  # raised again by the generator, in Gradio's thread
+                events.put(("error", exc))
+
+        worker = threading.Thread(target=work, name="live-preview", daemon=True)
+        worker.start()
+        try:
+            while True:
+                kind, value = events.get()
+                if kind == "error":
+                    raise value
+                if kind == "done":
+                    yield (*value, gr.update(value=None, visible=False))
+                    return
+                yield (*(gr.skip(),) * outputs, gr.update(value=value, visible=True))
+        finally:
+            if worker.is_alive():
+                if sink.job is not None:
+                    sink.job.cancel.set()
+                worker.join()
+
+    return stream
+
+
+def _run_with_sink(sink: PreviewSink, handler: Callable[..., Any], args: tuple[Any, ...],
+                   kwargs: dict[str, Any]) -> Any:
+    _PREVIEW_SINK.set(sink)  # inside the worker's own context copy: no other run sees it
+    return handler(*args, **kwargs)
 
 
 def cancel_button(board: JobBoard) -> gr.Button:
