@@ -8,7 +8,7 @@ N requests (different prompts and seeds, one image each) are submitted at once f
 sessions would be by Gradio's worker threads. "one by one" is the studio with batching off (each thread runs
 `txt2img`, serialised by the GPU lock); "batched" is `Txt2ImgBatcher` (one UNet batch of N images). Both sides run
 in worker threads (a fair comparison on CPU, where a thread's OpenMP behaviour can differ from the main thread's),
-include validation, metadata and the PNG saves, and alternate after one warm-up each; medians are reported.
+include validation, metadata and the PNG saves, and alternate after a one-step warm-up each; medians are reported.
 Throughput = images / wall time until the last request returns. The SD1.5 architecture has random weights
 (weights do not change speed); it is the folder bench_studio.py writes, or written here in the same way.
 """
@@ -16,6 +16,7 @@ Throughput = images / wall time until the last request returns. The SD1.5 archit
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import statistics
@@ -106,8 +107,9 @@ def compare(studio: Studio, label: str, size: int, steps: int, n: int, runs: int
     one_by_one = Txt2ImgBatcher(studio, window_ms=0)
     batched = Txt2ImgBatcher(studio, window_ms=window_ms, max_images=max(n, studio.limits.max_batch_size))
     sides = {"one by one": one_by_one, "batched": batched}
-    for call in sides.values():  # warm-up
-        concurrently(call, requests)
+    warm = [dataclasses.replace(req, num_inference_steps=1) for req in requests]
+    for call in sides.values():  # warm-up: the same batch shapes, one step
+        concurrently(call, warm)
     times: dict[str, list[float]] = {name: [] for name in sides}
     for run in range(runs):
         order = list(sides) if run % 2 == 0 else list(reversed(sides))
@@ -131,8 +133,12 @@ def main() -> None:
     parser.add_argument("--full-size", type=int, default=256)
     parser.add_argument("--full-steps", type=int, default=3)
     parser.add_argument("--full-runs", type=int, default=1)
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (CPU; 1 avoids OpenMP spinning on a "
+                        "busy machine)")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(machine())
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     tiny = studio_on("tiny", args.device, args.dtype)

@@ -80,7 +80,9 @@ class _Group:
 
 
 class Txt2ImgBatcher:
-    """`batcher(req, job) -> Result`, a drop-in for `txt2img(studio, req, job)` that merges concurrent calls."""
+    """`batcher(req, job) -> Result`, a drop-in for `txt2img(studio, req, job)` that merges concurrent calls.
+
+    Call it without holding `studio.cache.gpu()`: the batch runs on another thread, which needs that lock."""
 
     def __init__(self, studio: Studio, window_ms: int | None = None, max_images: int | None = None) -> None:
         self.studio = studio

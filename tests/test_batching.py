@@ -4,9 +4,10 @@ seeds and metadata, as if it had run alone."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -51,19 +52,20 @@ def unet_batches(studio: Studio, fail_above: int | None = None) -> Iterator[list
         handle.remove()
 
 
-def together(batcher: Txt2ImgBatcher, requests: list[Txt2ImgRequest],
-             jobs: list[Job] | None = None) -> list[Result | BaseException]:
+def together(batcher: Txt2ImgBatcher, requests: list[Txt2ImgRequest], jobs: list[Job] | None = None,
+             call: Callable[[Txt2ImgRequest, Job], Result] | None = None) -> list[Result | BaseException]:
     """Submit every request from its own thread while the GPU is held, so all of them are waiting before any runs."""
     jobs = jobs or [Job() for _ in requests]
+    call = call or batcher
     outcomes: list[Result | BaseException | None] = [None] * len(requests)
 
-    def call(index: int) -> None:
+    def submit(index: int) -> None:
         try:
-            outcomes[index] = batcher(requests[index], jobs[index])
+            outcomes[index] = call(requests[index], jobs[index])
         except BaseException as exc:
             outcomes[index] = exc
 
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(requests))]
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(len(requests))]
     with batcher.studio.cache.gpu():
         for thread in threads:
             thread.start()
@@ -110,6 +112,23 @@ def test_concurrent_requests_share_one_unet_batch_and_each_gets_its_own_images_s
             assert (info.prompt, info.negative_prompt) == (req.prompt, req.negative_prompt)
             assert info.params["Seed"] == str(generated.seed) and info.params["Size"] == "64x64"
         assert_same_pictures(result, alone(studio, req))
+
+
+def test_callbacks_run_in_each_callers_own_context(studio):
+    """Gradio's gr.Progress finds its event through contextvars: each caller's progress must reach its own bar."""
+    caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller")
+    requests = [Txt2ImgRequest(prompt=p, num_inference_steps=2, seed=5) for p in (COAT, DRESS, KNIT)]
+    seen: dict[str, set[str]] = {req.prompt: set() for req in requests}
+
+    def call(req: Txt2ImgRequest, job: Job) -> Result:
+        caller.set(req.prompt)  # as Gradio sets its event id in the handler's thread
+        return batcher(req, job)
+
+    batcher = Txt2ImgBatcher(studio, window_ms=40)
+    jobs = [Job(on_step=lambda step, total, mine=seen[r.prompt]: mine.add(caller.get("?"))) for r in requests]
+    results = together(batcher, requests, jobs, call=call)
+    assert all(isinstance(result, Result) for result in results)
+    assert seen == {req.prompt: {req.prompt} for req in requests}
 
 
 def test_long_prompts_batch_apart_from_short_ones_and_keep_every_word(studio):
