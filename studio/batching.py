@@ -68,7 +68,10 @@ class _Ticket:
         job, ctx = self.job, self.context
         on_step = (lambda step, total: ctx.run(job.on_step, step, total)) if job.on_step else None
         on_image = (lambda generated: ctx.run(job.on_image, generated)) if job.on_image else None
-        return Job(on_step=on_step, cancel=job.cancel, on_image=on_image)
+        on_preview = (lambda image, step, total: ctx.run(job.on_preview, image, step, total)) \
+            if job.on_preview else None
+        return Job(on_step=on_step, cancel=job.cancel, on_image=on_image, on_preview=on_preview,
+                   preview_every=job.preview_every)
 
 
 @dataclass

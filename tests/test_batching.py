@@ -114,6 +114,25 @@ def test_concurrent_requests_share_one_unet_batch_and_each_gets_its_own_images_s
         assert_same_pictures(result, alone(studio, req))
 
 
+def test_each_request_previews_its_own_image(studio):
+    requests = [Txt2ImgRequest(prompt=COAT, num_inference_steps=3, seed=80, batch_size=2),
+                Txt2ImgRequest(prompt=DRESS, num_inference_steps=3, seed=90)]
+
+    def watching() -> tuple[Job, list]:
+        seen: list = []
+        return Job(on_preview=lambda image, step, total: seen.append((step, image)), preview_every=1), seen
+
+    (coat_job, coat_seen), (dress_job, dress_seen) = watching(), watching()
+    together(Txt2ImgBatcher(studio, window_ms=40), requests, [coat_job, dress_job])
+    for req, seen in ((requests[0], coat_seen), (requests[1], dress_seen)):
+        job, reference = watching()
+        txt2img(studio, req, job)
+        assert [step for step, _ in seen] == [step for step, _ in reference] == [1, 2]
+        for (_, ours), (_, theirs) in zip(seen, reference, strict=True):
+            assert np.abs(pixels(ours) - pixels(theirs)).max() <= 2
+    assert not np.array_equal(pixels(coat_seen[-1][1]), pixels(dress_seen[-1][1]))
+
+
 def test_callbacks_run_in_each_callers_own_context(studio):
     """Gradio's gr.Progress finds its event through contextvars: each caller's progress must reach its own bar."""
     caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller")

@@ -25,6 +25,7 @@ from studio.engine.common import (
     save_image,
     step_callback,
 )
+from studio.preview import preview_due, preview_image
 from studio.prompts import prompt_kwargs
 from studio.schedulers import DEFAULT_SAMPLER
 
@@ -180,6 +181,10 @@ class _Group:
     def _report(job: Job, latents: Any, row: int, step: int, total: int) -> None:
         if job.on_step is not None:
             job.on_step(step, total)
+        if job.on_preview is not None and preview_due(step, total, job.preview_every) and latents is not None:
+            image = preview_image(latents[row : row + 1])  # the latents are only read
+            if image is not None:
+                job.on_preview(image, step, total)
 
 
 def _denoise(pipe: Any, group: _Group, prompts: dict[int, dict[str, str]], seeds: dict[int, int], width: int,
