@@ -254,6 +254,34 @@ def test_a_batch_that_fails_as_a_whole_runs_its_requests_one_by_one(studio):
         assert np.array_equal(pixels(result.paths[0]), pixels(alone(studio, req).paths[0]))
 
 
+def test_batches_and_other_modes_never_use_the_unet_at_the_same_time(studio):
+    active, most = [0], [0]
+
+    def enter(module: object, args: tuple) -> None:
+        active[0] += 1
+        most[0] = max(most[0], active[0])
+        time.sleep(0.005)  # widen the window in which an unlocked caller would overlap
+
+    def leave(module: object, args: tuple, output: object) -> None:
+        active[0] -= 1
+
+    unet = studio.cache.base().unet
+    handles = [unet.register_forward_pre_hook(enter), unet.register_forward_hook(leave)]
+    batcher = Txt2ImgBatcher(studio, window_ms=40)
+    calls = [lambda p=p: batcher(Txt2ImgRequest(prompt=p, num_inference_steps=3, seed=1)) for p in (COAT, DRESS)]
+    calls += [lambda: txt2img(studio, Txt2ImgRequest(prompt=KNIT, num_inference_steps=3, seed=2, height=128))] * 2
+    threads = [threading.Thread(target=call) for call in calls]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert most[0] == 1, "a batch ran the UNet while another mode held it"
+
+
 def test_the_app_lets_concurrent_txt2img_calls_share_a_batch(running_app):
     from gradio_client import Client
     from gradio_client.utils import Status
