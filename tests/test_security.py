@@ -1,0 +1,64 @@
+"""Security defaults of the served studio: the queue cannot be bypassed, uploads are capped, the queue is bounded."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+from gradio_client import Client
+
+import app
+from studio.settings import Settings
+from tests.conftest import free_port, make_settings
+
+
+def test_direct_rest_calls_cannot_bypass_the_queue(running_app):
+    url, _ = running_app
+    with httpx.Client(base_url=url, timeout=30) as http:
+        for path in ("gradio_api/run/txt2img", "gradio_api/api/txt2img", "run/txt2img"):
+            response = http.post(path, json={"data": ["coat", "", 2, 7.0, 64, 64, "Euler", 1, 1, 1]})
+            assert response.status_code in (401, 403, 404, 405), (path, response.status_code)
+            assert b"image" not in response.content
+
+
+def test_uploads_over_the_size_limit_are_refused(tiny_dir, tmp_path):
+    settings = Settings.from_env({"STUDIO_MAX_UPLOAD_MB": "1"}, model="tiny", tiny_dir=tiny_dir, outputs=tmp_path,
+                                 port=free_port(), preload=False)
+    demo = app.build_demo(app.create_studio(settings))
+    app.launch(demo, settings, prevent_thread_lock=True, quiet=True)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{settings.port}/", timeout=30) as http:
+            big = http.post("gradio_api/upload", files={"files": ("big.png", b"\0" * (2 * 1024 * 1024))})
+            small = http.post("gradio_api/upload", files={"files": ("small.png", b"\0" * 1024)})
+        assert big.status_code == 413, big.status_code
+        assert small.status_code == 200, small.status_code
+    finally:
+        demo.close()
+
+
+def test_a_full_queue_says_so_and_the_studio_keeps_serving(tiny_dir, tmp_path):
+    settings = make_settings(tiny_dir, tmp_path, port=free_port(), queue_size=1)
+    demo = app.build_demo(app.create_studio(settings))
+    app.launch(demo, settings, prevent_thread_lock=True, quiet=True)
+    url = f"http://127.0.0.1:{settings.port}/"
+
+    def ask(index: int) -> str:
+        try:
+            Client(url, verbose=False).predict(prompt=f"coat {index}", num_inference_steps=30, seed=index,
+                                               api_name="/txt2img")
+            return "done"
+        except Exception as exc:  # noqa: BLE001 (the message is what the test checks)
+            return str(exc)
+
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(ask, range(6)))
+        assert "done" in answers
+        refused = [a for a in answers if a != "done"]
+        assert refused and all("queue is full" in a.lower() for a in refused), answers
+        gallery, seed, _ = Client(url, verbose=False).predict(prompt="coat", num_inference_steps=2, seed=9,
+                                                              api_name="/txt2img")
+        assert seed == 9 and gallery
+    finally:
+        demo.close()
+
