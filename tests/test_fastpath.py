@@ -95,6 +95,7 @@ def counted(tiny_dir: Path, tmp_path: Path) -> tuple[Studio, CompileCounter]:
     return compiled_studio(make_settings(tiny_dir, tmp_path), counter, torch.contiguous_format), counter
 
 
+@pytest.mark.slow  # dynamo traces the tiny UNet: ~20-40 s each on two cores
 def test_compiled_channels_last_txt2img_equals_the_default_within_float_rounding(studio: Studio, fast):
     fast_studio, counter = fast
     default = pixels(txt2img(studio, REQ).paths[0])
@@ -106,6 +107,7 @@ def test_compiled_channels_last_txt2img_equals_the_default_within_float_rounding
     assert np.abs(default - other_seed).max() > 20  # a tolerance that would hide a different image fails
 
 
+@pytest.mark.slow  # dynamo traces the tiny UNet: ~20-40 s each on two cores
 def test_compiled_unet_survives_mode_switches_and_compiles_once_per_tiling_repeat(counted):
     studio, counter = counted
     txt2img(studio, REQ)
