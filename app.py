@@ -56,7 +56,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
     presets = load_presets(REPO / "presets", settings.limits)  # a broken preset stops startup, naming file and key
     ctx = UIContext(native_size=native_size_hint(settings), limits=settings.limits,
                     count_tokens=TokenCounter(settings.tiny_dir.parent / "clip-tokenizer"),
-                    default_negative_prompt=settings.default_negative_prompt)
+                    default_negative_prompt=settings.default_negative_prompt,
+                    preview_every=settings.preview_every)
     batcher = Txt2ImgBatcher(studio)  # concurrent txt2img requests share a UNet batch (settings.batch_window_ms)
     drafts = txt2img_tab.DraftActions(lambda req, job: draft(studio, req, job),
                                       lambda choice, req, job: render_draft(studio, choice, req, job))
