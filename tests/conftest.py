@@ -6,6 +6,9 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before anything imports huggingface_hub: no network in the suite
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# Idle OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning teams (one per thread that ran
+# torch) made tiny generations 10-20x slower (tests/test_batching.py: 212 s -> 23 s).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import socket
 from collections.abc import Iterator
 from pathlib import Path
