@@ -2,7 +2,10 @@
 
     .venv/bin/python benchmarks/bench_batching.py                  # tiny 64 px, then the SD1.5 architecture at 256 px
     .venv/bin/python benchmarks/bench_batching.py --skip-full      # tiny only (seconds)
-    .venv/bin/python benchmarks/bench_batching.py --device cuda --full-size 512 --full-steps 25 --runs 5   # a GPU
+    .venv/bin/python benchmarks/bench_batching.py --device cuda --full-size 512 --full-steps 25 --full-runs 5 \
+        --out benchmarks/RESULTS.md                                # on a GPU
+
+On 2 busy CPU cores the tiny part takes ~30 s and the SD1.5 part ~4 minutes (`--skip-full` for the tiny part).
 
 N requests (different prompts and seeds, one image each) are submitted at once from N threads, as N browser
 sessions would be by Gradio's worker threads. "one by one" is the studio with batching off (each thread runs
@@ -25,6 +28,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -105,7 +109,7 @@ def concurrently(call: Callable[[Txt2ImgRequest], object], requests: list[Txt2Im
     return elapsed
 
 
-def compare(studio: Studio, label: str, size: int, steps: int, n: int, runs: int, window_ms: int) -> None:
+def compare(studio: Studio, label: str, size: int, steps: int, n: int, runs: int, window_ms: int) -> str:
     requests = [Txt2ImgRequest(prompt=PROMPTS[i % len(PROMPTS)], num_inference_steps=steps, seed=100 + i,
                                width=size, height=size) for i in range(n)]
     one_by_one = Txt2ImgBatcher(studio, window_ms=0)
@@ -120,9 +124,11 @@ def compare(studio: Studio, label: str, size: int, steps: int, n: int, runs: int
         for name in order:
             times[name].append(concurrently(sides[name], requests))
     alone, together = statistics.median(times["one by one"]), statistics.median(times["batched"])
-    print(f"{label} {size}px {steps} steps, {n} concurrent requests, median of {runs}: "
-          f"one by one {n / alone:.2f} images/s ({alone * 1000:.0f} ms), batched {n / together:.2f} images/s "
-          f"({together * 1000:.0f} ms, window {window_ms} ms), throughput ratio {alone / together:.2f}x", flush=True)
+    line = (f"{label} {size}px {steps} steps, {n} concurrent requests, median of {runs}: "
+            f"one by one {n / alone:.2f} images/s ({alone * 1000:.0f} ms), batched {n / together:.2f} images/s "
+            f"({together * 1000:.0f} ms, window {window_ms} ms), throughput ratio {alone / together:.2f}x")
+    print(line, flush=True)
+    return line
 
 
 def main() -> None:
@@ -135,6 +141,7 @@ def main() -> None:
     parser.add_argument("--window-ms", type=int, default=40)
     parser.add_argument("--skip-full", action="store_true")
     parser.add_argument("--skip-tiny", action="store_true")
+    parser.add_argument("--out", type=Path, help="append a markdown record (e.g. benchmarks/RESULTS.md)")
     parser.add_argument("--full-size", type=int, default=256)
     parser.add_argument("--full-steps", type=int, default=2)
     parser.add_argument("--full-runs", type=int, default=1)
@@ -143,15 +150,19 @@ def main() -> None:
     torch.set_grad_enabled(False)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(machine())
-    print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+    lines = [machine(), f"command: {' '.join([Path(sys.executable).name, *sys.argv])}"]
+    print(*lines, sep="\n", flush=True)
     if not args.skip_tiny:
         tiny = studio_on("tiny", args.device, args.dtype)
-        compare(tiny, "tiny", 64, args.steps, args.requests, args.runs, args.window_ms)
+        lines.append(compare(tiny, "tiny", 64, args.steps, args.requests, args.runs, args.window_ms))
     if not args.skip_full:
         full = studio_on(full_size_model(), args.device, args.dtype)
-        compare(full, "SD1.5 architecture", args.full_size, args.full_steps, args.requests, args.full_runs,
-                args.window_ms)
+        lines.append(compare(full, "SD1.5 architecture", args.full_size, args.full_steps, args.requests,
+                             args.full_runs, args.window_ms))
+    if args.out:
+        stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        with args.out.open("a", encoding="utf-8") as out:
+            out.write(f"\n## bench_batching.py, {stamp}\n\n" + "".join(f"- {line}\n" for line in lines))
 
 
 if __name__ == "__main__":
