@@ -6,7 +6,12 @@ request (or in the background right after launch, for a workstation).
 
 from __future__ import annotations
 
-import logging
+import os
+
+# Idle OpenMP threads spin by default and starve the working thread on small CPU machines (many handler threads).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import logging  # noqa: E402
 import threading
 from collections.abc import Sequence
 from pathlib import Path
