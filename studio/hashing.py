@@ -40,10 +40,20 @@ def weights_file(ckpt: Checkpoint) -> Path | None:
     return None
 
 
+def file_sha256(path: Path) -> str:
+    """Full SHA-256 hex of a file, re-computed only when its size or mtime changes."""
+    stat = path.stat()
+    return _sha256(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+def _sha256_prefix(path: str, size: int, mtime_ns: int) -> str:
+    return _sha256(path, size, mtime_ns)[:10]
+
+
 @functools.lru_cache(maxsize=16)
-def _sha256_prefix(path: str, size: int, mtime_ns: int) -> str:  # size/mtime: re-hash when the file changes
+def _sha256(path: str, size: int, mtime_ns: int) -> str:  # size/mtime: re-hash when the file changes
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()[:10]
+    return digest.hexdigest()

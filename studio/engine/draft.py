@@ -9,8 +9,6 @@ scheduler config. A draft image with seed `s` starts from the same noise as a tx
 
 from __future__ import annotations
 
-import functools
-import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ from studio.engine.common import (
     step_callback,
 )
 from studio.engine.txt2img import Txt2ImgRequest, txt2img
+from studio.hashing import file_sha256
 from studio.prompts import prompt_kwargs
 from studio.registry import HUB_ID, LCM_LORA_FILE
 
@@ -144,17 +143,7 @@ def lora_hash(source: str) -> str:
         path = Path(found) if isinstance(found, str) else path
     if not path.is_file():
         return ""
-    stat = path.stat()
-    return _sha256_12(str(path), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=8)
-def _sha256_12(path: str, size: int, mtime_ns: int) -> str:  # size/mtime: re-hash when the file changes
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:12]
+    return file_sha256(path)[:12]
 
 
 # ---- the chosen draft, rendered in full ---------------------------------------------------------------------
