@@ -96,6 +96,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
                 shell.send_row(handle.parts["gallery"], handles, tabs, exclude=handle.mode)
         shell.session_results(handles, tabs)
         shell.restorer(handles, tabs, lambda path: restore_from_png(path, settings.limits))
+        refine_handle = next(h for h in handles if h.mode == "refine")
+        refine_tab.persist(demo, refine_handle.parts["tree"], studio.outputs.root)  # the Refine tree survives a reload
     return demo
 
 

@@ -255,3 +255,32 @@ def test_no_tab_scrolls_sideways(page, size):
         page.wait_for_timeout(200)
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"{mode} at {size['width']} px is {overflow} px too wide"
+
+
+def test_refine_history_survives_a_page_reload(page, running_app):
+    """The Refine tree lives in this browser: after a reload the same nodes are listed, and Continue still works."""
+    _, studio = running_app
+    tab = open_tab(page, "refine")
+    block(tab, "Input image (upload, paste or drop; a PNG's parameters are restored)").locator(
+        "input[type=file]").set_input_files(REPO / "assets" / "twill_swatch.png")
+    tab.get_by_label("Prompt", exact=True).fill("a block print of tulips")
+    set_number(tab, "Steps", STEPS)
+    set_number(tab, "Loops", 2)
+    tab.get_by_role("button", name="Refine", exact=True).click()
+    wait_for_result(tab, "Loop results")
+    nodes = thumbnails(tab, "All nodes")
+    expect(nodes).to_have_count(3, timeout=RUN_S)  # the source and two loops
+    before = [Path(src).name for src in nodes.evaluate_all("imgs => imgs.map(i => i.src)")]
+
+    page.reload()
+    expect(page.get_by_role("tab", name="txt2img", exact=True)).to_be_visible(timeout=30_000)
+    tab = open_tab(page, "refine")
+    nodes = thumbnails(tab, "All nodes")
+    expect(nodes).to_have_count(3)
+    assert [Path(src).name for src in nodes.evaluate_all("imgs => imgs.map(i => i.src)")] == before
+    # The restored tree is live, not a picture of one: continue from the first loop.
+    nodes.nth(1).click()
+    tab.get_by_role("button", name="Continue from node", exact=True).click()
+    received = block(tab, "Input image (upload, paste or drop; a PNG's parameters are restored)").locator("img")
+    expect(received).to_have_attribute("src", re.compile(rf"/{re.escape(before[1])}$"))
+    shot(page, "07-refine-after-reload")

@@ -74,7 +74,6 @@ def create(ctx: UIContext, run_refine: Refine, outputs: Outputs) -> dict[str, An
                 branch_zip = gr.File(label="Branch (zip of PNGs + tree.json)", interactive=False)
     tree = gr.State(History(outputs.root).to_dict())
     continue_from = gr.State(None)
-    saved = gr.BrowserState(History(outputs.root).to_dict(), storage_key=STORAGE_KEY, secret=STORAGE_KEY)
 
     def refine(image: str | None, prompt: str, negative_prompt: str, strength: float, num_inference_steps: float,
                guidance_scale: float, scheduler: str, seed: float, batch_size: float, loops: float,
@@ -116,8 +115,6 @@ def create(ctx: UIContext, run_refine: Refine, outputs: Outputs) -> dict[str, An
               concurrency_id="gpu")
     tree.change(lambda t: show_tree(History.from_dict(t, outputs.root)), inputs=tree,
                 outputs=[node_pick, history_gallery], api_name="refine_history", queue=False)
-    tree.change(lambda t: t, inputs=tree, outputs=saved, **private)
-    saved.change(lambda s, t: adopt(s, t, outputs.root), inputs=[saved, tree], outputs=tree, **private)
     input_image.upload(lambda path: restore_fields(path, ctx.limits, quiet=True), inputs=input_image, outputs=form,
                        **private)
     history_gallery.select(pick, inputs=tree, outputs=node_pick, **private)
@@ -185,6 +182,18 @@ def show_tree(history: History) -> tuple[Any, list[tuple[str, str]]]:
     latest = max(history.nodes, default=None)
     items = [(str(history.path(i)), history.nodes[i].label()) for i, _ in history.ordered()]
     return gr.Dropdown(choices=choices, value=latest), items
+
+
+def persist(demo: gr.Blocks, tree: gr.State, root: Path) -> gr.BrowserState:
+    """Mirror the Refine tree into the browser's storage and adopt it when a page (re)loads.
+
+    Call it at the top level of `demo`, outside the tabs: a component inside a tab that is not open is mounted only
+    when the tab opens, after the page's load event, so a BrowserState there reads back its default on load."""
+    saved = gr.BrowserState(History(root).to_dict(), storage_key=STORAGE_KEY, secret=STORAGE_KEY)
+    tree.change(lambda t: t, inputs=tree, outputs=saved, api_visibility="private", queue=False)
+    demo.load(lambda s, t: adopt(s, t, root), inputs=[saved, tree], outputs=tree, api_visibility="private",
+              queue=False)
+    return saved
 
 
 def adopt(saved: Any, tree: dict[str, Any], root: Path) -> Any:
