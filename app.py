@@ -11,10 +11,14 @@ import os
 # Idle OpenMP threads spin by default and starve the working thread on small CPU machines (many handler threads).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import logging  # noqa: E402
+import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+
+from studio.zerogpu import gpu_section, preload_everything, spaces_module
+
+spaces_module()  # `spaces` (when installed) must be imported before anything touches CUDA
 
 import gradio as gr
 
@@ -26,6 +30,7 @@ from studio.engine.inpaint import inpaint
 from studio.engine.refine import refine
 from studio.engine.restyle import detect_edges, restyle
 from studio.engine.textile import textile
+from studio.jobs import JobBoard
 from studio.outputs import Outputs
 from studio.presets import load_presets
 from studio.prompts import TokenCounter
@@ -62,7 +67,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
     ctx = UIContext(native_size=native_size_hint(settings), limits=settings.limits,
                     count_tokens=TokenCounter(settings.tiny_dir.parent / "clip-tokenizer"),
                     default_negative_prompt=settings.default_negative_prompt,
-                    preview_every=settings.preview_every)
+                    preview_every=settings.preview_every, gpu=gpu_section(settings),
+                    board=JobBoard(shared=settings.zero_gpu))  # on ZeroGPU, Cancel reaches the forked worker
     batcher = Txt2ImgBatcher(studio)  # concurrent txt2img requests share a UNet batch (settings.batch_window_ms)
     drafts = txt2img_tab.DraftActions(lambda req, job: draft(studio, req, job),
                                       lambda choice, req, job: render_draft(studio, choice, req, job))
@@ -116,9 +122,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = parse_args(argv)
     studio = create_studio(settings)
     demo = build_demo(studio)
-    if settings.preload:
-        threading.Thread(target=_preload, args=(studio,), daemon=True).start()
+    start_preload(studio)
     launch(demo, settings, inbrowser=settings.open_browser)
+
+
+def start_preload(studio: Studio) -> None:
+    """On ZeroGPU, load every model now, before serving: forked GPU workers inherit only what this process loaded.
+    Elsewhere, with preload on, load the base in the background while the UI is already served."""
+    settings = studio.cache.settings
+    if settings.zero_gpu:
+        log.info("ZeroGPU: resident before serving: %s", ", ".join(preload_everything(studio)))
+    elif settings.preload:
+        threading.Thread(target=_preload, args=(studio,), daemon=True).start()
 
 
 def _preload(studio: Studio) -> None:
@@ -133,7 +148,9 @@ def __getattr__(name: str) -> gr.Blocks:
     importing this module stays cheap."""
     if name == "demo":
         global demo
-        demo = build_demo(create_studio(Settings.from_env()))
+        studio = create_studio(Settings.from_env())
+        demo = build_demo(studio)
+        start_preload(studio)
         return demo
     raise AttributeError(name)
 

@@ -62,6 +62,9 @@ class Settings:
     default_negative_prompt: str = ""
     # txt2img requests arriving within this window (ms) of each other share one UNet batch; 0 = off
     batch_window_ms: int = 40
+    # A ZeroGPU Space (SPACES_ZERO_GPU set by the platform): GPU work runs in forked workers (studio.zerogpu)
+    zero_gpu: bool = False
+    zero_gpu_duration: int = 120  # seconds of GPU a call asks ZeroGPU for
     limits: Limits = field(default_factory=Limits)
 
     # ---- construction -------------------------------------------------------------------------------------
@@ -70,6 +73,8 @@ class Settings:
         """Build settings from `STUDIO_*` variables (a dict in tests), then apply explicit overrides."""
         env = os.environ if env is None else env
         values: dict[str, object] = space_defaults() if env.get("SPACE_ID") else {}
+        if _parse("zero_gpu", env.get("SPACES_ZERO_GPU", "")):
+            values.update(zero_gpu_defaults())
         limit_values: dict[str, object] = {}
         for f in dataclasses.fields(cls):
             if f.name == "limits":
@@ -109,6 +114,8 @@ class Settings:
             raise SettingsError(f"Unknown dtype {self.dtype!r}: use auto, fp32, fp16 or bf16.")
         if self.channels_last not in ("auto", "on", "off"):
             raise SettingsError(f"STUDIO_CHANNELS_LAST must be auto, on or off; got {self.channels_last!r}.")
+        if self.zero_gpu_duration < 1:
+            raise SettingsError("STUDIO_ZERO_GPU_DURATION must be a number of seconds, at least 1.")
         if self.preview_every < 0:
             raise SettingsError("STUDIO_PREVIEW_EVERY must be 0 (no live preview) or a number of steps.")
 
@@ -121,6 +128,12 @@ def space_defaults() -> dict[str, object]:
     prompt, and SD 1.5 (Dreamlike Photoreal's licence restricts commercial hosting)."""
     return {"space": True, "host": "0.0.0.0", "public_demo": True, "model": "sd15", "preload": False,
             "default_negative_prompt": PUBLIC_NEGATIVE}
+
+
+def zero_gpu_defaults() -> dict[str, object]:
+    """On ZeroGPU every model is loaded before serving (forked workers inherit it) and concurrent txt2img requests
+    are not merged (each call is a process of its own)."""
+    return {"zero_gpu": True, "preload": True, "batch_window_ms": 0}
 
 
 def _parse(name: str, raw: str) -> object:

@@ -80,12 +80,17 @@ def _handler(demo: gr.Blocks, name: str):
 def test_model_switcher_loads_a_listed_model_and_a_failed_switch_keeps_the_previous(tiny_dir, tmp_path):
     settings = make_settings(tiny_dir, tmp_path, model_choices=("tiny", "some-org/missing-model"))
     studio = app.create_studio(settings)
-    switch = _handler(app.build_demo(studio), "switch")
-    assert "tiny" in switch("tiny") and studio.cache.current == "tiny"
+    demo = app.build_demo(studio)
+    switch, refresh = _handler(demo, "switch"), _handler(demo, "refresh")
+    assert "loads on first use" in refresh()[0] and refresh()[1].active  # the status line watches for a load
+    (loading, watching), (done, stop) = switch("tiny")
+    assert "Loading **tiny**" in loading and watching.active  # said at once, before the weights load
+    assert "Current: **tiny**" in done and not stop.active and studio.cache.current == "tiny"
+    assert not refresh()[1].active  # nothing loading, a model resident: the timer rests
     with pytest.raises(gr.Error, match="some-org/missing-model.*Still using tiny"):
-        switch("some-org/missing-model")
+        list(switch("some-org/missing-model"))
     with pytest.raises(gr.Error, match="Choose one of the listed models"):
-        switch("/etc/passwd")
+        list(switch("/etc/passwd"))
     assert [r.name for r in studio.cache.resident()] == ["tiny"]
 
 

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from PIL import Image
@@ -35,12 +35,19 @@ class Cancelled(Exception):
     """Raised inside the step callback when the designer presses Cancel."""
 
 
+class CancelFlag(Protocol):
+    """What a run reads to stop early: a `threading.Event`, or `studio.jobs.FileFlag` across processes."""
+
+    def set(self) -> None: ...
+    def is_set(self) -> bool: ...
+
+
 @dataclass
 class Job:
     """Per-run controls handed in by the caller (the UI, a script, a test)."""
 
     on_step: Callable[[int, int], None] | None = None
-    cancel: threading.Event = field(default_factory=threading.Event)
+    cancel: CancelFlag = field(default_factory=threading.Event)
     on_image: Callable[[Generated], None] | None = None
     # live preview: on_preview(image, step, total) every `preview_every` steps (0 = never); see studio.preview
     on_preview: Callable[[Image.Image, int, int], None] | None = None

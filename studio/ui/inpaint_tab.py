@@ -101,7 +101,7 @@ def create(ctx: UIContext, generate: Generate) -> dict[str, Any]:
               c["mask_blur"], c["masked_content"], c["inpaint_area"], c["padding"], c["strength"],
               sampling.num_inference_steps, sampling.guidance_scale, sampling.scheduler, sampling.seed, batch_size,
               batch_count]
-    run.click(inpaint, inputs=inputs, outputs=[gallery, seed_used, infotext], api_name="inpaint",
+    run.click(ctx.gpu(inpaint), inputs=inputs, outputs=[gallery, seed_used, infotext], api_name="inpaint",
               concurrency_id="gpu")
     return {"handler": inpaint, "inputs": inputs, "gallery": gallery, "prompt": prompts.prompt,
             "input_image": c["editor"]}

@@ -111,7 +111,7 @@ def create(ctx: UIContext, run_refine: Refine, outputs: Outputs) -> dict[str, An
             strength_schedule]
     private = {"api_visibility": "private", "queue": False}
 
-    run.click(refine, inputs=inputs, outputs=[gallery, seed_used, infotext, tree], api_name="refine",
+    run.click(ctx.gpu(refine), inputs=inputs, outputs=[gallery, seed_used, infotext, tree], api_name="refine",
               concurrency_id="gpu")
     tree.change(lambda t: show_tree(History.from_dict(t, outputs.root)), inputs=tree,
                 outputs=[node_pick, history_gallery], api_name="refine_history", queue=False)

@@ -150,11 +150,11 @@ def create(ctx: UIContext, generate: Generate, detect: Detect) -> dict[str, Any]
               repeat]
     preview_inputs = [c["image"], c["preprocessor"], c["invert"], c["pixel_perfect"], c["preprocessor_resolution"],
                       width, height, repeat]
-    run.click(restyle, inputs=inputs, outputs=[gallery, seed_used, infotext], api_name="restyle",
+    run.click(ctx.gpu(restyle), inputs=inputs, outputs=[gallery, seed_used, infotext], api_name="restyle",
               concurrency_id="gpu")
-    prompts.prompt.submit(restyle, inputs=inputs, outputs=[gallery, seed_used, infotext],
+    prompts.prompt.submit(ctx.gpu(restyle), inputs=inputs, outputs=[gallery, seed_used, infotext],
                           api_visibility="private", concurrency_id="gpu")
-    c["preview"].click(preview_edges, inputs=preview_inputs, outputs=[c["edge_map"], c["edge_note"]],
+    c["preview"].click(ctx.gpu(preview_edges), inputs=preview_inputs, outputs=[c["edge_map"], c["edge_note"]],
                        api_name="restyle_edges", concurrency_id="gpu")
     c["use_edges"].click(_use_as_sketch, inputs=c["edge_map"],
                          outputs=[c["image"], c["preprocessor"], c["invert"]], api_visibility="private")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ import gradio as gr
 
 from studio.cache import ModelLoadError
 from studio.engine.common import Studio
+from studio.zerogpu import preload_everything
 
 NON_API = ("request", "progress")
 MAX_SESSION_RESULTS = 200
@@ -155,24 +156,35 @@ def zip_session(paths: list[str]) -> str:
 
 
 def model_switcher(studio: Studio) -> None:
-    """Choose the checkpoint among the operator's configured choices; a failed switch keeps the previous one."""
+    """Choose the checkpoint among the operator's configured choices; a failed switch keeps the previous one.
+
+    The status line follows loads as they happen (a background preload, a first request's lazy load, a switch):
+    a timer refreshes it every second while something loads or nothing is resident yet, and stops after."""
     settings = studio.cache.settings
     choices = list(dict.fromkeys([settings.model, *settings.model_choices]))
     with gr.Row(equal_height=True):
         choice = gr.Dropdown(choices, value=settings.model, label="Model", scale=3, min_width=200)
         load = gr.Button("Load model", size="sm", scale=1, min_width=100)
-        status = gr.Markdown(lambda: describe_resident(studio), every=None)
+        status = gr.Markdown(lambda: describe_resident(studio), every=None, elem_id="model-status")
+    timer = gr.Timer(1.0)
 
-    def switch(model: str) -> str:
+    def refresh() -> tuple[str, gr.Timer]:
+        return describe_resident(studio), gr.Timer(active=bool(studio.cache.loading or not studio.cache.resident()))
+
+    def switch(model: str) -> Iterator[tuple[str, gr.Timer]]:
         if model not in choices:
             raise gr.Error("Choose one of the listed models.")
+        yield f"Loading **{model}**…", gr.Timer(active=True)
         try:
             studio.cache.switch(model)
+            if settings.zero_gpu:  # forked GPU workers inherit only what this process loaded
+                preload_everything(studio)
         except ModelLoadError as exc:
             raise gr.Error(f"{exc} Still using {studio.cache.current}.") from None
-        return describe_resident(studio)
+        yield refresh()
 
-    load.click(switch, inputs=choice, outputs=status, concurrency_id="gpu", api_visibility="private")
+    timer.tick(refresh, outputs=[status, timer], queue=False, api_visibility="private")
+    load.click(switch, inputs=choice, outputs=[status, timer], concurrency_id="gpu", api_visibility="private")
 
 
 def describe_resident(studio: Studio) -> str:

@@ -120,7 +120,7 @@ def create(ctx: UIContext, generate: Generate) -> dict[str, Any]:
     for component in size_inputs:
         component.change(describe_print, inputs=size_inputs, outputs=print_info, queue=False,
                          api_visibility="private")
-    run.click(textile, inputs=inputs, outputs=outputs, api_name="textile", concurrency_id="gpu")
+    run.click(ctx.gpu(textile), inputs=inputs, outputs=outputs, api_name="textile", concurrency_id="gpu")
     return {"handler": textile, "inputs": inputs, "gallery": gallery, "prompt": prompts.prompt,
             "input_image": image}
 

@@ -82,9 +82,9 @@ def create(ctx: UIContext, generate: Generate, concurrency: int = 1,
     outputs = [gallery, seed_used, infotext]
     # The browser watches the image develop (a generator twin with one more output, the preview); the /txt2img API
     # is the plain handler on an event of its own, so clients still get exactly (gallery, seed, infotext).
-    gr.on([run.click, prompts.prompt.submit], live(txt2img, ctx.preview_every), inputs=inputs,
+    gr.on([run.click, prompts.prompt.submit], ctx.gpu(live(txt2img, ctx.preview_every)), inputs=inputs,
           outputs=[*outputs, preview], api_name="txt2img_live", api_visibility="private", **queue)
-    gr.on([], txt2img, inputs=inputs, outputs=outputs, api_name="txt2img", **queue)
+    gr.on([], ctx.gpu(txt2img), inputs=inputs, outputs=outputs, api_name="txt2img", **queue)
     if drafts is not None and draft_ui is not None:
         wire_drafts(ctx, drafts, draft_ui, [prompts.prompt, prompts.negative_prompt, width, height, sampling.seed,
                                             batch_size, batch_count],
@@ -158,9 +158,10 @@ def wire_drafts(ctx: UIContext, actions: DraftActions, ui: DraftControls, form: 
 
     prompt, negative_prompt, width, height, seed, batch_size, batch_count = form
     states = [ui.choices, ui.chosen]
-    ui.draft.click(draft, inputs=[prompt, negative_prompt, ui.steps, ui.guidance, width, height, seed, batch_size,
-                                  batch_count], outputs=[*results, *states], api_name="draft", concurrency_id="gpu")
-    ui.render.click(render, inputs=[*states, *full], outputs=[*results, *states], api_visibility="private",
+    draft_inputs = [prompt, negative_prompt, ui.steps, ui.guidance, width, height, seed, batch_size, batch_count]
+    ui.draft.click(ctx.gpu(draft), inputs=draft_inputs, outputs=[*results, *states], api_name="draft",
+                   concurrency_id="gpu")
+    ui.render.click(ctx.gpu(render), inputs=[*states, *full], outputs=[*results, *states], api_visibility="private",
                     concurrency_id="gpu")
     results[0].select(pick, outputs=ui.chosen, queue=False, api_visibility="private")
     # txt2img results replace the drafts in the gallery: forget them, so Render never picks a stale seed

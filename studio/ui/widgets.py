@@ -20,6 +20,7 @@ from studio.engine.common import MAX_SEED, Cancelled, Generated, Job, RequestErr
 from studio.jobs import JobBoard
 from studio.schedulers import DEFAULT_SAMPLER, SAMPLERS
 from studio.settings import Limits
+from studio.zerogpu import identity
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,9 @@ class UIContext:
     board: JobBoard = field(default_factory=JobBoard)
     default_negative_prompt: str = ""  # the public demo's; prepended to every tab's negative prompt
     preview_every: int = 5  # live preview every N denoising steps (settings.preview_every); 0 = off
+    # Marks every handler that runs on the GPU, where its event is wired: `spaces.GPU` on a ZeroGPU Space
+    # (studio.zerogpu.gpu_section), the identity elsewhere.
+    gpu: Callable[[Any], Any] = identity
 
 
 @dataclass
