@@ -46,7 +46,8 @@ CSS = ".token-count p {font-size: 0.8em; opacity: 0.7; margin: 0} footer {displa
     # header: the "Load model" button at its own height, not stretched to the dropdown's; on a phone the title
     # takes its own line above the model switcher instead of a four-line column beside it
     " #header button {align-self: center}"
-    " @media (max-width: 640px) {#header > * {flex: 1 1 100% !important}}"
+    # and the preset picker takes the whole width, its description (when one is chosen) the line below
+    " @media (max-width: 640px) {#header > *, .preset-row > * {flex: 1 1 100% !important}}"
 )
 
 

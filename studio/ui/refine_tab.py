@@ -191,8 +191,9 @@ def persist(demo: gr.Blocks, tree: gr.State, root: Path) -> gr.BrowserState:
     when the tab opens, after the page's load event, so a BrowserState there reads back its default on load."""
     saved = gr.BrowserState(History(root).to_dict(), storage_key=STORAGE_KEY, secret=STORAGE_KEY)
     tree.change(lambda t: t, inputs=tree, outputs=saved, api_visibility="private", queue=False)
-    demo.load(lambda s, t: adopt(s, t, root), inputs=[saved, tree], outputs=tree, api_visibility="private",
-              queue=False)
+    # On load, and when the browser reads its copy back (which may come after the load event): adopt it once.
+    gr.on([demo.load, saved.change], lambda s, t: adopt(s, t, root), inputs=[saved, tree], outputs=tree,
+          api_visibility="private", queue=False)
     return saved
 
 

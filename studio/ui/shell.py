@@ -230,7 +230,7 @@ def restorer(handles: list[TabHandle], tabs: gr.Tabs, restore: Callable[[str], A
 def preset_picker(presets: list[Any]) -> tuple[gr.Dropdown, gr.Markdown] | None:
     if not presets:
         return None
-    with gr.Row(equal_height=True):
+    with gr.Row(equal_height=True, elem_classes="preset-row"):  # app.CSS: on a phone, one item per line
         dropdown = gr.Dropdown([p.name for p in presets], value=None, label="Preset", scale=2, min_width=200)
         description = gr.Markdown(scale=3)
     return dropdown, description

@@ -23,15 +23,6 @@ from studio.ui.widgets import (
 Generate = Callable[[TextileRequest, Job], Result]
 
 NEGATIVE = "text, watermark, signature, frame, border, vignette, photo of a person, blurry, low quality"
-# Print families: the prompt each fills in. (The lead moves these to preset files later.)
-PRESETS: dict[str, str] = {
-    "Florals": "seamless repeating floral print, roses, peonies and trailing leaves, textile design, flat colours",
-    "Paisley": "seamless paisley print, ornate teardrop motifs, intricate filigree, indian textile design",
-    "Geometric": "seamless geometric print, interlocking hexagons and lines, bold mid-century textile design",
-    "Animal skin": "seamless leopard skin print, organic rosettes on warm tan, fashion textile design",
-    "Toile": "seamless toile de jouy print, monochrome engraved pastoral scene, indigo ink on cream linen",
-    "Plaid": "seamless tartan plaid, woven wool texture, crossing bands of red, green and navy, textile design",
-}
 REPEAT_CHOICES = [("Full drop", "full"), ("Half-drop", "half_drop"), ("Brick", "brick"),
                   ("Horizontal only (border print)", "x"), ("Vertical only", "y")]
 
@@ -52,7 +43,6 @@ def describe_print(width: float, height: float, physical_width: float, physical_
 def create(ctx: UIContext, generate: Generate) -> dict[str, Any]:
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=320):
-            preset = gr.Dropdown(list(PRESETS), value=None, label="Print family (fills the prompt)")
             prompts = prompt_block(ctx, "e.g. seamless floral print, roses and leaves, flat colours", NEGATIVE)
             repeat = gr.Radio(REPEAT_CHOICES, value="full", label="Repeat")
             with gr.Row():
@@ -114,8 +104,6 @@ def create(ctx: UIContext, generate: Generate) -> dict[str, Any]:
               sampling.guidance_scale, sampling.scheduler, sampling.seed, batch_size, image, strength,
               physical_width, physical_height, unit, dpi, colors]
     outputs = [gallery, preview, palette_image, palette_hex, files, seed_used, infotext]
-    preset.change(lambda name: PRESETS.get(name, gr.skip()), inputs=preset, outputs=prompts.prompt, queue=False,
-                  api_visibility="private")
     size_inputs = [width, height, physical_width, physical_height, unit, dpi]
     for component in size_inputs:
         component.change(describe_print, inputs=size_inputs, outputs=print_info, queue=False,

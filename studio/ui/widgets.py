@@ -69,8 +69,10 @@ def sampling_block(ctx: UIContext, steps: int = 25, guidance: float = 7.0) -> Sa
         num_inference_steps = gr.Slider(1, ctx.limits.max_steps, value=steps, step=1, label="Steps")
         guidance_scale = gr.Slider(0, 30, value=guidance, step=0.5, label="CFG scale")
     with gr.Row():
-        scheduler = gr.Dropdown(list(SAMPLERS), value=DEFAULT_SAMPLER, label="Sampler")
-        seed = gr.Number(value=-1, precision=0, minimum=-1, maximum=MAX_SEED, label="Seed (-1 = random)")
+        # min_width: on a phone the pair wraps, so "DPM++ 2M Karras" is not written over its arrow
+        scheduler = gr.Dropdown(list(SAMPLERS), value=DEFAULT_SAMPLER, label="Sampler", min_width=200)
+        seed = gr.Number(value=-1, precision=0, minimum=-1, maximum=MAX_SEED, label="Seed (-1 = random)",
+                         min_width=200)
     return SamplingBlock(num_inference_steps, guidance_scale, scheduler, seed)
 
 
