@@ -151,7 +151,8 @@ def __getattr__(name: str) -> gr.Blocks:
         global demo
         studio = create_studio(Settings.from_env())
         demo = build_demo(studio)
-        start_preload(studio)
+        if studio.cache.settings.zero_gpu:  # forked GPU workers need every model loaded before serving
+            start_preload(studio)
         return demo
     raise AttributeError(name)
 
