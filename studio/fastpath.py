@@ -33,6 +33,7 @@ from studio.settings import Settings
 log = logging.getLogger(__name__)
 
 _FP32_RETRY = "_atelier_fp32_retry"  # on a guarded VAE decoder: the hook's handle
+RECOMPILE_LIMIT = 64  # graphs per compiled forward before dynamo falls back to eager
 _COMPILED = "_atelier_compiled"  # on a compiled module: its layout hook's handle
 
 
@@ -78,6 +79,9 @@ def compile_module(module: torch.nn.Module, backend: str | Callable[..., Any] = 
     would otherwise cost a recompile (a minute with inductor on the full UNet) the first time each mode runs."""
     if is_compiled(module):
         return False
+    # One graph per (size, batch, repeat) a designer uses: dynamo's default of 8 would silently drop back to eager
+    # after a few sizes and repeats in a long session.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     module.forward = torch.compile(module.forward, backend=backend, mode=mode)
     handle = module.register_forward_pre_hook(functools.partial(_uniform_inputs, memory_format), with_kwargs=True)
     setattr(module, _COMPILED, handle)
