@@ -85,6 +85,7 @@ def unique_param_bytes(*owners: Any) -> int:
 
 # LoRA adapter slots loaded into a base UNet (`ModelCache.adapter`) -> the adapter name peft/diffusers know.
 ADAPTER_NAMES = {"lcm_lora": "lcm"}
+PREVIEW_SLOT = "preview_decoder"  # TAESD, when at hand (ModelCache.preview_decoder)
 
 
 def adapter_param_bytes(pipe: Any, adapter: str | None = None) -> int:
@@ -115,8 +116,9 @@ class ModelCache:
         self._lock = threading.RLock()
         self._bases: OrderedDict[str, Any] = OrderedDict()  # checkpoint name -> pipeline
         self._checkpoints: dict[str, Checkpoint] = {}
-        self._slots: dict[str, Any] = {}  # "controlnet", "annotator", "inpaint_unet"
+        self._slots: dict[str, Any] = {}  # "controlnet", "annotator", "inpaint_unet", PREVIEW_SLOT
         self._slot_sources: dict[str, str] = {}
+        self._unavailable: set[str] = set()  # preview-decoder sources found missing
         self._adapter_sources: dict[tuple[str, str], str] = {}  # (checkpoint name, adapter slot) -> source
         self.current: str = settings.model
         self.loading: str | None = None
@@ -261,6 +263,33 @@ class ModelCache:
 
         detector = HEDdetector.from_pretrained(source, filename=registry.HED_ANNOTATOR_FILE)
         return detector.to(self.device)
+
+    # ---- live-preview decoder (TAESD), optional --------------------------------------------------------------
+    def preview_decoder(self) -> Any | None:
+        """TAESD (`AutoencoderTiny`) for live previews when it is at hand, else None (previews then use the latent
+        factors of studio.preview). It is never downloaded for a preview: a folder, or a hub id already in the
+        Hugging Face cache (`huggingface-cli download madebyollin/taesd` once). A source that is not at hand is
+        remembered, so later previews do not look again."""
+        setting = self.settings.preview_decoder
+        if setting == "latent":
+            return None
+        source = registry.companion_sources(self.checkpoint(), self.settings.tiny_dir)["taesd"] \
+            if setting == "auto" else setting
+        with self._lock:
+            if self._slot_sources.get(PREVIEW_SLOT) == source:
+                return self._slots[PREVIEW_SLOT]
+            if source in self._unavailable:
+                return None
+            from diffusers import AutoencoderTiny
+
+            try:
+                module = AutoencoderTiny.from_pretrained(source, torch_dtype=self.dtype, local_files_only=True)
+            except Exception as exc:  # not cached, or not a TAESD: the latent factors will do
+                log.info("Live previews use latent factors: no TAESD at hand (%s): %s", source, exc)
+                self._unavailable.add(source)
+                return None
+            self._slots[PREVIEW_SLOT], self._slot_sources[PREVIEW_SLOT] = module.to(self.device).eval(), source
+            return module
 
     # ---- LoRA adapters (loaded into the base UNet, disabled unless a scoped context enables them) ----------
     def adapter(self, slot: str = "lcm_lora", ref: str | None = None) -> str:

@@ -1,5 +1,9 @@
 """Live preview: a cheap RGB picture of the latents every few denoising steps, without running the VAE.
 
+Two ways, as ComfyUI and A1111 offer them: TAESD (`madebyollin/taesd`, a small decoder distilled from
+SD's VAE) when the cache has it at hand — a full-size, near-final picture for a few milliseconds of GPU — and
+otherwise the latent-factor approximation below.
+
 SD1.5's four latent channels map almost linearly to RGB. The factors below are the ones the community's tools use
 for SD1.5 previews (ComfyUI's `latent_formats.SD15`); they apply to the latents as the pipeline holds them (already
 multiplied by the VAE's scaling factor) and give RGB in about [-1, 1]. One small matrix product per preview: no
@@ -7,6 +11,8 @@ weights, no GPU memory, and the latents are only read, so the final image is exa
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,3 +49,15 @@ def preview_image(latents: torch.Tensor, scale: int = PREVIEW_SCALE) -> Image.Im
     pixels = (rgb * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     image = Image.fromarray(np.ascontiguousarray(pixels), mode="RGB")
     return image.resize((image.width * scale, image.height * scale), Image.Resampling.BILINEAR)
+
+
+def decoded_preview(decoder: Any, latents: torch.Tensor) -> Image.Image | None:
+    """The first image of a latent batch through TAESD (an `AutoencoderTiny`), at full size. TAESD takes the
+    latents as the pipeline holds them (its scaling factor is 1) and returns RGB in [-1, 1]."""
+    if latents.ndim != 4 or latents.shape[1] != 4:
+        return None
+    with torch.no_grad():
+        sample = decoder.decode(latents[:1].detach().to(decoder.device, decoder.dtype)).sample[0]
+    rgb = ((sample.to(torch.float32) + 1) / 2).clamp(0, 1)
+    pixels = (rgb * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(np.ascontiguousarray(pixels), mode="RGB")

@@ -15,6 +15,7 @@ HED_CONTROLNET = "lllyasviel/sd-controlnet-hed"
 SD15_INPAINTING = "stable-diffusion-v1-5/stable-diffusion-inpainting"
 LCM_LORA = "latent-consistency/lcm-lora-sdv1-5"  # draft mode: 4-8 step LCM sampling on any SD1.5 checkpoint
 LCM_LORA_FILE = "pytorch_lora_weights.safetensors"
+TAESD = "madebyollin/taesd"  # live previews: a tiny SD1.5 latent decoder (AutoencoderTiny), used when cached
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,7 @@ def companion_sources(base: Checkpoint, tiny_dir: Path) -> dict[str, str]:
             "annotator": str(tiny_dir / "annotator"),
             "inpaint": str(tiny_dir / "inpaint"),
             "lcm_lora": str(tiny_dir / "lcm_lora"),
+            "taesd": str(tiny_dir / "taesd"),
         }
     return {"controlnet": HED_CONTROLNET, "annotator": ANNOTATORS_REPO, "inpaint": SD15_INPAINTING,
-            "lcm_lora": LCM_LORA}
+            "lcm_lora": LCM_LORA, "taesd": TAESD}

@@ -47,6 +47,8 @@ class Settings:
     channels_last: str = "auto"
     compile: bool = False
     preview_every: int = 5
+    # Live previews: "auto" = TAESD when it is at hand (never downloaded), "latent" = latent factors, or a folder
+    preview_decoder: str = "auto"
     outputs: Path = Path("outputs")
     tiny_dir: Path = DEFAULT_CACHE / "tiny"
     host: str = "127.0.0.1"

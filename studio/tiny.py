@@ -4,7 +4,7 @@ Weights are random but deterministic (fixed seeds), so every machine writes iden
 studio run offline on a CPU in seconds, and let tests load them through the very `from_pretrained` calls used for
 the real hub ids — either from a folder, or installed into a Hugging Face cache under the real ids.
 
-    python -m studio.tiny OUT_DIR          # base/, inpaint/, controlnet/, annotator/, lcm_lora/
+    python -m studio.tiny OUT_DIR          # base/, inpaint/, controlnet/, annotator/, lcm_lora/, taesd/
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 log = logging.getLogger(__name__)
 
 # Bump when the layout or the seeds change: folders written by an older version are rewritten.
-VERSION = "atelier-tiny-5"
+VERSION = "atelier-tiny-6"
 NATIVE_SIZE = 64  # px; latents 8x8
 SEED = 20260101
 
@@ -46,6 +46,7 @@ HUB_TWINS = {
     "lllyasviel/sd-controlnet-hed": "controlnet",
     "lllyasviel/Annotators": "annotator",
     "latent-consistency/lcm-lora-sdv1-5": "lcm_lora",
+    "madebyollin/taesd": "taesd",
 }
 # The UNet layers LCM-LoRA adapts (its training script's target modules), and the file name it ships.
 LCM_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
@@ -209,6 +210,16 @@ def write_lcm_lora(folder: Path, rank: int = 4) -> None:
     save_file(tensors, folder / LORA_FILE)
 
 
+def write_taesd(folder: Path) -> None:
+    """madebyollin/taesd's layout (an `AutoencoderTiny`: config.json + diffusion_pytorch_model.safetensors at the
+    repo root) at tiny width: the live-preview decoder."""
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(SEED + 11)
+    AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+                    num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1)).save_pretrained(folder)
+
+
 def write_all(out_dir: Path) -> Path:
     """Write every tiny checkpoint into out_dir (atomically: a half-written folder is never visible)."""
     out_dir = Path(out_dir)
@@ -222,6 +233,7 @@ def write_all(out_dir: Path) -> Path:
         write_controlnet(tmp / "controlnet")
         write_annotator(tmp / "annotator")
         write_lcm_lora(tmp / "lcm_lora")
+        write_taesd(tmp / "taesd")
         (tmp / "VERSION").write_text(VERSION + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -259,7 +271,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     path = write_all(args.out_dir)
-    print(f"Wrote tiny checkpoints to {path}: base/, inpaint/, controlnet/, annotator/ControlNetHED.pth, lcm_lora/")
+    print(f"Wrote tiny checkpoints to {path}: base/, inpaint/, controlnet/, annotator/ControlNetHED.pth, lcm_lora/, "
+          "taesd/")
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ itself. The studio meets that contract like this:
   event is wired. The marked functions are the tab handlers: their arguments are form values, `gr.Request` and
   `gr.Progress` (all picklable; `spaces` relays progress and toasts back to the page), and they return file paths
   and text. The engine, the cache and the closures stay in memory, inherited by the fork.
-- `preload_everything` loads every model any mode uses (base, ControlNet, HED annotator, inpainting UNet, LCM-LoRA)
-  in the main process before serving, on `cuda`, which `spaces` records there and moves into each worker. So no
-  GPU section ever loads weights (which would be lost, and paid again on every call).
+- `preload_everything` loads every model any mode uses (base, ControlNet, HED annotator, inpainting UNet, LCM-LoRA,
+  TAESD) in the main process before serving, on `cuda`, which `spaces` records there and moves into each worker.
+  So no GPU section ever loads weights (which would be lost, and paid again on every call).
 - Settings turn batching of concurrent txt2img requests off (each call is its own process: there is nothing to
   merge), and cancel crosses the process boundary through `studio.jobs.JobBoard` flag files.
 
@@ -66,4 +66,5 @@ def preload_everything(studio: Any) -> list[str]:
         cache.adapter("lcm_lora")
     except Exception as exc:
         log.error("ZeroGPU preload: %s", exc)
+    cache.preview_decoder()  # TAESD when at hand (None otherwise: previews then need no weights)
     return [row.name for row in cache.resident()]

@@ -39,7 +39,8 @@ LOAD_BY_HUB_ID = textwrap.dedent("""
         result = txt2img(studio, Txt2ImgRequest(prompt="a pleated skirt", num_inference_steps=2, seed=3))
         out[model] = {"path": str(result.paths[0]), "source": studio.cache.checkpoint().source,
                       "controlnet": type(studio.cache.slot("controlnet")).__name__,
-                      "annotator": type(studio.cache.slot("annotator")).__name__}
+                      "annotator": type(studio.cache.slot("annotator")).__name__,
+                      "preview": type(studio.cache.preview_decoder()).__name__}
     settings = Settings.from_env({}, model="some-org/missing-model", outputs=sys.argv[1], preload=False)
     try:
         ModelCache(settings).base()
@@ -63,6 +64,7 @@ def test_models_load_by_real_hub_id_from_an_offline_cache(studio, tiny_dir, tmp_
     for model in ("sd15", "dreamlike-art/dreamlike-photoreal-2.0"):
         assert np.array_equal(pixels(out[model]["path"]), pixels(reference))
         assert out[model]["controlnet"] == "ControlNetModel" and out[model]["annotator"] == "HEDdetector"
+        assert out[model]["preview"] == "AutoencoderTiny"  # madebyollin/taesd, found in the cache
     assert out["sd15"]["source"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
     missing = out["missing"]
     assert "some-org/missing-model" in missing and "--model tiny" in missing and "download" in missing

@@ -11,13 +11,15 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from studio.engine.common import Job, generators, step_callback
+from studio.cache import PREVIEW_SLOT, ModelCache
+from studio.engine.common import Job, Studio, generators, previewer, step_callback
 from studio.engine.txt2img import Txt2ImgRequest, txt2img
+from studio.outputs import Outputs
 from studio.preview import PREVIEW_SCALE, SD15_LATENT_RGB, latents_to_rgb, preview_due, preview_image
 from studio.prompts import prompt_kwargs
 from studio.ui import txt2img_tab
 from studio.ui.widgets import UIContext
-from tests.conftest import pixels
+from tests.conftest import make_settings, pixels
 
 PROMPT = "a belted trench coat, studio photo"
 
@@ -44,12 +46,21 @@ def test_preview_maps_each_latent_channel_through_its_rgb_factors():
     assert preview_image(torch.zeros(1, 9, 8, 8)) is None  # not SD latents: no preview rather than a wrong one
 
 
-def test_previews_arrive_every_n_steps_with_the_expected_count_and_size(studio):
+@pytest.fixture(scope="module")
+def latent_studio(tiny_dir, tmp_path_factory) -> Studio:
+    """Previews by latent factors only (STUDIO_PREVIEW_DECODER=latent)."""
+    settings = make_settings(tiny_dir, tmp_path_factory.mktemp("latent-previews"), preview_decoder="latent")
+    return Studio(cache=ModelCache(settings), outputs=Outputs(settings.outputs))
+
+
+def test_previews_arrive_every_n_steps_with_the_expected_count_and_size(latent_studio):
     job, seen = collect(every=2)
-    txt2img(studio, Txt2ImgRequest(PROMPT, num_inference_steps=5, width=64, height=128, seed=3, batch_size=2), job)
+    txt2img(latent_studio, Txt2ImgRequest(PROMPT, num_inference_steps=5, width=64, height=128, seed=3, batch_size=2),
+            job)
     assert [(step, total) for _, step, total in seen] == [(2, 5), (4, 5)]
-    factor = studio.cache.base().vae_scale_factor
+    factor = latent_studio.cache.base().vae_scale_factor
     assert all(image.size == (64 // factor * PREVIEW_SCALE, 128 // factor * PREVIEW_SCALE) for image, _, _ in seen)
+    assert PREVIEW_SLOT not in {row.kind for row in latent_studio.cache.resident()}  # TAESD never loaded
     assert all(image.mode == "RGB" for image, _, _ in seen)
     assert not np.array_equal(pixels(seen[0][0]), pixels(seen[1][0]))  # the picture follows the denoising
 
@@ -57,12 +68,14 @@ def test_previews_arrive_every_n_steps_with_the_expected_count_and_size(studio):
 def test_previews_do_not_change_the_final_image_bit_for_bit(studio):
     pipe = studio.cache.derive(StableDiffusionPipeline, scheduler="Euler a")
     outputs = []
-    for job in (None, Job(), collect(every=1)[0]):
+    jobs = [(None, preview_image), (Job(), preview_image), (collect(every=1)[0], preview_image),
+            (collect(every=1)[0], previewer(studio))]  # latent factors, then TAESD, on every step
+    for job, preview in jobs:
         with studio.cache.gpu():
             outputs.append(pipe(**prompt_kwargs(pipe, PROMPT, ""), num_inference_steps=4, width=64, height=64,
-                                generator=generators([11]), callback_on_step_end=step_callback(job, 4),
+                                generator=generators([11]), callback_on_step_end=step_callback(job, 4, preview),
                                 output_type="np").images)
-    assert np.array_equal(outputs[0], outputs[1]) and np.array_equal(outputs[0], outputs[2])
+    assert all(np.array_equal(outputs[0], out) for out in outputs[1:])
 
 
 def build_tab(studio, every: int):
@@ -101,3 +114,40 @@ def test_an_error_in_the_streamed_run_reaches_the_designer_in_words(studio):
     _, live, _ = build_tab(studio, every=2)
     with pytest.raises(gr.Error, match="multiple of 8"):
         list(live(**form(width=100), request=None, progress=gr.Progress()))
+
+
+# ---- TAESD ------------------------------------------------------------------------------------------------------
+def test_previews_come_from_taesd_at_full_size_when_it_is_at_hand(studio, latent_studio):
+    """The tiny checkpoints ship a TAESD twin (madebyollin/taesd's layout): previews are then decoded pictures at
+    the image's own size, not the half-size latent approximation, in every mode's callback."""
+    job, seen = collect(every=2)
+    txt2img(studio, Txt2ImgRequest(PROMPT, num_inference_steps=5, width=64, height=128, seed=3), job)
+    assert [(step, total) for _, step, total in seen] == [(2, 5), (4, 5)]
+    assert all(image.size == (64, 128) and image.mode == "RGB" for image, _, _ in seen)
+    assert PREVIEW_SLOT in {row.kind for row in studio.cache.resident()}
+    decoder = studio.cache.preview_decoder()
+    assert type(decoder).__name__ == "AutoencoderTiny" and studio.cache.preview_decoder() is decoder  # loaded once
+    latent_job, latent_seen = collect(every=2)
+    txt2img(latent_studio, Txt2ImgRequest(PROMPT, num_inference_steps=5, width=64, height=128, seed=3), latent_job)
+    assert seen[0][0].size != latent_seen[0][0].size
+
+
+def test_a_taesd_preview_is_the_decoders_picture_of_the_current_latents(studio):
+    decoder = studio.cache.preview_decoder()
+    latents = torch.randn(2, 4, 8, 16, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = ((decoder.decode(latents[:1]).sample[0] + 1) / 2).clamp(0, 1)
+    shown = previewer(studio)(latents)
+    assert shown.size == (128, 64)
+    assert np.abs(pixels(shown) - (expected.permute(1, 2, 0).numpy() * 255)).max() <= 0.5 + 1e-3  # rounding only
+
+
+def test_without_taesd_previews_fall_back_to_latent_factors_and_never_look_twice(tiny_dir, tmp_path, caplog):
+    settings = make_settings(tiny_dir, tmp_path / "outputs", preview_decoder=str(tmp_path / "no-taesd-here"))
+    studio = Studio(cache=ModelCache(settings), outputs=Outputs(settings.outputs))
+    job, seen = collect(every=1)
+    with caplog.at_level("INFO", logger="studio.cache"):
+        txt2img(studio, Txt2ImgRequest(PROMPT, num_inference_steps=3, width=64, height=64, seed=1), job)
+    factor = studio.cache.base().vae_scale_factor
+    assert [image.size for image, _, _ in seen] == [(64 // factor * PREVIEW_SCALE,) * 2] * 2
+    assert sum("no TAESD at hand" in record.message for record in caplog.records) == 1  # looked once, not per step

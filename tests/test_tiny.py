@@ -28,6 +28,8 @@ def test_layout_matches_the_hub_repositories(tiny_dir):
     assert json.loads((tiny_dir / "inpaint" / "unet" / "config.json").read_text())["in_channels"] == 9
     assert (tiny_dir / "controlnet" / "diffusion_pytorch_model.safetensors").is_file()
     assert (tiny_dir / "annotator" / "ControlNetHED.pth").is_file()
+    taesd = json.loads((tiny_dir / "taesd" / "config.json").read_text())  # madebyollin/taesd keeps it at the root
+    assert taesd["_class_name"] == "AutoencoderTiny" and taesd["latent_channels"] == 4
     unet = json.loads((tiny_dir / "base" / "unet" / "config.json").read_text())
     assert unet["down_block_types"] == ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"]
 

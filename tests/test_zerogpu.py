@@ -55,7 +55,7 @@ def test_zero_gpu_settings_preload_and_do_not_batch():
 def test_every_mode_answers_from_a_forked_worker_with_everything_preloaded(zero, tmp_path):
     client, fake, resident = zero
     kinds = " ".join(resident)
-    for part in ("tiny", "controlnet", "annotator", "inpaint", "lcm"):
+    for part in ("tiny", "controlnet", "annotator", "inpaint", "lcm", "preview_decoder"):
         assert part in kinds, f"{part} not loaded before serving: {resident}"
     sketch, photo = tmp_path / "sketch.png", tmp_path / "photo.png"
     Image.open(REPO / "assets" / "dress_sketch.png").save(sketch)
@@ -179,4 +179,4 @@ def test_a_model_switch_on_zero_gpu_loads_every_companion_in_the_main_process(ti
     switch = next(dep.fn for dep in demo.fns.values() if getattr(dep.fn, "__name__", "") == "switch")
     list(switch("tiny"))
     kinds = {row.kind for row in studio.cache.resident()}
-    assert kinds == {"base", "controlnet", "annotator", "inpaint_unet", "adapter"}, kinds
+    assert kinds == {"base", "controlnet", "annotator", "inpaint_unet", "adapter", "preview_decoder"}, kinds

@@ -19,7 +19,7 @@ from PIL import Image
 from studio.cache import ModelCache
 from studio.metadata import format_infotext
 from studio.outputs import Outputs
-from studio.preview import preview_due, preview_image
+from studio.preview import decoded_preview, preview_due, preview_image
 from studio.prompts import clean_prompt
 from studio.schedulers import SAMPLERS, get_sampler
 from studio.settings import Limits
@@ -136,7 +136,21 @@ def generators(seeds: list[int]) -> list[torch.Generator]:
     return [torch.Generator("cpu").manual_seed(s) for s in seeds]
 
 
-def step_callback(job: Job | None, total: int) -> Callable[..., dict[str, Any]]:
+Preview = Callable[[torch.Tensor], "Image.Image | None"]
+
+
+def previewer(studio: Studio) -> Preview:
+    """Latents → live-preview picture: through TAESD when the cache has it at hand (looked up at the first preview,
+    so runs without previews never touch it), else the latent-factor approximation."""
+
+    def preview(latents: torch.Tensor) -> Image.Image | None:
+        decoder = studio.cache.preview_decoder()
+        return preview_image(latents) if decoder is None else decoded_preview(decoder, latents)
+
+    return preview
+
+
+def step_callback(job: Job | None, total: int, preview: Preview = preview_image) -> Callable[..., dict[str, Any]]:
     """`callback_on_step_end` that reports progress and stops the run when cancelled."""
 
     def callback(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -146,15 +160,15 @@ def step_callback(job: Job | None, total: int) -> Callable[..., dict[str, Any]]:
             if job.on_step is not None:
                 job.on_step(step + 1, total)
             if job.on_preview is not None and preview_due(step + 1, total, job.preview_every):
-                _send_preview(job, kwargs.get("latents"), step + 1, total)
+                _send_preview(job, preview, kwargs.get("latents"), step + 1, total)
         return kwargs
 
     return callback
 
 
-def _send_preview(job: Job, latents: Any, step: int, total: int) -> None:
+def _send_preview(job: Job, preview: Preview, latents: Any, step: int, total: int) -> None:
     """The latents are only read: previews never change the image."""
-    image = preview_image(latents) if isinstance(latents, torch.Tensor) else None
+    image = preview(latents) if isinstance(latents, torch.Tensor) else None
     if image is not None and job.on_preview is not None:
         job.on_preview(image, step, total)
 

@@ -26,6 +26,7 @@ from studio.engine.common import (
     check_size,
     clean_prompts,
     generators,
+    previewer,
     resolve_seed,
     save_image,
     step_callback,
@@ -107,7 +108,7 @@ def draft(studio: Studio, req: DraftRequest, job: Job | None = None) -> Result:
                     height=height,
                     num_images_per_prompt=req.batch_size,
                     generator=generators(seeds),
-                    callback_on_step_end=step_callback(job, req.num_inference_steps),
+                    callback_on_step_end=step_callback(job, req.num_inference_steps, previewer(studio)),
                     output_type="pil",
                 )
             for image, image_seed in zip(output.images, seeds, strict=True):

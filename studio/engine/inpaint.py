@@ -24,6 +24,7 @@ from PIL import Image
 from studio import masks
 from studio.engine.common import (
     Job,
+    Preview,
     RequestError,
     Result,
     Studio,
@@ -32,11 +33,13 @@ from studio.engine.common import (
     check_range,
     clean_prompts,
     generators,
+    previewer,
     resolve_seed,
     save_image,
     step_callback,
 )
 from studio.images import ImageInputError, load_alpha, load_image, load_mask
+from studio.preview import preview_image
 from studio.prompts import prompt_kwargs
 from studio.schedulers import DEFAULT_SAMPLER
 from studio.settings import Limits
@@ -160,7 +163,7 @@ def latent_noise_inputs(pipe: Any, work: Work, gens: list[torch.Generator]) -> d
 
 
 def denoise(pipe: Any, req: InpaintRequest, prompts: dict[str, str], work: Work, seeds: list[int],
-            job: Job | None) -> list[Image.Image]:
+            job: Job | None, preview: Preview = preview_image) -> list[Image.Image]:
     gens = generators(seeds)
     width, height = work.image.size
     images: dict[str, Any] = {"image": work.image}
@@ -178,7 +181,7 @@ def denoise(pipe: Any, req: InpaintRequest, prompts: dict[str, str], work: Work,
         height=height,
         num_images_per_prompt=req.batch_size,
         generator=gens,
-        callback_on_step_end=step_callback(job, steps),
+        callback_on_step_end=step_callback(job, steps, preview),
         output_type="pil",
     )
     return list(output.images)
@@ -212,7 +215,8 @@ def inpaint(studio: Studio, req: InpaintRequest, job: Job | None = None) -> Resu
         results = []
         for batch in range(req.batch_count):
             seeds = [seed + batch * req.batch_size + i for i in range(req.batch_size)]
-            for generated, image_seed in zip(denoise(pipe, req, prompts, work, seeds, job), seeds, strict=True):
+            painted = denoise(pipe, req, prompts, work, seeds, job, previewer(studio))
+            for generated, image_seed in zip(painted, seeds, strict=True):
                 final = masks.paste_back(image, generated, alpha, work.box)
                 params = inpaint_params(studio, req, image_seed, image.size)
                 results.append(save_image(studio, final, prompts, params, "inpaint", job))

@@ -34,6 +34,7 @@ from studio.engine.common import (
     check_range,
     clean_prompts,
     generators,
+    previewer,
     resolve_seed,
     save_image,
     step_callback,
@@ -238,7 +239,8 @@ def _img2img(studio: Studio, req: RefineRequest, prompts: dict[str, str], image:
             num_inference_steps=req.num_inference_steps,
             guidance_scale=req.guidance_scale,
             generator=generators([seed]),
-            callback_on_step_end=step_callback(job, denoising_steps(req.num_inference_steps, strength)),
+            callback_on_step_end=step_callback(job, denoising_steps(req.num_inference_steps, strength),
+                                               previewer(studio)),
             output_type="pil",
         )
     return output.images[0]

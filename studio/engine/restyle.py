@@ -31,6 +31,7 @@ from studio.engine.common import (
     check_size,
     clean_prompts,
     generators,
+    previewer,
     resolve_seed,
     save_image,
     step_callback,
@@ -247,7 +248,7 @@ def restyle(studio: Studio, req: RestyleRequest, job: Job | None = None,
                     num_images_per_prompt=req.batch_size,
                     generator=generators(seeds),
                     latents=latents,
-                    callback_on_step_end=step_callback(job, req.num_inference_steps),
+                    callback_on_step_end=step_callback(job, req.num_inference_steps, previewer(studio)),
                     output_type="pil",
                 )
                 for image, image_seed in zip(output.images, seeds, strict=True):

@@ -23,6 +23,7 @@ from studio import patterns, tiling
 from studio.engine.common import (
     Generated,
     Job,
+    Preview,
     RequestError,
     Result,
     Studio,
@@ -32,11 +33,13 @@ from studio.engine.common import (
     check_size,
     clean_prompts,
     generators,
+    previewer,
     resolve_seed,
     save_image,
     step_callback,
 )
 from studio.images import ImageInputError, load_image
+from studio.preview import preview_image
 from studio.prompts import prompt_kwargs
 from studio.schedulers import DEFAULT_SAMPLER
 
@@ -192,7 +195,7 @@ def textile(studio: Studio, req: TextileRequest, job: Job | None = None,
         tiles: list[tuple[Generated, dict[str, Any]]] = []
         for batch in range(req.batch_count):
             seeds = [seed + batch * req.batch_size + i for i in range(req.batch_size)]
-            images = denoise(pipe, req, prompts, seeds, (width, height), fitted, latents, job)
+            images = denoise(pipe, req, prompts, seeds, (width, height), fitted, latents, job, previewer(studio))
             for image, image_seed in zip(images, seeds, strict=True):
                 params = tile_params(studio, req, image_seed, (width, height), out_size)
                 tile = save_image(studio, image, prompts, params, "textile", job, dpi=tile_dpi(req, width, out_size))
@@ -203,12 +206,14 @@ def textile(studio: Studio, req: TextileRequest, job: Job | None = None,
 
 
 def denoise(pipe: Any, req: TextileRequest, prompts: dict[str, str], seeds: list[int], size: tuple[int, int],
-            swatch: Image.Image | None, latents: torch.Tensor | None, job: Job | None) -> list[Image.Image]:
+            swatch: Image.Image | None, latents: torch.Tensor | None, job: Job | None,
+            preview: Preview = preview_image) -> list[Image.Image]:
     """One batch with the UNet and the VAE wrapped by the repeat (restored when this returns or raises)."""
     steps = req.num_inference_steps if swatch is None else int(req.num_inference_steps * req.strength)
     common = dict(**prompt_kwargs(pipe, **prompts), num_inference_steps=req.num_inference_steps,
                   guidance_scale=req.guidance_scale, num_images_per_prompt=len(seeds),
-                  generator=generators(seeds), callback_on_step_end=step_callback(job, steps), output_type="pil")
+                  generator=generators(seeds), callback_on_step_end=step_callback(job, steps, preview),
+                  output_type="pil")
     with tiling.wrapped([pipe.unet, pipe.vae], req.repeat):
         if swatch is None:
             return pipe(**common, width=size[0], height=size[1], latents=latents).images

@@ -13,6 +13,7 @@ from PIL import Image
 from studio.engine.common import (
     Cancelled,
     Job,
+    Preview,
     RequestError,
     Result,
     Studio,
@@ -21,6 +22,7 @@ from studio.engine.common import (
     check_size,
     clean_prompts,
     generators,
+    previewer,
     resolve_seed,
     save_image,
     step_callback,
@@ -64,7 +66,7 @@ def txt2img(studio: Studio, req: Txt2ImgRequest, job: Job | None = None) -> Resu
                 height=height,
                 num_images_per_prompt=req.batch_size,
                 generator=generators(seeds),
-                callback_on_step_end=step_callback(job, req.num_inference_steps),
+                callback_on_step_end=step_callback(job, req.num_inference_steps, previewer(studio)),
                 output_type="pil",
             )
             for image, image_seed in zip(output.images, seeds, strict=True):
@@ -97,7 +99,7 @@ def txt2img_many(studio: Studio, requests: Sequence[Txt2ImgRequest], jobs: Seque
     first = requests[0]
     if any(shared_params(r) != shared_params(first) for r in requests):
         raise ValueError(f"txt2img_many needs requests with equal {', '.join(SHARED_FIELDS)}.")
-    group = _Group(requests, jobs, on_done)
+    group = _Group(requests, jobs, on_done, previewer(studio))
     prompts = group.validate(studio)
     with studio.cache.gpu():
         native = studio.cache.native_size()
@@ -131,6 +133,7 @@ class _Group:
     requests: Sequence[Txt2ImgRequest]
     jobs: Sequence[Job | None]
     on_done: Callable[[int, Outcome], None] | None
+    preview: Preview = preview_image
     outcomes: list[Outcome | None] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -177,12 +180,11 @@ class _Group:
 
         return on_step_end
 
-    @staticmethod
-    def _report(job: Job, latents: Any, row: int, step: int, total: int) -> None:
+    def _report(self, job: Job, latents: Any, row: int, step: int, total: int) -> None:
         if job.on_step is not None:
             job.on_step(step, total)
         if job.on_preview is not None and preview_due(step, total, job.preview_every) and latents is not None:
-            image = preview_image(latents[row : row + 1])  # the latents are only read
+            image = self.preview(latents[row : row + 1])  # the latents are only read
             if image is not None:
                 job.on_preview(image, step, total)
 
