@@ -15,7 +15,7 @@ from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image
 
 from studio.color import mean_delta_e, palette_delta_e
-from studio.engine.common import Job, RequestError
+from studio.engine.common import Cancelled, Job, RequestError
 from studio.engine.refine import RefineRequest, load_source, refine
 from studio.history import History
 from studio.metadata import parse_infotext, pnginfo, read_parameters
@@ -256,3 +256,38 @@ def test_two_sessions_keep_separate_trees(studio, tab, tmp_path):
         assert [n["caption"] for n in bob_nodes] == ["#1 source", "#2 ← #1, s=0.5, seed 7"]
     finally:
         demo.close()
+
+
+def test_a_cancel_stops_after_the_current_step_and_finished_loops_stay(studio):
+    reported: list[int] = []
+    job = Job()
+
+    def on_step(step: int, total: int) -> None:
+        reported.append(step)
+        if len(reported) == 3:  # the first step of loop 2 (2 steps per loop): Cancel is pressed
+            job.cancel.set()
+
+    job.on_step = on_step
+    items = []
+    with pytest.raises(Cancelled):
+        for item in refine(studio, RefineRequest(image=colourful(), prompt=PROMPT, strength=0.5,
+                                                 num_inference_steps=4, loops=4, seed=3, guidance_scale=1.0), job):
+            items.append(item)
+    assert [i.loop for i in items] == [1]  # loop 1 landed and was saved
+    assert reported == [1, 2, 3]  # progress counts across loops; no step ran after the one Cancel came in
+    assert items[0].generated.path.is_file()
+
+
+def test_a_cancel_in_the_tab_keeps_every_finished_loop_in_the_history(studio, tmp_path):
+    ctx = UIContext(native_size=64, limits=studio.limits, count_tokens=lambda text: "")
+    with gr.Blocks():
+        parts = refine_tab.create(ctx, lambda req, job: refine(studio, req, job), studio.outputs)
+    colourful().save(tmp_path / "look.png")
+    run = parts["handler"](str(tmp_path / "look.png"), PROMPT, "", 0.5, 2, 1.0, "Euler", 7, 1, 4, "constant", 0.5,
+                           "increment", False, None, History(studio.outputs.root).to_dict(), None)
+    shown, seed, _, tree = next(run)  # loop 1 is shown and in the tree
+    assert ctx.board.cancel("anonymous")
+    with pytest.warns(UserWarning, match=r"Cancelled\. 1 finished image\(s\) were kept in the history"):
+        assert list(run) == []  # nothing more: what was shown stays shown
+    assert len(shown) == 1 and seed == 7
+    assert len(History.from_dict(tree, studio.outputs.root).nodes) == 2  # the source and loop 1

@@ -11,25 +11,29 @@ against the outputs folder when it comes back (`History.from_dict`). Two tabs of
 from __future__ import annotations
 
 import hashlib
-import logging
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import torch
 
-from studio.cache import ModelLoadError
-from studio.engine.common import Cancelled, Job, RequestError
+from studio.engine.common import Job
 from studio.engine.refine import DEFAULT_NEGATIVE, MAX_LOOPS, SCHEDULES, SEED_POLICIES, LoopImage, RefineRequest
 from studio.history import History, HistoryError
 from studio.outputs import Outputs
 from studio.restore import RestoreError, restore_from_png
 from studio.settings import Limits
-from studio.ui.widgets import UIContext, as_int, cancel_button, prompt_block, results_block, sampling_block
+from studio.ui.widgets import (
+    UIContext,
+    as_int,
+    cancel_button,
+    guarded_job,
+    prompt_block,
+    results_block,
+    sampling_block,
+)
 
-log = logging.getLogger(__name__)
 Refine = Callable[[RefineRequest, Job], Iterator[LoopImage]]
 STORAGE_KEY = "atelier-refine-history"
 # The form fields a restored PNG fills, in this order (request field names; see studio.restore).
@@ -134,28 +138,12 @@ def create(ctx: UIContext, run_refine: Refine, outputs: Outputs) -> dict[str, An
 def stream(ctx: UIContext, request: gr.Request | None, progress: gr.Progress,
            start: Callable[[Job], Iterator[LoopImage]]) -> Iterator[LoopImage]:
     """Run a refine for one session with progress and cancel; images already saved stay shown and in history."""
-    session = getattr(request, "session_hash", None) or "anonymous"
-    job = ctx.board.start(session)
-    job.on_step = lambda step, total: progress((step, total), desc="Refining", unit="steps")
     count = 0
-    try:
+    with guarded_job(ctx.board, request, progress, desc="Refining", what="Refine", kept=lambda: count,
+                     where=" in the history") as job:
         for item in start(job):
             count += 1
             yield item
-    except Cancelled:
-        gr.Warning(f"Cancelled. {count} finished image(s) were kept in the history.")
-    except (RequestError, ModelLoadError) as exc:
-        raise gr.Error(str(exc)) from None
-    except torch.OutOfMemoryError:
-        torch.cuda.empty_cache()
-        raise gr.Error("The GPU ran out of memory. Try a smaller image or batch; the studio is still running.") \
-            from None
-    except Exception:
-        log.exception("Refine failed")
-        raise gr.Error("Refine failed unexpectedly (details in the server log). Finished loops are kept in the "
-                       "history; try again, or with other settings.") from None
-    finally:
-        ctx.board.finish(session, job)
 
 
 def source_value(image: str | None, continue_from: int | None, history: History) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import logging
@@ -87,25 +88,20 @@ def results_block(label: str = "Results") -> tuple[gr.Gallery, gr.Number, gr.Tex
     return gallery, seed_used, infotext
 
 
-def run_generation(board: JobBoard, request: gr.Request | None, progress: gr.Progress,
-                   run: Callable[[Job], Result]) -> tuple[list[str], int, str]:
-    """Run an engine call for one session with progress and cancel; turn failures into words for the designer.
+@contextlib.contextmanager
+def guarded_job(board: JobBoard, request: gr.Request | None, progress: gr.Progress, *, desc: str = "Denoising",
+                what: str = "Generation", kept: Callable[[], int] = lambda: 0, where: str = "") -> Iterator[Job]:
+    """The session's job for one run, with per-step progress and Cancel; failures become words for the designer.
 
-    Images saved before a cancel or failure are already on disk and are still shown.
-    """
+    A cancel ends the block quietly (with a toast saying how many finished images, `kept()`, were kept `where`);
+    anything else becomes a `gr.Error`. Images saved before either are already on disk."""
     session = getattr(request, "session_hash", None) or "anonymous"
     job = board.start(session)
-    produced: list[Generated] = []
-    job.on_step = lambda step, total: progress((step, total), desc="Denoising", unit="steps")
-    job.on_image = produced.append
-    sink = _PREVIEW_SINK.get()
-    if sink is not None:  # running under `live`: previews go to its generator
-        sink.job, job.on_preview, job.preview_every = job, sink.put, sink.every
+    job.on_step = lambda step, total: progress((step, total), desc=desc, unit="steps")
     try:
-        result = run(job)
-        return [str(p) for p in result.paths], result.seed, result.images[0].infotext if result.images else ""
+        yield job
     except Cancelled:
-        gr.Warning(f"Cancelled. {len(produced)} finished image(s) were kept.")
+        gr.Warning(f"Cancelled. {kept()} finished image(s) were kept{where}.")
     except (RequestError, ModelLoadError) as exc:
         raise gr.Error(str(exc)) from None
     except torch.OutOfMemoryError:
@@ -113,11 +109,26 @@ def run_generation(board: JobBoard, request: gr.Request | None, progress: gr.Pro
         raise gr.Error("The GPU ran out of memory. Try a smaller size or batch; the studio is still running.") \
             from None
     except Exception:
-        log.exception("Generation failed")
-        raise gr.Error("Generation failed unexpectedly (details in the server log). The studio is still running; "
+        log.exception("%s failed", what)
+        raise gr.Error(f"{what} failed unexpectedly (details in the server log). Finished images are kept{where}; "
                        "try again, or with other settings.") from None
     finally:
         board.finish(session, job)
+
+
+def run_generation(board: JobBoard, request: gr.Request | None, progress: gr.Progress,
+                   run: Callable[[Job], Result]) -> tuple[list[str], int, str]:
+    """Run an engine call for one session (`guarded_job`); returns (image paths, seed, infotext).
+
+    After a cancel, the images finished before it are still shown."""
+    produced: list[Generated] = []
+    with guarded_job(board, request, progress, kept=lambda: len(produced)) as job:
+        job.on_image = produced.append
+        sink = _PREVIEW_SINK.get()
+        if sink is not None:  # running under `live`: previews go to its generator
+            sink.job, job.on_preview, job.preview_every = job, sink.put, sink.every
+        result = run(job)
+        return [str(p) for p in result.paths], result.seed, result.images[0].infotext if result.images else ""
     return [str(g.path) for g in produced], produced[0].seed if produced else -1, \
         produced[0].infotext if produced else ""
 
