@@ -20,7 +20,7 @@ from studio.cache import ModelCache
 from studio.metadata import format_infotext
 from studio.outputs import Outputs
 from studio.preview import decoded_preview, preview_due, preview_image
-from studio.prompts import clean_prompt
+from studio.prompts import clean_prompt, prompt_kwargs
 from studio.schedulers import SAMPLERS, get_sampler
 from studio.settings import Limits
 
@@ -171,6 +171,31 @@ def _send_preview(job: Job, preview: Preview, latents: Any, step: int, total: in
     image = preview(latents) if isinstance(latents, torch.Tensor) else None
     if image is not None and job.on_preview is not None:
         job.on_preview(image, step, total)
+
+
+def run_batches(studio: Studio, pipe: Any, req: Any, prompts: dict[str, str], job: Job | None, size: tuple[int, int],
+                seed: int, params: Callable[[int], dict[str, Any]], prefix: str, **extra: Any) -> list[Generated]:
+    """`req.batch_count` pipeline calls of `req.batch_size` images (image i of the run uses seed + i, A1111's
+    convention), each image saved with `params(its seed)` as soon as its batch is done. `extra` goes to the pipeline
+    (control images, latents)."""
+    images = []
+    for batch in range(req.batch_count):
+        seeds = [seed + batch * req.batch_size + i for i in range(req.batch_size)]
+        output = pipe(
+            **prompt_kwargs(pipe, **prompts),
+            **extra,
+            num_inference_steps=req.num_inference_steps,
+            guidance_scale=req.guidance_scale,
+            width=size[0],
+            height=size[1],
+            num_images_per_prompt=req.batch_size,
+            generator=generators(seeds),
+            callback_on_step_end=step_callback(job, req.num_inference_steps, previewer(studio)),
+            output_type="pil",
+        )
+        for image, image_seed in zip(output.images, seeds, strict=True):
+            images.append(save_image(studio, image, prompts, params(image_seed), prefix, job))
+    return images
 
 
 # ---- metadata and saving ---------------------------------------------------------------------------------------

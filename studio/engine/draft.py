@@ -25,15 +25,11 @@ from studio.engine.common import (
     check_range,
     check_size,
     clean_prompts,
-    generators,
-    previewer,
     resolve_seed,
-    save_image,
-    step_callback,
+    run_batches,
 )
 from studio.engine.txt2img import Txt2ImgRequest, txt2img
 from studio.hashing import file_sha256
-from studio.prompts import prompt_kwargs
 from studio.registry import HUB_ID, LCM_LORA_FILE
 
 DRAFT_STEPS = 4
@@ -96,24 +92,9 @@ def draft(studio: Studio, req: DraftRequest, job: Job | None = None) -> Result:
         pipe = studio.cache.derive(StableDiffusionPipeline)
         pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)  # this call's own; the base's untouched
         seed = resolve_seed(req.seed)
-        images = []
-        for batch in range(req.batch_count):
-            seeds = [seed + batch * req.batch_size + i for i in range(req.batch_size)]
-            with enabled_adapter(pipe, adapter):
-                output = pipe(
-                    **prompt_kwargs(pipe, **prompts),
-                    num_inference_steps=req.num_inference_steps,
-                    guidance_scale=req.guidance_scale,
-                    width=width,
-                    height=height,
-                    num_images_per_prompt=req.batch_size,
-                    generator=generators(seeds),
-                    callback_on_step_end=step_callback(job, req.num_inference_steps, previewer(studio)),
-                    output_type="pil",
-                )
-            for image, image_seed in zip(output.images, seeds, strict=True):
-                params = draft_params(studio, req, image_seed, width, height)
-                images.append(save_image(studio, image, prompts, params, "draft", job))
+        with enabled_adapter(pipe, adapter):
+            images = run_batches(studio, pipe, req, prompts, job, (width, height), seed,
+                                 lambda s: draft_params(studio, req, s, width, height), "draft")
     return Result(images=images, seed=seed, params={**prompts, **draft_params(studio, req, seed, width, height)})
 
 

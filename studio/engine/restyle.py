@@ -30,14 +30,10 @@ from studio.engine.common import (
     check_range,
     check_size,
     clean_prompts,
-    generators,
-    previewer,
     resolve_seed,
-    save_image,
-    step_callback,
+    run_batches,
 )
 from studio.images import ImageInputError, load_image
-from studio.prompts import prompt_kwargs
 from studio.schedulers import DEFAULT_SAMPLER
 
 log = logging.getLogger(__name__)
@@ -234,25 +230,9 @@ def restyle(studio: Studio, req: RestyleRequest, job: Job | None = None,
                                    controlnet=WindowedControlNet([controlnet]))
         extra = controlnet_params(studio, req, resolution)
         seed = resolve_seed(req.seed)
-        images = []
         with repeating(pipe, controlnet, req.repeat):
-            for batch in range(req.batch_count):
-                seeds = [seed + batch * req.batch_size + i for i in range(req.batch_size)]
-                output = pipe(
-                    **prompt_kwargs(pipe, **prompts),
-                    **control_kwargs(req, control),
-                    num_inference_steps=req.num_inference_steps,
-                    guidance_scale=req.guidance_scale,
-                    width=width,
-                    height=height,
-                    num_images_per_prompt=req.batch_size,
-                    generator=generators(seeds),
-                    latents=latents,
-                    callback_on_step_end=step_callback(job, req.num_inference_steps, previewer(studio)),
-                    output_type="pil",
-                )
-                for image, image_seed in zip(output.images, seeds, strict=True):
-                    params = {**base_params(studio, req, image_seed, width, height, "restyle"), **extra}
-                    images.append(save_image(studio, image, prompts, params, "restyle", job))
+            images = run_batches(studio, pipe, req, prompts, job, (width, height), seed,
+                                 lambda s: {**base_params(studio, req, s, width, height, "restyle"), **extra},
+                                 "restyle", **control_kwargs(req, control), latents=latents)
     params = {**prompts, **base_params(studio, req, seed, width, height, "restyle"), **extra}
     return Result(images=images, seed=seed, params=params)

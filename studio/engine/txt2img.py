@@ -24,8 +24,8 @@ from studio.engine.common import (
     generators,
     previewer,
     resolve_seed,
+    run_batches,
     save_image,
-    step_callback,
 )
 from studio.preview import preview_due, preview_image
 from studio.prompts import prompt_kwargs
@@ -55,23 +55,8 @@ def txt2img(studio: Studio, req: Txt2ImgRequest, job: Job | None = None) -> Resu
         check_size(width, height, studio.limits)
         pipe = studio.cache.derive(StableDiffusionPipeline, scheduler=req.scheduler)
         seed = resolve_seed(req.seed)
-        images = []
-        for batch in range(req.batch_count):
-            seeds = [seed + batch * req.batch_size + i for i in range(req.batch_size)]
-            output = pipe(
-                **prompt_kwargs(pipe, **prompts),
-                num_inference_steps=req.num_inference_steps,
-                guidance_scale=req.guidance_scale,
-                width=width,
-                height=height,
-                num_images_per_prompt=req.batch_size,
-                generator=generators(seeds),
-                callback_on_step_end=step_callback(job, req.num_inference_steps, previewer(studio)),
-                output_type="pil",
-            )
-            for image, image_seed in zip(output.images, seeds, strict=True):
-                params = base_params(studio, req, image_seed, width, height, "txt2img")
-                images.append(save_image(studio, image, prompts, params, "txt2img", job))
+        images = run_batches(studio, pipe, req, prompts, job, (width, height), seed,
+                             lambda s: base_params(studio, req, s, width, height, "txt2img"), "txt2img")
     return Result(images=images, seed=seed, params={**prompts, **base_params(studio, req, seed, width, height,
                                                                                     "txt2img")})
 
