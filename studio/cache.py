@@ -12,7 +12,9 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
+import itertools
 import logging
 import threading
 from collections import OrderedDict
@@ -83,20 +85,35 @@ def unique_param_bytes(*owners: Any) -> int:
     return sum(seen.values())
 
 
-# LoRA adapter slots loaded into a base UNet (`ModelCache.adapter`) -> the adapter name peft/diffusers know.
+# LoRA adapter slots (`ModelCache.draft_unet`) -> the adapter name peft/diffusers know.
 ADAPTER_NAMES = {"lcm_lora": "lcm"}
 PREVIEW_SLOT = "preview_decoder"  # TAESD, when at hand (ModelCache.preview_decoder)
 
 
-def adapter_param_bytes(pipe: Any, adapter: str | None = None) -> int:
-    """Bytes of the LoRA tensors injected into a pipeline's modules: one adapter's, or all of them."""
+def adapter_param_bytes(owner: Any, adapter: str | None = None) -> int:
+    """Bytes of the LoRA tensors injected into a module or a pipeline's modules: one adapter's, or all of them."""
+    modules = [owner] if isinstance(owner, torch.nn.Module) else \
+        [m for m in owner.components.values() if isinstance(m, torch.nn.Module)]
     seen: dict[int, int] = {}
-    for owner in pipe.components.values():
-        if isinstance(owner, torch.nn.Module):
-            for name, tensor in owner.named_parameters():
-                if ".lora_" in name and (adapter is None or f".{adapter}." in name):
-                    seen[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+    for module in modules:
+        for name, tensor in module.named_parameters():
+            if ".lora_" in name and (adapter is None or f".{adapter}." in name):
+                seen[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
     return sum(seen.values())
+
+
+def shared_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A new module tree over the very same parameter and buffer tensors: no weight is copied, and what is done to
+    the copy's structure (a LoRA injected) never reaches the original. A compiled `forward`, bound to the original
+    module, is not carried over (fastpath.COMPILED_ATTRIBUTES)."""
+    memo: dict[int, Any] = {id(t): t for t in itertools.chain(module.parameters(), module.buffers())}
+    for name in fastpath.COMPILED_ATTRIBUTES:  # shared, not copied, then dropped from the copy
+        if name in module.__dict__:
+            memo[id(module.__dict__[name])] = module.__dict__[name]
+    clone = copy.deepcopy(module, memo)
+    for name in fastpath.COMPILED_ATTRIBUTES:
+        clone.__dict__.pop(name, None)
+    return clone
 
 
 def _load_error(what: str, source: str, exc: BaseException) -> ModelLoadError:
@@ -119,7 +136,8 @@ class ModelCache:
         self._slots: dict[str, Any] = {}  # "controlnet", "annotator", "inpaint_unet", PREVIEW_SLOT
         self._slot_sources: dict[str, str] = {}
         self._unavailable: set[str] = set()  # preview-decoder sources found missing
-        self._adapter_sources: dict[tuple[str, str], str] = {}  # (checkpoint name, adapter slot) -> source
+        # (checkpoint name, adapter slot) -> (draft UNet sharing the base's weights, LoRA source)
+        self._drafts: dict[tuple[str, str], tuple[Any, str]] = {}
         self.current: str = settings.model
         self.loading: str | None = None
 
@@ -156,6 +174,7 @@ class ModelCache:
                 self.loading = None
             while len(self._bases) >= self.settings.max_resident_models:
                 evicted, _ = self._bases.popitem(last=False)
+                self._drafts = {key: value for key, value in self._drafts.items() if key[0] != evicted}
                 log.info("Evicting %s", evicted)
                 self._free()
             if self.device.type != "cpu":
@@ -291,48 +310,47 @@ class ModelCache:
             self._slots[PREVIEW_SLOT], self._slot_sources[PREVIEW_SLOT] = module.to(self.device).eval(), source
             return module
 
-    # ---- LoRA adapters (loaded into the base UNet, disabled unless a scoped context enables them) ----------
-    def adapter(self, slot: str = "lcm_lora", ref: str | None = None) -> str:
-        """Load the LoRA of `slot` (LCM-LoRA for drafts) once into the base UNet; return its adapter name.
+    # ---- LoRA adapters: a draft UNet of their own, sharing every base weight --------------------------------
+    def draft_unet(self, slot: str = "lcm_lora", ref: str | None = None) -> Any:
+        """The base UNet with the LoRA of `slot` (LCM-LoRA for drafts) applied, built once per checkpoint.
 
-        It is left disabled, so every other call runs on the plain base weights; `studio.adapters.enabled_adapter`
-        turns it on for one call, under `gpu()`. Weights are never fused into the base."""
-        name = ADAPTER_NAMES[slot]
+        It is a second module tree over the very same weight tensors (`shared_copy`), with the LoRA layers injected
+        into it alone. So the base UNet every other mode runs is never wrapped (no disabled-LoRA layers on its
+        path, no state to switch on and off around a call), and the LoRA costs only its own tensors. Weights are
+        never fused."""
+        from diffusers import StableDiffusionPipeline
+
         with self._lock:
             pipe, ckpt = self.base(ref), self.checkpoint(ref)
-            if adapter_param_bytes(pipe, name):
-                return name
+            if (ckpt.name, slot) in self._drafts:
+                return self._drafts[(ckpt.name, slot)][0]
             source = self.adapter_source(slot, ref)
             self.loading = f"{slot} ({source})"
             try:
-                pipe.load_lora_weights(source, weight_name=registry.LCM_LORA_FILE, adapter_name=name)
-            except Exception as exc:
-                if adapter_param_bytes(pipe, name):  # roll back a half-injected adapter
-                    pipe.delete_adapters(name)
+                state_dict, alphas = StableDiffusionPipeline.lora_state_dict(source,
+                                                                             weight_name=registry.LCM_LORA_FILE)
+                unet = shared_copy(pipe.unet)
+                StableDiffusionPipeline.load_lora_into_unet(state_dict, alphas, unet=unet,
+                                                            adapter_name=ADAPTER_NAMES[slot])
+            except Exception as exc:  # the base is untouched whatever failed
                 raise _load_error(f"LoRA {slot}", source, exc) from exc
             finally:
                 self.loading = None
-            pipe.disable_lora()
-            self._adapter_sources[(ckpt.name, slot)] = source
-            return name
+            self._drafts[(ckpt.name, slot)] = (unet.to(self.device), source)
+            return unet
 
     def adapter_source(self, slot: str = "lcm_lora", ref: str | None = None) -> str:
         """Where the LoRA of `slot` comes from for a checkpoint: its hub id, or the tiny twin's folder."""
         return registry.companion_sources(self.checkpoint(ref), self.settings.tiny_dir)[slot]
 
     def _adapter_rows(self) -> list[Resident]:
-        rows = []
-        for (ckpt, slot), source in self._adapter_sources.items():
-            size = adapter_param_bytes(self._bases[ckpt], ADAPTER_NAMES[slot]) if ckpt in self._bases else 0
-            if size:
-                rows.append(Resident(slot, "adapter", source, size))
-        return rows
+        return [Resident(slot, "adapter", source, adapter_param_bytes(unet))
+                for (_, slot), (unet, source) in self._drafts.items()]
 
     # ---- introspection ------------------------------------------------------------------------------------
     def resident(self) -> list[Resident]:
         with self._lock:
-            rows = [Resident(name, "base", self._checkpoints[name].source,
-                             unique_param_bytes(pipe) - adapter_param_bytes(pipe))
+            rows = [Resident(name, "base", self._checkpoints[name].source, unique_param_bytes(pipe))
                     for name, pipe in self._bases.items()]
             rows += self._adapter_rows()
             rows += [Resident(slot, slot, self._slot_sources[slot], unique_param_bytes(module))
@@ -341,7 +359,8 @@ class ModelCache:
 
     def resident_bytes(self) -> int:
         with self._lock:
-            return unique_param_bytes(*self._bases.values(), *self._slots.values())
+            drafts = [unet for unet, _ in self._drafts.values()]
+            return unique_param_bytes(*self._bases.values(), *self._slots.values(), *drafts)
 
     def _free(self) -> None:
         gc.collect()

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 _FP32_RETRY = "_atelier_fp32_retry"  # on a guarded VAE decoder: the hook's handle
 RECOMPILE_LIMIT = 64  # graphs per compiled forward before dynamo falls back to eager
 _COMPILED = "_atelier_compiled"  # on a compiled module: its layout hook's handle
+# What compile_module sets on an instance; a structural copy of the module (cache.shared_copy) must not keep them.
+COMPILED_ATTRIBUTES = ("forward", _COMPILED)
 
 
 def wants_channels_last(setting: str, device: torch.device) -> bool:

@@ -63,7 +63,7 @@ def preload_everything(studio: Any) -> list[str]:
         except Exception as exc:  # the base still serves txt2img, refine and textile
             log.error("ZeroGPU preload: %s", exc)
     try:
-        cache.adapter("lcm_lora")
+        cache.draft_unet("lcm_lora")
     except Exception as exc:
         log.error("ZeroGPU preload: %s", exc)
     cache.preview_decoder()  # TAESD when at hand (None otherwise: previews then need no weights)

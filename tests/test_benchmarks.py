@@ -39,3 +39,11 @@ def test_quick_benchmark_prints_every_ratio_and_appends_a_markdown_record(tmp_pa
     assert record.startswith("# earlier results\n")  # appended, never overwritten
     assert "torch " in record and "diffusers " in record and "bench_studio.py --quick" in record
     assert record.count("| txt2img |") == 2 and "| restyle | 64 | 1 |" in record and "| inpaint | 64 | 1 |" in record
+
+
+def test_lora_wrapper_benchmark_counts_the_layers_lcm_lora_wraps_in_sd15(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_lora_wrappers.py"), "--calls", "2000",
+                           "--repeats", "1"], cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "layers LCM-LoRA wraps in SD1.5's UNet: 278" in done.stdout  # the target modules of studio.tiny
+    assert re.search(r"overhead per UNet call: -?[\d.]+ ms", done.stdout), done.stdout  # timing: printed, not judged

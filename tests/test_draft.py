@@ -1,4 +1,5 @@
-"""Fast drafts: LCM-LoRA sampling that is really applied, scoped to draft calls, and rendered in full by seed."""
+"""Fast drafts: LCM-LoRA sampling that is really applied, in a draft UNet that shares the base weights, and
+rendered in full by seed."""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ from diffusers import LCMScheduler, StableDiffusionPipeline
 from gradio_client import Client
 from safetensors.torch import load_file
 
-from studio.adapters import adapter_enabled, enabled_adapter
 from studio.cache import ModelCache
 from studio.engine.common import Cancelled, Job, RequestError, Studio
 from studio.engine.draft import DraftRequest, draft, draft_choices, render_draft
@@ -67,53 +67,59 @@ def test_draft_is_diffusers_lcm_lora_sampling_and_the_lora_changes_the_image(dra
     assert (params["Sampler"], params["Steps"], params["CFG scale"], params["Seed"]) == ("LCM", "4", "1.0", "7")
 
 
-def test_the_draft_adapter_is_off_for_non_draft_calls(drafting):
+def lora_layers(module: torch.nn.Module) -> int:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return sum(isinstance(m, BaseTunerLayer) for m in module.modules())
+
+
+def test_the_base_unet_never_carries_the_draft_lora_and_non_draft_calls_are_unchanged(drafting):
+    """Drafts run a UNet of their own over the same weights: the UNet every other mode runs holds no LoRA layer
+    (so nothing to switch off, and no wrapper on its path), and txt2img equals its output from before any draft."""
     studio, before = drafting
     draft(studio, DraftRequest(prompt=PROMPT, num_inference_steps=2, seed=21))
-    assert not adapter_enabled(studio.cache.base(), "lcm")
+    base, drafting_unet = studio.cache.base().unet, studio.cache.draft_unet()
+    assert lora_layers(base) == 0 and lora_layers(drafting_unet) > 0
+    shared = dict(drafting_unet.named_parameters())
+    for name, weight in base.named_parameters():  # every base weight is the draft UNet's own, not a copy
+        key = name if name in shared else name.replace(".weight", ".base_layer.weight").replace(
+            ".bias", ".base_layer.bias")
+        assert shared[key].data_ptr() == weight.data_ptr(), name
     assert np.array_equal(pixels(txt2img(studio, PLAIN).paths[0]), before)
 
 
-def test_an_error_or_cancel_inside_a_draft_leaves_the_adapter_disabled(drafting):
+def test_an_error_or_cancel_inside_a_draft_leaves_every_mode_as_it_was(drafting):
     studio, before = drafting
-    unet = studio.cache.base().unet
+    again = DraftRequest(prompt=PROMPT, num_inference_steps=2, seed=3)
+    first = pixels(draft(studio, again).paths[0])
 
     def fail(module, args):
-        assert adapter_enabled(studio.cache.base(), "lcm")  # the failure happens with the adapter on
         raise RuntimeError("UNet failed")
 
-    hook = unet.register_forward_pre_hook(fail)
+    hook = studio.cache.draft_unet().register_forward_pre_hook(fail)
     try:
         with pytest.raises(RuntimeError, match="UNet failed"):
             draft(studio, DraftRequest(prompt=PROMPT, seed=3))
     finally:
         hook.remove()
-    assert not adapter_enabled(studio.cache.base(), "lcm")
     job = Job()
     job.cancel.set()
     with pytest.raises(Cancelled):
-        draft(studio, DraftRequest(prompt=PROMPT, num_inference_steps=2, seed=3), job)
-    assert not adapter_enabled(studio.cache.base(), "lcm")
+        draft(studio, again, job)
+    assert lora_layers(studio.cache.base().unet) == 0
     assert np.array_equal(pixels(txt2img(studio, PLAIN).paths[0]), before)
+    assert np.array_equal(pixels(draft(studio, again).paths[0]), first)
 
 
-def test_the_scope_restores_an_adapter_state_it_did_not_set(drafting):
-    """Whatever state the layers had (here: LoRA enabled at half weight) comes back after the block."""
-    studio, _ = drafting
-    pipe = studio.cache.base()
-    studio.cache.adapter("lcm_lora")
-    with studio.cache.gpu():
-        pipe.set_adapters(["lcm"], [0.5])
-        pipe.enable_lora()
-        try:
-            scales = [dict(layer.scaling) for layer in pipe.unet.modules() if hasattr(layer, "scaling")]
-            with enabled_adapter(pipe, "lcm", 1.0):
-                assert [dict(lay.scaling) for lay in pipe.unet.modules() if hasattr(lay, "scaling")] != scales
-            assert [dict(lay.scaling) for lay in pipe.unet.modules() if hasattr(lay, "scaling")] == scales
-            assert adapter_enabled(pipe, "lcm")
-        finally:
-            pipe.set_adapters(["lcm"], [1.0])
-            pipe.disable_lora()
+def test_a_compiled_base_gives_the_draft_unet_a_plain_forward(tiny_dir, tmp_path):
+    """A compiled forward is bound to the base UNet: the draft UNet must not call it (it would skip the LoRA)."""
+    from studio import fastpath
+
+    cache = ModelCache(make_settings(tiny_dir, tmp_path, compile=True))
+    base = cache.base().unet
+    assert fastpath.is_compiled(base)
+    drafting_unet = cache.draft_unet()
+    assert not fastpath.is_compiled(drafting_unet) and "forward" not in drafting_unet.__dict__
 
 
 def test_rendering_a_draft_is_txt2img_with_the_drafts_seed_and_prompt(drafting):
@@ -141,13 +147,14 @@ def test_lora_bytes_are_counted_once_and_exactly(fresh_studio, tiny_dir):
     cache = fresh_studio.cache
     cache.base()
     base_bytes = cache.resident_bytes()
-    cache.adapter("lcm_lora")
+    cache.draft_unet("lcm_lora")
     tensors = load_file(tiny_dir / "lcm_lora" / LCM_LORA_FILE)
     lora_bytes = sum(t.numel() * cache.dtype.itemsize for key, t in tensors.items() if not key.endswith(".alpha"))
     assert cache.resident_bytes() == base_bytes + lora_bytes
     rows = {row.kind: row for row in cache.resident()}
     assert rows["adapter"].param_bytes == lora_bytes and rows["base"].param_bytes == base_bytes
-    assert cache.adapter("lcm_lora") == "lcm" and cache.resident_bytes() == base_bytes + lora_bytes  # loaded once
+    assert cache.draft_unet("lcm_lora") is cache.draft_unet("lcm_lora")  # built once
+    assert cache.resident_bytes() == base_bytes + lora_bytes
 
 
 @pytest.mark.parametrize("field, value, message", [

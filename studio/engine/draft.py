@@ -1,10 +1,11 @@
 """Fast drafts: LCM-LoRA samples a look in 4–8 steps; the chosen draft is then rendered in full with its seed.
 
-The LCM-LoRA (`latent-consistency/lcm-lora-sdv1-5`) is loaded once into the shared base UNet by the cache and
-stays disabled; a draft call enables it only inside `enabled_adapter`, under the GPU lock, so every other call
-runs on the plain base weights. Each draft samples with a fresh `LCMScheduler` built from the checkpoint's own
-scheduler config. A draft image with seed `s` starts from the same noise as a txt2img image with seed `s`
-(one CPU generator per image), so `render_draft` re-runs that seed as a full txt2img render.
+The LCM-LoRA (`latent-consistency/lcm-lora-sdv1-5`) lives in a draft UNet of its own (`ModelCache.draft_unet`):
+a second module tree over the base UNet's very weights with the LoRA layers injected, so every other call runs
+the plain, unwrapped base UNet, and nothing is switched on and off around a call. Each draft samples with a fresh
+`LCMScheduler` built from the checkpoint's own scheduler config. A draft image with seed `s` starts from the same
+noise as a txt2img image with seed `s` (one CPU generator per image), so `render_draft` re-runs that seed as a
+full txt2img render.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import Any
 
 from diffusers import LCMScheduler, StableDiffusionPipeline
 
-from studio.adapters import enabled_adapter
 from studio.engine.common import (
     MAX_SEED,
     Job,
@@ -88,13 +88,11 @@ def draft(studio: Studio, req: DraftRequest, job: Job | None = None) -> Result:
         native = studio.cache.native_size()
         width, height = req.width or native, req.height or native
         check_size(width, height, studio.limits)
-        adapter = studio.cache.adapter(ADAPTER_SLOT)
-        pipe = studio.cache.derive(StableDiffusionPipeline)
+        pipe = studio.cache.derive(StableDiffusionPipeline, unet=studio.cache.draft_unet(ADAPTER_SLOT))
         pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)  # this call's own; the base's untouched
         seed = resolve_seed(req.seed)
-        with enabled_adapter(pipe, adapter):
-            images = run_batches(studio, pipe, req, prompts, job, (width, height), seed,
-                                 lambda s: draft_params(studio, req, s, width, height), "draft")
+        images = run_batches(studio, pipe, req, prompts, job, (width, height), seed,
+                             lambda s: draft_params(studio, req, s, width, height), "draft")
     return Result(images=images, seed=seed, params={**prompts, **draft_params(studio, req, seed, width, height)})
 
 
@@ -143,5 +141,5 @@ def render_request(choice: DraftChoice, full: Txt2ImgRequest) -> Txt2ImgRequest:
 
 
 def render_draft(studio: Studio, choice: DraftChoice, full: Txt2ImgRequest, job: Job | None = None) -> Result:
-    """A plain txt2img (adapter off) from the draft's seed: the same starting noise, sampled in full."""
+    """A plain txt2img (the base UNet, no LoRA) from the draft's seed: the same starting noise, sampled in full."""
     return txt2img(studio, render_request(choice, full), job)
