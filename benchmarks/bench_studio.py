@@ -55,7 +55,7 @@ from diffusers import (  # noqa: E402
     StableDiffusionPipeline,
 )
 
-from studio.cache import ModelCache, unique_param_bytes  # noqa: E402
+from studio.cache import ModelCache  # noqa: E402
 from studio.engine import inpaint as inpaint_engine  # noqa: E402
 from studio.engine.common import Job, Studio, generators  # noqa: E402
 from studio.engine.inpaint import InpaintRequest, inpaint  # noqa: E402
@@ -66,6 +66,7 @@ from studio.engine.txt2img import Txt2ImgRequest, txt2img  # noqa: E402
 from studio.outputs import Outputs  # noqa: E402
 from studio.schedulers import DEFAULT_SAMPLER, get_sampler  # noqa: E402
 from studio.settings import Settings  # noqa: E402
+from studio.tensors import unique_param_bytes  # noqa: E402
 from studio.tiny import write_all  # noqa: E402
 
 PROMPT = "photo of a tailored wool coat, studio light"

@@ -12,9 +12,7 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import gc
-import itertools
 import logging
 import threading
 from collections import OrderedDict
@@ -28,6 +26,7 @@ from studio import fastpath, registry
 from studio.registry import Checkpoint
 from studio.schedulers import get_sampler
 from studio.settings import Settings
+from studio.tensors import adapter_param_bytes, shared_copy, unique_param_bytes
 
 log = logging.getLogger(__name__)
 
@@ -61,59 +60,9 @@ def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def module_tensors(*owners: Any) -> Iterator[torch.Tensor]:
-    """Every parameter and buffer of the torch modules held by pipelines, modules or annotators."""
-    for owner in owners:
-        modules: list[torch.nn.Module] = []
-        if isinstance(owner, torch.nn.Module):
-            modules.append(owner)
-        elif hasattr(owner, "components"):
-            modules += [m for m in owner.components.values() if isinstance(m, torch.nn.Module)]
-        elif hasattr(owner, "netNetwork"):  # controlnet_aux detectors
-            modules.append(owner.netNetwork)
-        for module in modules:
-            yield from module.parameters()
-            yield from module.buffers()
-
-
-def unique_param_bytes(*owners: Any) -> int:
-    """Bytes of distinct tensor storages across owners: shared weights count once."""
-    seen: dict[int, int] = {}
-    for tensor in module_tensors(*owners):
-        storage = tensor.untyped_storage()
-        seen[storage.data_ptr()] = storage.nbytes()
-    return sum(seen.values())
-
-
 # LoRA adapter slots (`ModelCache.draft_unet`) -> the adapter name peft/diffusers know.
 ADAPTER_NAMES = {"lcm_lora": "lcm"}
 PREVIEW_SLOT = "preview_decoder"  # TAESD, when at hand (ModelCache.preview_decoder)
-
-
-def adapter_param_bytes(owner: Any, adapter: str | None = None) -> int:
-    """Bytes of the LoRA tensors injected into a module or a pipeline's modules: one adapter's, or all of them."""
-    modules = [owner] if isinstance(owner, torch.nn.Module) else \
-        [m for m in owner.components.values() if isinstance(m, torch.nn.Module)]
-    seen: dict[int, int] = {}
-    for module in modules:
-        for name, tensor in module.named_parameters():
-            if ".lora_" in name and (adapter is None or f".{adapter}." in name):
-                seen[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
-    return sum(seen.values())
-
-
-def shared_copy(module: torch.nn.Module) -> torch.nn.Module:
-    """A new module tree over the very same parameter and buffer tensors: no weight is copied, and what is done to
-    the copy's structure (a LoRA injected) never reaches the original. A compiled `forward`, bound to the original
-    module, is not carried over (fastpath.COMPILED_ATTRIBUTES)."""
-    memo: dict[int, Any] = {id(t): t for t in itertools.chain(module.parameters(), module.buffers())}
-    for name in fastpath.COMPILED_ATTRIBUTES:  # shared, not copied, then dropped from the copy
-        if name in module.__dict__:
-            memo[id(module.__dict__[name])] = module.__dict__[name]
-    clone = copy.deepcopy(module, memo)
-    for name in fastpath.COMPILED_ATTRIBUTES:
-        clone.__dict__.pop(name, None)
-    return clone
 
 
 def _load_error(what: str, source: str, exc: BaseException) -> ModelLoadError:

@@ -17,8 +17,9 @@ from diffusers import (
     StableDiffusionInpaintPipeline,
 )
 
-from studio.cache import ModelLoadError, unique_param_bytes
+from studio.cache import ModelLoadError
 from studio.engine.txt2img import Txt2ImgRequest, txt2img
+from studio.tensors import unique_param_bytes
 from studio.tiny import install_in_hf_cache
 from tests.conftest import REPO, pixels
 

@@ -170,7 +170,7 @@ def test_bad_draft_requests_say_what_to_do(studio, field, value, message):
 
 LOAD_BY_HUB_ID = textwrap.dedent("""
     import json, sys
-    from studio.cache import ModelCache, adapter_param_bytes
+    from studio.cache import ModelCache
     from studio.engine.common import Studio
     from studio.engine.draft import DraftRequest, draft
     from studio.outputs import Outputs

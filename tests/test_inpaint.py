@@ -18,13 +18,14 @@ from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipe
 from PIL import Image
 
 from studio import masks
-from studio.cache import ModelCache, unique_param_bytes
+from studio.cache import ModelCache
 from studio.engine.common import RequestError, Studio
 from studio.engine.inpaint import InpaintRequest, inpaint, load_inputs, pipeline
 from studio.images import load_image
 from studio.metadata import parse_infotext, read_parameters
 from studio.outputs import Outputs
 from studio.schedulers import get_sampler
+from studio.tensors import unique_param_bytes
 from tests.conftest import make_settings, pixels
 
 PROMPT = "photo of a red silk sleeve"

@@ -14,12 +14,12 @@ from diffusers import ControlNetModel
 from PIL import Image, ImageDraw
 
 from studio import edges
-from studio.cache import unique_param_bytes
 from studio.engine.common import RequestError, Result, Studio
 from studio.engine.restyle import RestyleRequest, detect_edges, restyle, zero_residuals
 from studio.engine.txt2img import Txt2ImgRequest, txt2img
 from studio.metadata import parse_infotext, read_parameters
 from studio.registry import HED_ANNOTATOR_FILE
+from studio.tensors import unique_param_bytes
 from tests.conftest import pixels
 
 PROMPT = "fashion illustration of a long coat, watercolour"
