@@ -140,11 +140,15 @@ Preview = Callable[[torch.Tensor], "Image.Image | None"]
 
 
 def previewer(studio: Studio) -> Preview:
-    """Latents → live-preview picture: through TAESD when the cache has it at hand (looked up at the first preview,
-    so runs without previews never touch it), else the latent-factor approximation."""
+    """Latents → live-preview picture: through TAESD when the cache has it at hand, else the latent-factor
+    approximation. The decoder is looked up once, at the first preview of the run (runs without previews never
+    touch it), not on every previewed step."""
+    looked_up: list[Any] = []
 
     def preview(latents: torch.Tensor) -> Image.Image | None:
-        decoder = studio.cache.preview_decoder()
+        if not looked_up:
+            looked_up.append(studio.cache.preview_decoder())
+        decoder = looked_up[0]
         return preview_image(latents) if decoder is None else decoded_preview(decoder, latents)
 
     return preview
