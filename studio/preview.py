@@ -45,9 +45,7 @@ def preview_image(latents: torch.Tensor, scale: int = PREVIEW_SCALE) -> Image.Im
     """A small PIL picture of the first image of a latent batch (None for latents that are not SD's 4 channels)."""
     if latents.ndim != 4 or latents.shape[1] != 4:
         return None
-    rgb = latents_to_rgb(latents[0])
-    pixels = (rgb * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    image = Image.fromarray(np.ascontiguousarray(pixels), mode="RGB")
+    image = rgb_image(latents_to_rgb(latents[0]))
     return image.resize((image.width * scale, image.height * scale), Image.Resampling.BILINEAR)
 
 
@@ -58,6 +56,10 @@ def decoded_preview(decoder: Any, latents: torch.Tensor) -> Image.Image | None:
         return None
     with torch.no_grad():
         sample = decoder.decode(latents[:1].detach().to(decoder.device, decoder.dtype)).sample[0]
-    rgb = ((sample.to(torch.float32) + 1) / 2).clamp(0, 1)
+    return rgb_image(((sample.to(torch.float32) + 1) / 2).clamp(0, 1))
+
+
+def rgb_image(rgb: torch.Tensor) -> Image.Image:
+    """(3, h, w) RGB in [0, 1] → a PIL image."""
     pixels = (rgb * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(np.ascontiguousarray(pixels), mode="RGB")
