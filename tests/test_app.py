@@ -109,3 +109,29 @@ def test_importing_demo_builds_the_studio_from_the_environment(tiny_dir, tmp_pat
     from app import demo
 
     assert isinstance(demo, gr.Blocks)
+
+
+def test_the_status_line_says_loading_while_a_load_holds_the_cache(tiny_dir, tmp_path):
+    """A load holds the cache lock for its whole length: the status line must not wait on it to say so."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    studio = app.create_studio(make_settings(tiny_dir, tmp_path))
+    refresh = _handler(app.build_demo(studio), "refresh")
+    held, release = threading.Event(), threading.Event()
+
+    def load() -> None:  # what ModelCache.base does during a load: the lock held, `loading` set
+        with studio.cache.gpu():
+            studio.cache.loading = "tiny"
+            held.set()
+            release.wait(30)
+            studio.cache.loading = None
+
+    with ThreadPoolExecutor(2) as pool:
+        pool.submit(load)
+        assert held.wait(30)
+        try:
+            text, timer = pool.submit(refresh).result(timeout=5)
+        finally:
+            release.set()
+    assert text == "Loading tiny…" and timer.active

@@ -165,11 +165,12 @@ def model_switcher(studio: Studio) -> None:
     with gr.Row(equal_height=True):
         choice = gr.Dropdown(choices, value=settings.model, label="Model", scale=3, min_width=200)
         load = gr.Button("Load model", size="sm", scale=1, min_width=100)
-        status = gr.Markdown(lambda: describe_resident(studio), every=None, elem_id="model-status")
+        status = gr.Markdown(lambda: status_line(studio)[0], every=None, elem_id="model-status")
     timer = gr.Timer(1.0)
 
     def refresh() -> tuple[str, gr.Timer]:
-        return describe_resident(studio), gr.Timer(active=bool(studio.cache.loading or not studio.cache.resident()))
+        text, watching = status_line(studio)
+        return text, gr.Timer(active=watching)
 
     def switch(model: str) -> Iterator[tuple[str, gr.Timer]]:
         if model not in choices:
@@ -187,14 +188,19 @@ def model_switcher(studio: Studio) -> None:
     load.click(switch, inputs=choice, outputs=[status, timer], concurrency_id="gpu", api_visibility="private")
 
 
-def describe_resident(studio: Studio) -> str:
+def status_line(studio: Studio) -> tuple[str, bool]:
+    """The switcher's status text, and whether to keep watching (a load under way, or nothing resident yet).
+
+    `loading` is read before `resident()`: a load holds the cache lock, and `resident()` would wait for the whole
+    load to finish before the line could say that it is loading."""
+    loading = studio.cache.loading
+    if loading:
+        return f"Loading {loading}…", True
     rows = studio.cache.resident()
-    if studio.cache.loading:
-        return f"Loading {studio.cache.loading}…"
     if not rows:
-        return f"Model **{studio.cache.current}** loads on first use."
+        return f"Model **{studio.cache.current}** loads on first use.", True
     parts = [f"{r.name} ({r.param_bytes / 2**20:,.0f} MiB)" for r in rows]
-    return f"Current: **{studio.cache.current}** · resident: {', '.join(parts)}"
+    return f"Current: **{studio.cache.current}** · resident: {', '.join(parts)}", False
 
 
 def fill(handle: TabHandle, values: dict[str, Any]) -> dict[gr.components.Component, Any]:
