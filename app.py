@@ -65,23 +65,33 @@ def native_size_hint(settings: Settings) -> int:
 def build_demo(studio: Studio) -> gr.Blocks:
     settings = studio.cache.settings
     presets = load_presets(REPO / "presets", settings.limits)  # a broken preset stops startup, naming file and key
-    ctx = UIContext(native_size=native_size_hint(settings), limits=settings.limits,
-                    count_tokens=TokenCounter(settings.tiny_dir.parent / "clip-tokenizer"),
-                    default_negative_prompt=settings.default_negative_prompt,
-                    preview_every=settings.preview_every, gpu=gpu_section(settings),
-                    board=JobBoard(shared=settings.zero_gpu))  # on ZeroGPU, Cancel reaches the forked worker
+    ctx = UIContext(
+        native_size=native_size_hint(settings),
+        limits=settings.limits,
+        count_tokens=TokenCounter(settings.tiny_dir.parent / "clip-tokenizer"),
+        default_negative_prompt=settings.default_negative_prompt,
+        preview_every=settings.preview_every,
+        gpu=gpu_section(settings),
+        board=JobBoard(shared=settings.zero_gpu),
+    )  # on ZeroGPU, Cancel reaches the forked worker
     batcher = Txt2ImgBatcher(studio)  # concurrent txt2img requests share a UNet batch (settings.batch_window_ms)
-    drafts = txt2img_tab.DraftActions(lambda req, job: draft(studio, req, job),
-                                      lambda choice, req, job: render_draft(studio, choice, req, job))
+    drafts = txt2img_tab.DraftActions(
+        lambda req, job: draft(studio, req, job), lambda choice, req, job: render_draft(studio, choice, req, job)
+    )
     modes = {
-        "txt2img": ("txt2img", lambda: txt2img_tab.create(ctx, batcher, concurrency=batcher.concurrency,
-                                                          drafts=drafts)),
-        "refine": ("Refine", lambda: refine_tab.create(ctx, lambda req, job: refine(studio, req, job),
-                                                       studio.outputs)),
+        "txt2img": (
+            "txt2img",
+            lambda: txt2img_tab.create(ctx, batcher, concurrency=batcher.concurrency, drafts=drafts),
+        ),
+        "refine": ("Refine", lambda: refine_tab.create(ctx, lambda req, job: refine(studio, req, job), studio.outputs)),
         "textile": ("Textile", lambda: textile_tab.create(ctx, lambda req, job: textile(studio, req, job))),
         "inpaint": ("Inpaint", lambda: inpaint_tab.create(ctx, lambda req, job: inpaint(studio, req, job))),
-        "restyle": ("Restyle", lambda: restyle_tab.create(ctx, lambda req, job: restyle(studio, req, job),
-                                                          lambda *args: detect_edges(studio, *args))),
+        "restyle": (
+            "Restyle",
+            lambda: restyle_tab.create(
+                ctx, lambda req, job: restyle(studio, req, job), lambda *args: detect_edges(studio, *args)
+            ),
+        ),
     }
     with gr.Blocks(title="Atelier") as demo:
         with gr.Row(equal_height=True, elem_id="header"):
@@ -112,9 +122,14 @@ def launch(demo: gr.Blocks, settings: Settings, **kwargs: object) -> object:
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=1, api_open=False)
     # On a Space, the platform fronts the public address; elsewhere settings refuse 0.0.0.0 without --auth.
     return demo.launch(
-        server_name=settings.host, server_port=settings.port, auth=settings.auth, share=settings.share,
-        max_file_size=f"{settings.limits.max_upload_mb}mb", allowed_paths=[str(settings.outputs.resolve())],
-        css=CSS, **kwargs,
+        server_name=settings.host,
+        server_port=settings.port,
+        auth=settings.auth,
+        share=settings.share,
+        max_file_size=f"{settings.limits.max_upload_mb}mb",
+        allowed_paths=[str(settings.outputs.resolve())],
+        css=CSS,
+        **kwargs,
     )
 
 
@@ -155,6 +170,7 @@ def __getattr__(name: str) -> gr.Blocks:
             start_preload(studio)
         return demo
     raise AttributeError(name)
+
 
 if __name__ == "__main__":
     main()

@@ -52,10 +52,16 @@ from studio.outputs import Outputs  # noqa: E402
 from studio.settings import Settings  # noqa: E402
 from studio.tiny import write_all  # noqa: E402
 
-PROMPTS = ("photo of a tailored wool coat, studio light", "photo of an embroidered silk slip dress",
-           "photo of a chunky cable-knit cardigan, flat lay", "photo of pleated linen trousers, runway",
-           "photo of a quilted satin bomber jacket", "photo of a beaded evening gown, dark background",
-           "photo of a denim trucker jacket, street", "photo of a houndstooth blazer, editorial")
+PROMPTS = (
+    "photo of a tailored wool coat, studio light",
+    "photo of an embroidered silk slip dress",
+    "photo of a chunky cable-knit cardigan, flat lay",
+    "photo of pleated linen trousers, runway",
+    "photo of a quilted satin bomber jacket",
+    "photo of a beaded evening gown, dark background",
+    "photo of a denim trucker jacket, street",
+    "photo of a houndstooth blazer, editorial",
+)
 FULL_DIR = REPO / ".cache" / "bench-sd15-v1"  # shared with bench_studio.py
 OWN_FULL_DIR = REPO / ".cache" / "bench-sd15-batching"
 
@@ -63,14 +69,23 @@ OWN_FULL_DIR = REPO / ".cache" / "bench-sd15-batching"
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return (f"python {platform.python_version()}, torch {torch.__version__}, diffusers {diffusers.__version__}, "
-            f"CPU {cpu} x{os.cpu_count()} (torch threads {torch.get_num_threads()}), GPU {gpu}")
+    return (
+        f"python {platform.python_version()}, torch {torch.__version__}, diffusers {diffusers.__version__}, "
+        f"CPU {cpu} x{os.cpu_count()} (torch threads {torch.get_num_threads()}), GPU {gpu}"
+    )
 
 
 def studio_on(model: str, device: str, dtype: str) -> Studio:
     out = Path(tempfile.mkdtemp(prefix="bench-batching-"))
-    settings = Settings.from_env({}, model=model, tiny_dir=write_all(REPO / ".cache" / "tiny"), outputs=out,
-                                 preload=False, device=device, dtype=dtype)
+    settings = Settings.from_env(
+        {},
+        model=model,
+        tiny_dir=write_all(REPO / ".cache" / "tiny"),
+        outputs=out,
+        preload=False,
+        device=device,
+        dtype=dtype,
+    )
     return Studio(cache=ModelCache(settings), outputs=Outputs(out))
 
 
@@ -110,8 +125,12 @@ def concurrently(call: Callable[[Txt2ImgRequest], object], requests: list[Txt2Im
 
 
 def compare(studio: Studio, label: str, size: int, steps: int, n: int, runs: int, window_ms: int) -> str:
-    requests = [Txt2ImgRequest(prompt=PROMPTS[i % len(PROMPTS)], num_inference_steps=steps, seed=100 + i,
-                               width=size, height=size) for i in range(n)]
+    requests = [
+        Txt2ImgRequest(
+            prompt=PROMPTS[i % len(PROMPTS)], num_inference_steps=steps, seed=100 + i, width=size, height=size
+        )
+        for i in range(n)
+    ]
     one_by_one = Txt2ImgBatcher(studio, window_ms=0)
     batched = Txt2ImgBatcher(studio, window_ms=window_ms, max_images=max(n, studio.limits.max_batch_size))
     sides = {"one by one": one_by_one, "batched": batched}
@@ -124,9 +143,11 @@ def compare(studio: Studio, label: str, size: int, steps: int, n: int, runs: int
         for name in order:
             times[name].append(concurrently(sides[name], requests))
     alone, together = statistics.median(times["one by one"]), statistics.median(times["batched"])
-    line = (f"{label} {size}px {steps} steps, {n} concurrent requests, median of {runs}: "
-            f"one by one {n / alone:.2f} images/s ({alone * 1000:.0f} ms), batched {n / together:.2f} images/s "
-            f"({together * 1000:.0f} ms, window {window_ms} ms), throughput ratio {alone / together:.2f}x")
+    line = (
+        f"{label} {size}px {steps} steps, {n} concurrent requests, median of {runs}: "
+        f"one by one {n / alone:.2f} images/s ({alone * 1000:.0f} ms), batched {n / together:.2f} images/s "
+        f"({together * 1000:.0f} ms, window {window_ms} ms), throughput ratio {alone / together:.2f}x"
+    )
     print(line, flush=True)
     return line
 
@@ -157,8 +178,17 @@ def main() -> None:
         lines.append(compare(tiny, "tiny", 64, args.steps, args.requests, args.runs, args.window_ms))
     if not args.skip_full:
         full = studio_on(full_size_model(), args.device, args.dtype)
-        lines.append(compare(full, "SD1.5 architecture", args.full_size, args.full_steps, args.requests,
-                             args.full_runs, args.window_ms))
+        lines.append(
+            compare(
+                full,
+                "SD1.5 architecture",
+                args.full_size,
+                args.full_steps,
+                args.requests,
+                args.full_runs,
+                args.window_ms,
+            )
+        )
     if args.out:
         stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         with args.out.open("a", encoding="utf-8") as out:

@@ -25,8 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from studio.tiny import LCM_LORA_TARGETS  # noqa: E402
 
 # SD1.5's UNet (stable-diffusion-v1-5/unet/config.json, the architecture every SD1.5 checkpoint shares)
-SD15_UNET = dict(cross_attention_dim=768, attention_head_dim=8, block_out_channels=(320, 640, 1280, 1280),
-                 layers_per_block=2, sample_size=64)
+SD15_UNET = dict(
+    cross_attention_dim=768,
+    attention_head_dim=8,
+    block_out_channels=(320, 640, 1280, 1280),
+    layers_per_block=2,
+    sample_size=64,
+)
 
 
 class One(torch.nn.Module):
@@ -54,8 +59,10 @@ def wrapped_layers() -> int:
 
     with torch.device("meta"):
         unet = UNet2DConditionModel(**SD15_UNET)
-    return sum(name.endswith(LCM_LORA_TARGETS) and isinstance(m, torch.nn.Linear | torch.nn.Conv2d)
-               for name, m in unet.named_modules())
+    return sum(
+        name.endswith(LCM_LORA_TARGETS) and isinstance(m, torch.nn.Linear | torch.nn.Conv2d)
+        for name, m in unet.named_modules()
+    )
 
 
 def main() -> None:
@@ -71,13 +78,16 @@ def main() -> None:
     for module in wrapped.modules():
         if hasattr(module, "enable_adapters"):
             module.enable_adapters(False)  # loaded but disabled, as between drafts
-    extra = statistics.median(per_call_us(wrapped, args.calls) - per_call_us(plain, args.calls)
-                              for _ in range(args.repeats))
+    extra = statistics.median(
+        per_call_us(wrapped, args.calls) - per_call_us(plain, args.calls) for _ in range(args.repeats)
+    )
     layers = wrapped_layers()
     print(f"disabled LoRA wrapper: +{extra:.2f} us per layer call (median of {args.repeats})")
     print(f"layers LCM-LoRA wraps in SD1.5's UNet: {layers}")
-    print(f"overhead per UNet call: {extra * layers / 1000:.2f} ms of Python on this CPU "
-          f"(SD1.5 512 px eager on an H100 takes ~18.5 ms per step: FIELD_NOTES' 54 it/s anchor)")
+    print(
+        f"overhead per UNet call: {extra * layers / 1000:.2f} ms of Python on this CPU "
+        f"(SD1.5 512 px eager on an H100 takes ~18.5 ms per step: FIELD_NOTES' 54 it/s anchor)"
+    )
 
 
 if __name__ == "__main__":

@@ -50,8 +50,11 @@ def step_times(run: Callable[[Callable[..., Any]], None]) -> list[float]:
 def sketch(size: tuple[int, int]) -> Image.Image:
     image = Image.new("RGB", size, "white")
     w, h = size
-    ImageDraw.Draw(image).polygon([(w * 0.4, h * 0.1), (w * 0.6, h * 0.1), (w * 0.85, h * 0.9), (w * 0.15, h * 0.9)],
-                                  outline="black", width=max(1, w // 64))
+    ImageDraw.Draw(image).polygon(
+        [(w * 0.4, h * 0.1), (w * 0.6, h * 0.1), (w * 0.85, h * 0.9), (w * 0.15, h * 0.9)],
+        outline="black",
+        width=max(1, w // 64),
+    )
     return image
 
 
@@ -64,8 +67,9 @@ def bench_tiny(steps: int, repeats: int, device: str) -> tuple[float, float]:
     from studio.settings import Settings
 
     out = Path(tempfile.mkdtemp(prefix="bench-restyle-"))
-    settings = Settings.from_env({}, model="tiny", tiny_dir=REPO / ".cache" / "tiny", outputs=out, preload=False,
-                                 device=device)
+    settings = Settings.from_env(
+        {}, model="tiny", tiny_dir=REPO / ".cache" / "tiny", outputs=out, preload=False, device=device
+    )
     studio = Studio(cache=ModelCache(settings), outputs=Outputs(out))
     common = {"prompt": "a coat", "num_inference_steps": steps, "scheduler": "Euler", "seed": 1}
     plain = Txt2ImgRequest(width=64, height=64, **common)
@@ -96,32 +100,56 @@ def sd15_pipelines(device: str, dtype: torch.dtype) -> tuple[Any, Any]:
     started = time.perf_counter()
     unet = UNet2DConditionModel(cross_attention_dim=768)
     controlnet = ControlNetModel(cross_attention_dim=768)
-    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=512)
-    text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                                num_attention_heads=12, projection_dim=768, hidden_act="quick_gelu"))
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        sample_size=512,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            projection_dim=768,
+            hidden_act="quick_gelu",
+        )
+    )
     tokenizer = CLIPTokenizer.from_pretrained(REPO / ".cache" / "tiny" / "base" / "tokenizer")
-    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                       steps_offset=1)
-    base = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False).to(device, dtype)
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
+    )
+    base = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    ).to(device, dtype)
     controlnet.to(device, dtype)
-    styled = StableDiffusionControlNetPipeline.from_pipe(base, controlnet=WindowedControlNet([controlnet]),
-                                                         torch_dtype=base.dtype)
+    styled = StableDiffusionControlNetPipeline.from_pipe(
+        base, controlnet=WindowedControlNet([controlnet]), torch_dtype=base.dtype
+    )
     for pipe in (base, styled):
         pipe.set_progress_bar_config(disable=True)
-    log.info("SD1.5 architecture built in %.1f s (UNet %.1f M params, ControlNet %.1f M)",
-             time.perf_counter() - started, sum(p.numel() for p in unet.parameters()) / 1e6,
-             sum(p.numel() for p in controlnet.parameters()) / 1e6)
+    log.info(
+        "SD1.5 architecture built in %.1f s (UNet %.1f M params, ControlNet %.1f M)",
+        time.perf_counter() - started,
+        sum(p.numel() for p in unet.parameters()) / 1e6,
+        sum(p.numel() for p in controlnet.parameters()) / 1e6,
+    )
     return base, styled
 
 
 def bench_sd15(size: int, steps: int, device: str) -> tuple[float, float]:
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     base, styled = sd15_pipelines(device, dtype)
-    common = {"prompt": "a coat", "num_inference_steps": steps, "width": size, "height": size,
-              "output_type": "latent"}
+    common = {"prompt": "a coat", "num_inference_steps": steps, "width": size, "height": size, "output_type": "latent"}
 
     def run(pipe: Any, **extra: Any) -> Callable[[Callable[..., Any]], None]:
         def go(on_step: Callable[..., Any]) -> None:
@@ -141,8 +169,10 @@ def bench_sd15(size: int, steps: int, device: str) -> tuple[float, float]:
 
 
 def report(name: str, plain: float, restyled: float) -> None:
-    print(f"{name:<34} txt2img {plain * 1000:9.1f} ms/step   restyle {restyled * 1000:9.1f} ms/step   "
-          f"ratio {restyled / plain:5.2f}x")
+    print(
+        f"{name:<34} txt2img {plain * 1000:9.1f} ms/step   restyle {restyled * 1000:9.1f} ms/step   "
+        f"ratio {restyled / plain:5.2f}x"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -95,12 +95,21 @@ def full_size_folder() -> Path:
 
 def make_studio(args: argparse.Namespace) -> Studio:
     tiny = write_all(TINY_DIR)
-    overrides: dict[str, Any] = {"model": "tiny", "tiny_dir": tiny, "device": args.device, "dtype": args.dtype,
-                                 "outputs": Path(tempfile.mkdtemp(prefix="bench-studio-")), "preload": False}
+    overrides: dict[str, Any] = {
+        "model": "tiny",
+        "tiny_dir": tiny,
+        "device": args.device,
+        "dtype": args.dtype,
+        "outputs": Path(tempfile.mkdtemp(prefix="bench-studio-")),
+        "preload": False,
+    }
     if not args.tiny:
         folder = full_size_folder()
-        overrides.update(model=str(folder / "base"), controlnet_model=str(folder / "controlnet"),
-                         annotator_model=str(tiny / "annotator"))  # HED has one fixed size: the tiny file is real
+        overrides.update(
+            model=str(folder / "base"),
+            controlnet_model=str(folder / "controlnet"),
+            annotator_model=str(tiny / "annotator"),
+        )  # HED has one fixed size: the tiny file is real
     env = {key: value for key, value in os.environ.items() if key.startswith("STUDIO_")}
     settings = Settings.from_env(env, **overrides)
     return Studio(cache=ModelCache(settings), outputs=Outputs(settings.outputs))
@@ -113,14 +122,19 @@ def plain_pipelines(studio: Studio, baseline: str) -> dict[str, Any]:
     modules = dict(base.components)
     if baseline == "separate":
         dtype = torch.float16 if cache.device.type == "cuda" else torch.float32  # diffusers' documented recipe
-        fresh = StableDiffusionPipeline.from_pretrained(cache.checkpoint().source, torch_dtype=dtype,
-                                                        safety_checker=None, requires_safety_checker=False)
+        fresh = StableDiffusionPipeline.from_pretrained(
+            cache.checkpoint().source, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
+        )
         modules = dict(fresh.to(cache.device).components)
-        controlnet = ControlNetModel.from_pretrained(cache.companion_source("controlnet"),
-                                                     torch_dtype=dtype).to(cache.device)
+        controlnet = ControlNetModel.from_pretrained(cache.companion_source("controlnet"), torch_dtype=dtype).to(
+            cache.device
+        )
     pipes = {}
-    for mode, cls, extra in (("txt2img", StableDiffusionPipeline, {}), ("inpaint", StableDiffusionInpaintPipeline, {}),
-                             ("restyle", StableDiffusionControlNetPipeline, {"controlnet": controlnet})):
+    for mode, cls, extra in (
+        ("txt2img", StableDiffusionPipeline, {}),
+        ("inpaint", StableDiffusionInpaintPipeline, {}),
+        ("restyle", StableDiffusionControlNetPipeline, {"controlnet": controlnet}),
+    ):
         scheduler = get_sampler(DEFAULT_SAMPLER).build(base.scheduler.config)
         pipe = cls(**{**modules, "scheduler": scheduler, **extra})
         pipe.set_progress_bar_config(disable=True)
@@ -133,14 +147,17 @@ def sketch(size: int) -> Image.Image:
     """White lines on black, as a soft-edge map looks: the ControlNet's condition."""
     image = Image.new("RGB", (size, size), "black")
     s = size
-    ImageDraw.Draw(image).polygon([(s * .4, s * .1), (s * .6, s * .1), (s * .85, s * .9), (s * .15, s * .9)],
-                                  outline="white", width=max(1, s // 64))
+    ImageDraw.Draw(image).polygon(
+        [(s * 0.4, s * 0.1), (s * 0.6, s * 0.1), (s * 0.85, s * 0.9), (s * 0.15, s * 0.9)],
+        outline="white",
+        width=max(1, s // 64),
+    )
     return image
 
 
 def photo(size: int) -> Image.Image:
     image = Image.linear_gradient("L").resize((size, size)).convert("RGB")
-    ImageDraw.Draw(image).ellipse((size * .3, size * .2, size * .7, size * .8), fill=(150, 40, 60))
+    ImageDraw.Draw(image).ellipse((size * 0.3, size * 0.2, size * 0.7, size * 0.8), fill=(150, 40, 60))
     return image
 
 
@@ -189,6 +206,7 @@ def callback(tick: Callable[[], None]) -> Callable[..., dict[str, Any]]:
     def on_step_end(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         tick()
         return kwargs
+
     return on_step_end
 
 
@@ -203,23 +221,43 @@ Runner = Callable[[Callable[[], None]], Any]
 def runners(mode: str, studio: Studio, plain: Any, size: int, steps: int, batch: int) -> tuple[Runner, Runner]:
     """(Atelier, plain diffusers) for one mode at one size and batch; same prompt, seeds, steps and CFG."""
     same = {"prompt": PROMPT, "num_inference_steps": steps, "guidance_scale": CFG, "seed": 1, "batch_size": batch}
-    plain_kw = {"prompt": PROMPT, "negative_prompt": "", "num_inference_steps": steps, "guidance_scale": CFG,
-                "width": size, "height": size, "num_images_per_prompt": batch, "output_type": "pil"}
+    plain_kw = {
+        "prompt": PROMPT,
+        "negative_prompt": "",
+        "num_inference_steps": steps,
+        "guidance_scale": CFG,
+        "width": size,
+        "height": size,
+        "num_images_per_prompt": batch,
+        "output_type": "pil",
+    }
     gens = lambda: generators([1 + i for i in range(batch)])  # noqa: E731
     if mode == "txt2img":
         req = Txt2ImgRequest(width=size, height=size, **same)
-        return (lambda tick: txt2img(studio, req, job(tick)),
-                lambda tick: plain(**plain_kw, generator=gens(), callback_on_step_end=callback(tick)))
+        return (
+            lambda tick: txt2img(studio, req, job(tick)),
+            lambda tick: plain(**plain_kw, generator=gens(), callback_on_step_end=callback(tick)),
+        )
     if mode == "restyle":
         edges = sketch(size)
         req = RestyleRequest(image=edges, preprocessor="none", width=size, height=size, **same)
-        return (lambda tick: restyle(studio, req, job(tick)),
-                lambda tick: plain(**plain_kw, image=edges, generator=gens(), callback_on_step_end=callback(tick)))
+        return (
+            lambda tick: restyle(studio, req, job(tick)),
+            lambda tick: plain(**plain_kw, image=edges, generator=gens(), callback_on_step_end=callback(tick)),
+        )
     picture, region = photo(size), mask(size)
     req = InpaintRequest(image=picture, mask_image=region, strength=1.0, **same)
-    return (lambda tick: inpaint(studio, req, job(tick)),
-            lambda tick: plain(**plain_kw, image=picture, mask_image=region, strength=1.0, generator=gens(),
-                               callback_on_step_end=callback(tick)))
+    return (
+        lambda tick: inpaint(studio, req, job(tick)),
+        lambda tick: plain(
+            **plain_kw,
+            image=picture,
+            mask_image=region,
+            strength=1.0,
+            generator=gens(),
+            callback_on_step_end=callback(tick),
+        ),
+    )
 
 
 def alternate(device: torch.device, ours: Runner, theirs: Runner, runs: int) -> tuple[list[Sample], list[Sample]]:
@@ -266,8 +304,9 @@ class FlopCounter:
         per_step = self._count(lambda: self.unet(latents, t, encoder_hidden_states=text))
         if mode == "restyle":
             cond = torch.empty(2 * batch, 3, size, size, **meta)
-            per_step += self._count(lambda: self.controlnet(latents, t, encoder_hidden_states=text,
-                                                            controlnet_cond=cond))
+            per_step += self._count(
+                lambda: self.controlnet(latents, t, encoder_hidden_states=text, controlnet_cond=cond)
+            )
         total = steps * per_step + self._count(lambda: self.vae.decode(latents[:batch]))
         if mode == "inpaint":
             total += self._count(lambda: self.vae.encode(torch.empty(1, 3, size, size, **meta)))
@@ -286,8 +325,14 @@ def mib(value: int | None) -> str:
     return "-" if value is None else f"{value / 2**20:,.0f} MiB"
 
 
-def speed_row(mode: str, size: int, batch: int, flops: float, peak_tflops: float | None,
-              sides: dict[str, tuple[list[Sample], int]]) -> dict[str, Any]:
+def speed_row(
+    mode: str,
+    size: int,
+    batch: int,
+    flops: float,
+    peak_tflops: float | None,
+    sides: dict[str, tuple[list[Sample], int]],
+) -> dict[str, Any]:
     """Medians per side; peak memory = that side's own weights + the call's largest working memory."""
     row: dict[str, Any] = {"mode": mode, "size": size, "batch": batch}
     for side, (samples, weights) in sides.items():
@@ -307,9 +352,12 @@ def speed_row(mode: str, size: int, batch: int, flops: float, peak_tflops: float
 def print_speed(row: dict[str, Any], steps: int) -> None:
     a, d = row["atelier"], row["diffusers"]
     pct = "" if a["floor_pct"] is None else f", floor {a['floor_pct']:.1f}% vs {d['floor_pct']:.1f}%"
-    print(f"ratio {row['mode']} {row['size']}px batch {row['batch']} {steps} steps: Atelier {a['ms_image']:.1f} "
-          f"ms/image, diffusers {d['ms_image']:.1f} ms/image, speedup {row['speedup']:.3f}x | it/s "
-          f"{a['it_s']:.2f} vs {d['it_s']:.2f} | peak {mib(a['peak'])} vs {mib(d['peak'])}{pct}", flush=True)
+    print(
+        f"ratio {row['mode']} {row['size']}px batch {row['batch']} {steps} steps: Atelier {a['ms_image']:.1f} "
+        f"ms/image, diffusers {d['ms_image']:.1f} ms/image, speedup {row['speedup']:.3f}x | it/s "
+        f"{a['it_s']:.2f} vs {d['it_s']:.2f} | peak {mib(a['peak'])} vs {mib(d['peak'])}{pct}",
+        flush=True,
+    )
 
 
 def bench_speed(args: argparse.Namespace, studio: Studio, report: Report) -> None:
@@ -338,8 +386,10 @@ def mode_pipelines(studio: Studio) -> dict[str, list[Any]]:
         "refine": [cache.derive(StableDiffusionImg2ImgPipeline)],
         "textile": [cache.derive(StableDiffusionPipeline)],
         "inpaint": [inpaint_engine.pipeline(studio, DEFAULT_SAMPLER)],
-        "restyle": [cache.derive(StableDiffusionControlNetPipeline, controlnet=cache.slot("controlnet")),
-                    cache.slot("annotator")],
+        "restyle": [
+            cache.derive(StableDiffusionControlNetPipeline, controlnet=cache.slot("controlnet")),
+            cache.slot("annotator"),
+        ],
     }
 
 
@@ -353,10 +403,17 @@ def bench_memory(args: argparse.Namespace, studio: Studio, report: Report) -> No
     rows += [(f"separate pipeline: {mode}", mib(size)) for mode, size in separate.items()]
     rows += [("sum of five separate pipelines", mib(total)), ("ratio separate / Atelier", f"{total / resident:.2f}x")]
     if studio.cache.device.type == "cuda":
-        rows.append(("CUDA memory allocated now (Atelier + baseline copies, if any)",
-                     mib(torch.cuda.memory_allocated(studio.cache.device))))
-    print(f"ratio memory: Atelier {mib(resident)} resident with all five modes, separate pipelines {mib(total)}, "
-          f"{total / resident:.2f}x", flush=True)
+        rows.append(
+            (
+                "CUDA memory allocated now (Atelier + baseline copies, if any)",
+                mib(torch.cuda.memory_allocated(studio.cache.device)),
+            )
+        )
+    print(
+        f"ratio memory: Atelier {mib(resident)} resident with all five modes, separate pipelines {mib(total)}, "
+        f"{total / resident:.2f}x",
+        flush=True,
+    )
     report.memory = rows
 
 
@@ -367,10 +424,12 @@ def mode_runs(studio: Studio, size: int, steps: int) -> dict[str, Runner]:
         "txt2img": lambda tick: txt2img(studio, Txt2ImgRequest(width=size, height=size, **same), job(tick)),
         "refine": lambda tick: list(refine(studio, RefineRequest(image=picture, **same), job(tick))),
         "textile": lambda tick: textile(studio, TextileRequest(width=size, height=size, **same), job(tick)),
-        "inpaint": lambda tick: inpaint(studio, InpaintRequest(image=picture, mask_image=mask(size), **same),
-                                        job(tick)),
-        "restyle": lambda tick: restyle(studio, RestyleRequest(image=picture, width=size, height=size, **same),
-                                        job(tick)),
+        "inpaint": lambda tick: inpaint(
+            studio, InpaintRequest(image=picture, mask_image=mask(size), **same), job(tick)
+        ),
+        "restyle": lambda tick: restyle(
+            studio, RestyleRequest(image=picture, width=size, height=size, **same), job(tick)
+        ),
     }
 
 
@@ -391,11 +450,18 @@ def bench_switch(args: argparse.Namespace, studio: Studio, report: Report) -> No
                 first[mode] = after_switch
             repeated[mode].append(timed(device, run).seconds)
     for mode in runs:
-        row = {"mode": mode, "first": first[mode], "switch": statistics.median(switched[mode]),
-               "repeat": statistics.median(repeated[mode])}
-        print(f"ratio switch {mode} {size}px: first use {row['first'] * 1000:.1f} ms, after switching "
-              f"{row['switch'] * 1000:.1f} ms, repeat {row['repeat'] * 1000:.1f} ms, switch/repeat "
-              f"{row['switch'] / row['repeat']:.3f}", flush=True)
+        row = {
+            "mode": mode,
+            "first": first[mode],
+            "switch": statistics.median(switched[mode]),
+            "repeat": statistics.median(repeated[mode]),
+        }
+        print(
+            f"ratio switch {mode} {size}px: first use {row['first'] * 1000:.1f} ms, after switching "
+            f"{row['switch'] * 1000:.1f} ms, repeat {row['repeat'] * 1000:.1f} ms, switch/repeat "
+            f"{row['switch'] / row['repeat']:.3f}",
+            flush=True,
+        )
         report.switch.append(row)
 
 
@@ -404,8 +470,9 @@ def machine(device: torch.device) -> str:
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
+        names = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+        ]
         cpu = names[0] if names else cpu
     text = f"{cpu}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
     if device.type == "cuda":
@@ -415,30 +482,44 @@ def machine(device: torch.device) -> str:
 
 def markdown(args: argparse.Namespace, studio: Studio, report: Report) -> str:
     cache = studio.cache
-    lines = [f"## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {cache.device.type}"
-             f"{' (tiny checkpoint)' if args.tiny else ' (SD1.5 architecture, random weights)'}", "",
-             f"- Machine: {machine(cache.device)}",
-             f"- torch {torch.__version__}, diffusers {diffusers.__version__}, Python {platform.python_version()}",
-             f"- Atelier dtype {str(cache.dtype).removeprefix('torch.')}, baseline {args.baseline}, {args.steps} "
-             f"steps, CFG {CFG:g}, {DEFAULT_SAMPLER}, median of {args.runs}",
-             f"- Command: `python {' '.join(shlex.quote(a) for a in sys.argv)}`", ""]
+    lines = [
+        f"## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {cache.device.type}"
+        f"{' (tiny checkpoint)' if args.tiny else ' (SD1.5 architecture, random weights)'}",
+        "",
+        f"- Machine: {machine(cache.device)}",
+        f"- torch {torch.__version__}, diffusers {diffusers.__version__}, Python {platform.python_version()}",
+        f"- Atelier dtype {str(cache.dtype).removeprefix('torch.')}, baseline {args.baseline}, {args.steps} "
+        f"steps, CFG {CFG:g}, {DEFAULT_SAMPLER}, median of {args.runs}",
+        f"- Command: `python {' '.join(shlex.quote(a) for a in sys.argv)}`",
+        "",
+    ]
     if report.speed:
-        lines += ["| mode | px | batch | Atelier ms/img | diffusers ms/img | speedup | it/s A / d | peak A / d "
-                  "| TFLOP/s A / d | % floor A / d |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "| mode | px | batch | Atelier ms/img | diffusers ms/img | speedup | it/s A / d | peak A / d "
+            "| TFLOP/s A / d | % floor A / d |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in report.speed:
             a, d = r["atelier"], r["diffusers"]
             pct = "-" if a["floor_pct"] is None else f"{a['floor_pct']:.1f} / {d['floor_pct']:.1f}"
-            lines.append(f"| {r['mode']} | {r['size']} | {r['batch']} | {a['ms_image']:.1f} | {d['ms_image']:.1f} "
-                         f"| {r['speedup']:.3f}x | {a['it_s']:.2f} / {d['it_s']:.2f} | {mib(a['peak'])} / "
-                         f"{mib(d['peak'])} | {a['tflop_s']:.2f} / {d['tflop_s']:.2f} | {pct} |")
+            lines.append(
+                f"| {r['mode']} | {r['size']} | {r['batch']} | {a['ms_image']:.1f} | {d['ms_image']:.1f} "
+                f"| {r['speedup']:.3f}x | {a['it_s']:.2f} / {d['it_s']:.2f} | {mib(a['peak'])} / "
+                f"{mib(d['peak'])} | {a['tflop_s']:.2f} / {d['tflop_s']:.2f} | {pct} |"
+            )
         lines.append("")
     if report.memory:
         lines += ["| resident parameters | bytes |", "|---|---|", *(f"| {k} | {v} |" for k, v in report.memory), ""]
     if report.switch:
-        lines += [f"| tab switch ({args.sizes[0]} px) | first use ms | after switch ms | repeat ms | switch/repeat |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {r['mode']} | {r['first'] * 1000:.1f} | {r['switch'] * 1000:.1f} | {r['repeat'] * 1000:.1f} "
-                  f"| {r['switch'] / r['repeat']:.3f} |" for r in report.switch]
+        lines += [
+            f"| tab switch ({args.sizes[0]} px) | first use ms | after switch ms | repeat ms | switch/repeat |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['mode']} | {r['first'] * 1000:.1f} | {r['switch'] * 1000:.1f} | {r['repeat'] * 1000:.1f} "
+            f"| {r['switch'] / r['repeat']:.3f} |"
+            for r in report.switch
+        ]
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -454,13 +535,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true", help="the tiny checkpoint instead of the SD1.5 architecture")
     parser.add_argument("--quick", action="store_true", help="tiny, 64 px, 3 steps, batch 1, 2 runs (CI)")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
-    parser.add_argument("--baseline", choices=["auto", "shared", "separate"], default="auto",
-                        help="plain pipelines around Atelier's modules, or a fresh from_pretrained copy "
-                             "(auto: separate on CUDA, shared on CPU)")
-    parser.add_argument("--peak-tflops", type=float, help="device peak for %% of the FLOP floor (default: 790 on "
-                        "CUDA, the H100's measured bf16 peak; none on CPU)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; quick: 1, which keeps "
-                        "tiny runs fast on a busy CI machine)")
+    parser.add_argument(
+        "--baseline",
+        choices=["auto", "shared", "separate"],
+        default="auto",
+        help="plain pipelines around Atelier's modules, or a fresh from_pretrained copy "
+        "(auto: separate on CUDA, shared on CPU)",
+    )
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        help="device peak for %% of the FLOP floor (default: 790 on CUDA, the H100's measured bf16 peak; none on CPU)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: torch's; quick: 1, which keeps tiny runs fast on a busy CI machine)",
+    )
     parser.add_argument("--out", type=Path, help="append a markdown record to this file (e.g. benchmarks/RESULTS.md)")
     args = parser.parse_args(argv)
     quick = {"sizes": [64], "steps": 3, "batches": [1], "runs": 2, "threads": 1}
@@ -486,9 +577,12 @@ def main(argv: list[str] | None = None) -> None:
     transformers.utils.logging.disable_progress_bar()
     studio = make_studio(args)
     base = studio.cache.base()
-    print(f"torch {torch.__version__}, diffusers {diffusers.__version__}, device {studio.cache.device}, dtype "
-          f"{studio.cache.dtype}, baseline {args.baseline}, UNet "
-          f"{sum(p.numel() for p in base.unet.parameters()) / 1e6:.1f} M parameters", flush=True)
+    print(
+        f"torch {torch.__version__}, diffusers {diffusers.__version__}, device {studio.cache.device}, dtype "
+        f"{studio.cache.dtype}, baseline {args.baseline}, UNet "
+        f"{sum(p.numel() for p in base.unet.parameters()) / 1e6:.1f} M parameters",
+        flush=True,
+    )
     report = Report()
     try:
         if any(mode in args.sections for mode in SPEED_MODES):

@@ -58,14 +58,29 @@ def bench_tiny(size: int, steps: int, repeats: int, device: str) -> None:
     from studio.outputs import Outputs
     from studio.settings import Settings
 
-    settings = Settings.from_env({}, model="tiny", tiny_dir=REPO / ".cache" / "tiny", device=device,
-                                 outputs=Path(tempfile.mkdtemp(prefix="bench-textile-")), preload=False)
+    settings = Settings.from_env(
+        {},
+        model="tiny",
+        tiny_dir=REPO / ".cache" / "tiny",
+        device=device,
+        outputs=Path(tempfile.mkdtemp(prefix="bench-textile-")),
+        preload=False,
+    )
     studio = Studio(cache=ModelCache(settings), outputs=Outputs(settings.outputs))
-    same = {"prompt": "a floral print", "num_inference_steps": steps, "width": size, "height": size, "seed": 1,
-            "scheduler": "DPM++ 2M"}
+    same = {
+        "prompt": "a floral print",
+        "num_inference_steps": steps,
+        "width": size,
+        "height": size,
+        "seed": 1,
+        "scheduler": "DPM++ 2M",
+    }
     print(f"tiny checkpoint, {size} px, {steps} steps, CFG 7, median of {repeats} ({device})")
-    tex, plain = alternate(lambda: textile(studio, TextileRequest(repeat="full", **same)),
-                           lambda: txt2img(studio, Txt2ImgRequest(**same)), repeats)
+    tex, plain = alternate(
+        lambda: textile(studio, TextileRequest(repeat="full", **same)),
+        lambda: txt2img(studio, Txt2ImgRequest(**same)),
+        repeats,
+    )
     report("whole request: textile vs txt2img", tex, plain)
 
     pipe = studio.cache.derive(StableDiffusionPipeline, scheduler="DPM++ 2M")
@@ -75,8 +90,15 @@ def bench_tiny(size: int, steps: int, repeats: int, device: str) -> None:
         def run() -> object:
             scope = tiling.wrapped([pipe.unet, pipe.vae], repeat) if repeat else contextlib.nullcontext()
             with studio.cache.gpu(), scope:
-                return pipe("a floral print", num_inference_steps=steps, width=size, height=size,
-                            latents=latents.to(pipe.device), output_type="latent")
+                return pipe(
+                    "a floral print",
+                    num_inference_steps=steps,
+                    width=size,
+                    height=size,
+                    latents=latents.to(pipe.device),
+                    output_type="latent",
+                )
+
         return run
 
     for repeat in tiling.REPEATS:
@@ -96,6 +118,7 @@ def bench_full(size: int, repeats: int, device: str) -> None:
             scope = tiling.wrapped([unet], repeat) if repeat else contextlib.nullcontext()
             with torch.no_grad(), scope:
                 return unet(sample, 500, encoder_hidden_states=text)
+
         return run
 
     print(f"SD1.5-architecture UNet, {size} px, batch 2 (CFG), median of {repeats} ({device}, {dtype})")

@@ -60,21 +60,31 @@ def studio_on(model_dir: Path, device: str) -> Studio:
 
 def plain_call(pipe: StableDiffusionPipeline, size: int, steps: int, on_step: Callable | None = None) -> Any:
     callback = (lambda p, i, t, kw: (on_step(), kw)[1]) if on_step else None
-    return pipe(PROMPT, num_inference_steps=steps, guidance_scale=7.0, width=size, height=size,
-                generator=torch.Generator("cpu").manual_seed(1), callback_on_step_end=callback)
+    return pipe(
+        PROMPT,
+        num_inference_steps=steps,
+        guidance_scale=7.0,
+        width=size,
+        height=size,
+        generator=torch.Generator("cpu").manual_seed(1),
+        callback_on_step_end=callback,
+    )
 
 
 def bench_tiny(runs: int, steps: int, device: str) -> None:
     tiny = write_all(REPO / ".cache" / "tiny")
     studio = studio_on(tiny / "base", device)
     base = studio.cache.base()
-    plain = StableDiffusionPipeline(**{**base.components, "scheduler": get_sampler("DPM++ 2M Karras").build(
-        base.scheduler.config)})
+    plain = StableDiffusionPipeline(
+        **{**base.components, "scheduler": get_sampler("DPM++ 2M Karras").build(base.scheduler.config)}
+    )
     plain.set_progress_bar_config(disable=True)
     req = Txt2ImgRequest(prompt=PROMPT, num_inference_steps=steps, seed=1, width=64, height=64)
     ours, theirs = alternate(runs, lambda: txt2img(studio, req), lambda: plain_call(plain, 64, steps))
-    print(f"tiny 64px {steps} steps, median of {runs}: studio {ours * 1000:.1f} ms, plain diffusers "
-          f"{theirs * 1000:.1f} ms, ratio {ours / theirs:.3f} (target <= 1.05)")
+    print(
+        f"tiny 64px {steps} steps, median of {runs}: studio {ours * 1000:.1f} ms, plain diffusers "
+        f"{theirs * 1000:.1f} ms, ratio {ours / theirs:.3f} (target <= 1.05)"
+    )
 
 
 def full_size_pipeline(device: str) -> StableDiffusionPipeline:
@@ -84,16 +94,42 @@ def full_size_pipeline(device: str) -> StableDiffusionPipeline:
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(cross_attention_dim=768, sample_size=64)
-    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=2)
-    text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                                num_attention_heads=12, projection_dim=768, hidden_act="quick_gelu"))
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=2,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            projection_dim=768,
+            hidden_act="quick_gelu",
+        )
+    )
     tokenizer = CLIPTokenizer.from_pretrained(write_all(REPO / ".cache" / "tiny") / "base" / "tokenizer")
-    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    scheduler = PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        skip_prk_steps=True,
+        steps_offset=1,
+        set_alpha_to_one=False,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     return pipe.to(device)
 
 
@@ -102,8 +138,9 @@ def bench_full(size: int, steps: int, runs: int, device: str) -> None:
     full_size_pipeline("cpu").save_pretrained(folder)  # the studio loads it through its own from_pretrained path
     studio = studio_on(folder, device)
     base = studio.cache.base()
-    plain = StableDiffusionPipeline(**{**base.components, "scheduler": get_sampler("DPM++ 2M Karras").build(
-        base.scheduler.config)})
+    plain = StableDiffusionPipeline(
+        **{**base.components, "scheduler": get_sampler("DPM++ 2M Karras").build(base.scheduler.config)}
+    )
     plain.set_progress_bar_config(disable=True)
     print(f"SD1.5 architecture: UNet {sum(p.numel() for p in base.unet.parameters()) / 1e6:.1f} M parameters")
 
@@ -121,8 +158,10 @@ def bench_full(size: int, steps: int, runs: int, device: str) -> None:
         ours.append(per_step(lambda tick: txt2img(studio, req, Job(on_step=lambda i, n: tick()))))
         theirs.append(per_step(lambda tick: plain_call(plain, size, steps, tick)))
     o, t = statistics.median(ours), statistics.median(theirs)
-    print(f"SD1.5 {size}px UNet step (CFG, batch 1) on {device}, median of {runs}: studio {o * 1000:.0f} ms, "
-          f"plain diffusers {t * 1000:.0f} ms, ratio {o / t:.3f}")
+    print(
+        f"SD1.5 {size}px UNet step (CFG, batch 1) on {device}, median of {runs}: studio {o * 1000:.0f} ms, "
+        f"plain diffusers {t * 1000:.0f} ms, ratio {o / t:.3f}"
+    )
 
 
 def main() -> None:

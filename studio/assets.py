@@ -24,8 +24,12 @@ log = logging.getLogger(__name__)
 SIZE = 512
 UP = 2  # drawn at UP x SIZE, then box-reduced: anti-aliased edges without floating-point resampling
 FOLDER = Path(__file__).resolve().parent.parent / "assets"
-FILES = {"sketch": "dress_sketch.png", "swatch": "twill_swatch.png", "flatlay": "tshirt_flatlay.png",
-         "mask": "tshirt_sleeve_mask.png"}
+FILES = {
+    "sketch": "dress_sketch.png",
+    "swatch": "twill_swatch.png",
+    "flatlay": "tshirt_flatlay.png",
+    "mask": "tshirt_sleeve_mask.png",
+}
 
 INK, PAPER = (34, 34, 38), (255, 255, 255)
 GROUND, SHADOW = (233, 229, 222), (196, 191, 183)
@@ -45,14 +49,18 @@ def _scaled(points: list[Point]) -> list[Point]:
 
 def _curve(start: Point, control: Point, end: Point, steps: int = 24) -> list[Point]:
     """A quadratic Bezier as integer points on the 512 grid (rational arithmetic only)."""
-    return [((start[0] * (steps - t) ** 2 + 2 * control[0] * (steps - t) * t + end[0] * t * t) // steps ** 2,
-             (start[1] * (steps - t) ** 2 + 2 * control[1] * (steps - t) * t + end[1] * t * t) // steps ** 2)
-            for t in range(steps + 1)]
+    return [
+        (
+            (start[0] * (steps - t) ** 2 + 2 * control[0] * (steps - t) * t + end[0] * t * t) // steps**2,
+            (start[1] * (steps - t) ** 2 + 2 * control[1] * (steps - t) * t + end[1] * t * t) // steps**2,
+        )
+        for t in range(steps + 1)
+    ]
 
 
 def _dashed(draw: ImageDraw.ImageDraw, points: list[Point], fill: tuple[int, ...], width: int, every: int = 2) -> None:
     for k in range(0, len(points) - 1, every):
-        draw.line(_scaled(points[k:k + 2]), fill=fill, width=width)
+        draw.line(_scaled(points[k : k + 2]), fill=fill, width=width)
 
 
 # ---- the dress sketch ---------------------------------------------------------------------------------------------
@@ -61,8 +69,12 @@ def sketch() -> Image.Image:
     canvas = Image.new("RGB", (SIZE * UP, SIZE * UP), PAPER)
     draw = ImageDraw.Draw(canvas)
     w = 3 * UP
-    left = [(226, 34), (206, 34)] + _curve((206, 34), (212, 112), (184, 126)) + \
-        _curve((184, 126), (196, 180), (204, 236)) + _curve((204, 236), (150, 360), (96, 452))
+    left = (
+        [(226, 34), (206, 34)]
+        + _curve((206, 34), (212, 112), (184, 126))
+        + _curve((184, 126), (196, 180), (204, 236))
+        + _curve((204, 236), (150, 360), (96, 452))
+    )
     right = [(SIZE - x, y) for x, y in left]
     hem = _curve((96, 452), (256, 482), (SIZE - 96, 452))
     neck = [(226, 34)] + _curve((226, 34), (232, 110), (256, 142)) + _curve((256, 142), (280, 110), (286, 34))
@@ -100,8 +112,20 @@ def swatch() -> Image.Image:
 
 
 # ---- the flat-lay T-shirt and its sleeve mask -------------------------------------------------------------------
-TEE_OUTLINE = [(214, 98), (164, 114), (84, 190), (118, 236), (166, 212), (168, 442), (344, 442), (346, 212),
-               (394, 236), (428, 190), (348, 114), (298, 98)]
+TEE_OUTLINE = [
+    (214, 98),
+    (164, 114),
+    (84, 190),
+    (118, 236),
+    (166, 212),
+    (168, 442),
+    (344, 442),
+    (346, 212),
+    (394, 236),
+    (428, 190),
+    (348, 114),
+    (298, 98),
+]
 LEFT_SLEEVE = [(164, 114), (84, 190), (118, 236), (166, 212)]  # the sleeve, up to the armhole seam
 
 
@@ -118,14 +142,21 @@ def flatlay() -> Image.Image:
     shape = silhouette(UP)
     shadow = Image.new("L", (big, big), 0)
     shadow.paste(shape, (6 * UP, 8 * UP))
-    canvas = Image.composite(Image.new("RGB", (big, big), SHADOW), Image.new("RGB", (big, big), GROUND),
-                             shadow.filter(ImageFilter.GaussianBlur(9 * UP)))
+    canvas = Image.composite(
+        Image.new("RGB", (big, big), SHADOW),
+        Image.new("RGB", (big, big), GROUND),
+        shadow.filter(ImageFilter.GaussianBlur(9 * UP)),
+    )
     y, x = np.mgrid[0:big, 0:big].astype(np.int64)
     light = 1080 - (180 * y) // big - (90 * x) // big  # per mille
     folds = Image.new("L", (big, big), 0)
     fold_draw = ImageDraw.Draw(folds)
-    for line in ([(200, 250), (236, 430)], [(320, 240), (292, 420)], [(120, 200), (160, 180)], [(256, 300),
-                                                                                                (262, 410)]):
+    for line in (
+        [(200, 250), (236, 430)],
+        [(320, 240), (292, 420)],
+        [(120, 200), (160, 180)],
+        [(256, 300), (262, 410)],
+    ):
         fold_draw.line(_scaled(line), fill=150, width=10 * UP)
     shading = light - np.asarray(folds.filter(ImageFilter.GaussianBlur(6 * UP)), dtype=np.int64) * 2
     cloth = np.clip(np.array(TEE) * shading[..., None] // 1000, 0, 255).astype(np.uint8)

@@ -68,10 +68,16 @@ class _Ticket:
         job, ctx = self.job, self.context
         on_step = (lambda step, total: ctx.run(job.on_step, step, total)) if job.on_step else None
         on_image = (lambda generated: ctx.run(job.on_image, generated)) if job.on_image else None
-        on_preview = (lambda image, step, total: ctx.run(job.on_preview, image, step, total)) \
-            if job.on_preview else None
-        return Job(on_step=on_step, cancel=job.cancel, on_image=on_image, on_preview=on_preview,
-                   preview_every=job.preview_every)
+        on_preview = (
+            (lambda image, step, total: ctx.run(job.on_preview, image, step, total)) if job.on_preview else None
+        )
+        return Job(
+            on_step=on_step,
+            cancel=job.cancel,
+            on_image=on_image,
+            on_preview=on_preview,
+            preview_every=job.preview_every,
+        )
 
 
 @dataclass
@@ -165,8 +171,12 @@ class Txt2ImgBatcher:
             return
         log.info("txt2img: %d requests in one batch", len(tickets))
         try:
-            txt2img_many(self.studio, [t.request for t in tickets], [t.relay() for t in tickets],
-                         on_done=lambda index, outcome: tickets[index].settle(outcome))
+            txt2img_many(
+                self.studio,
+                [t.request for t in tickets],
+                [t.relay() for t in tickets],
+                on_done=lambda index, outcome: tickets[index].settle(outcome),
+            )
         except Exception:
             log.exception("A batch of %d txt2img requests failed; running them one by one", len(tickets))
             for ticket in tickets:

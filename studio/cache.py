@@ -185,8 +185,9 @@ class ModelCache:
         }[slot]
         key = "inpaint" if slot == "inpaint_unet" else slot
         if configured == "tiny":  # the tiny twin of this companion
-            return registry.companion_sources(registry.resolve("tiny", self.settings.tiny_dir),
-                                              self.settings.tiny_dir)[key]
+            return registry.companion_sources(registry.resolve("tiny", self.settings.tiny_dir), self.settings.tiny_dir)[
+                key
+            ]
         if configured:
             return configured
         return registry.companion_sources(self.checkpoint(), self.settings.tiny_dir)[key]
@@ -241,8 +242,11 @@ class ModelCache:
         setting = self.settings.preview_decoder
         if setting == "latent":
             return None
-        source = registry.companion_sources(self.checkpoint(), self.settings.tiny_dir)["taesd"] \
-            if setting == "auto" else setting
+        source = (
+            registry.companion_sources(self.checkpoint(), self.settings.tiny_dir)["taesd"]
+            if setting == "auto"
+            else setting
+        )
         with self._lock:
             if self._slot_sources.get(PREVIEW_SLOT) == source:
                 return self._slots[PREVIEW_SLOT]
@@ -276,11 +280,11 @@ class ModelCache:
             source = self.adapter_source(slot, ref)
             self.loading = f"{slot} ({source})"
             try:
-                state_dict, alphas = StableDiffusionPipeline.lora_state_dict(source,
-                                                                             weight_name=registry.LCM_LORA_FILE)
+                state_dict, alphas = StableDiffusionPipeline.lora_state_dict(source, weight_name=registry.LCM_LORA_FILE)
                 unet = shared_copy(pipe.unet)
-                StableDiffusionPipeline.load_lora_into_unet(state_dict, alphas, unet=unet,
-                                                            adapter_name=ADAPTER_NAMES[slot])
+                StableDiffusionPipeline.load_lora_into_unet(
+                    state_dict, alphas, unet=unet, adapter_name=ADAPTER_NAMES[slot]
+                )
             except Exception as exc:  # the base is untouched whatever failed
                 raise _load_error(f"LoRA {slot}", source, exc) from exc
             finally:
@@ -293,17 +297,23 @@ class ModelCache:
         return registry.companion_sources(self.checkpoint(ref), self.settings.tiny_dir)[slot]
 
     def _adapter_rows(self) -> list[Resident]:
-        return [Resident(slot, "adapter", source, adapter_param_bytes(unet))
-                for (_, slot), (unet, source) in self._drafts.items()]
+        return [
+            Resident(slot, "adapter", source, adapter_param_bytes(unet))
+            for (_, slot), (unet, source) in self._drafts.items()
+        ]
 
     # ---- introspection ------------------------------------------------------------------------------------
     def resident(self) -> list[Resident]:
         with self._lock:
-            rows = [Resident(name, "base", self._checkpoints[name].source, unique_param_bytes(pipe))
-                    for name, pipe in self._bases.items()]
+            rows = [
+                Resident(name, "base", self._checkpoints[name].source, unique_param_bytes(pipe))
+                for name, pipe in self._bases.items()
+            ]
             rows += self._adapter_rows()
-            rows += [Resident(slot, slot, self._slot_sources[slot], unique_param_bytes(module))
-                     for slot, module in self._slots.items()]
+            rows += [
+                Resident(slot, slot, self._slot_sources[slot], unique_param_bytes(module))
+                for slot, module in self._slots.items()
+            ]
             return rows
 
     def resident_bytes(self) -> int:
@@ -315,4 +325,3 @@ class ModelCache:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-

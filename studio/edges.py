@@ -70,8 +70,7 @@ def crop_to_aspect(image: Image.Image, size: tuple[int, int]) -> Image.Image:
 def hed(annotator: Any, image: Image.Image, resolution: int, safe: bool) -> Image.Image:
     """HED soft edges exactly as controlnet_aux computes them (white lines on black, RGB). `safe` quantises the
     edge strengths into a few levels (controlnet_aux's `safe_step`), which drops faint texture lines."""
-    return annotator(image, detect_resolution=resolution, image_resolution=resolution, safe=safe,
-                     output_type="pil")
+    return annotator(image, detect_resolution=resolution, image_resolution=resolution, safe=safe, output_type="pil")
 
 
 def sketch(image: Image.Image, invert: bool) -> Image.Image:
@@ -83,8 +82,9 @@ def sketch(image: Image.Image, invert: bool) -> Image.Image:
     return gray.convert("RGB")
 
 
-def edge_map(annotator: Any, image: Image.Image, preprocessor: str, size: tuple[int, int], resolution: int,
-             invert: bool) -> Image.Image:
+def edge_map(
+    annotator: Any, image: Image.Image, preprocessor: str, size: tuple[int, int], resolution: int, invert: bool
+) -> Image.Image:
     """The ControlNet's condition at exactly the output `size`."""
     if preprocessor == "none":
         return fit(sketch(image, invert), size)

@@ -54,8 +54,9 @@ def ensure_sdpa(module: torch.nn.Module) -> int:
         return 0
     classic = [name for name, proc in processors.items() if type(proc) is AttnProcessor]
     if classic:
-        module.set_attn_processor({name: AttnProcessor2_0() if name in classic else proc
-                                   for name, proc in processors.items()})
+        module.set_attn_processor(
+            {name: AttnProcessor2_0() if name in classic else proc for name, proc in processors.items()}
+        )
         log.info("SDPA attention for %d layers of %s", len(classic), type(module).__name__)
     return len(classic)
 
@@ -70,8 +71,12 @@ def is_compiled(module: torch.nn.Module) -> bool:
     return _COMPILED in module.__dict__
 
 
-def compile_module(module: torch.nn.Module, backend: str | Callable[..., Any] = "inductor", mode: str | None = None,
-                   memory_format: torch.memory_format = torch.contiguous_format) -> bool:
+def compile_module(
+    module: torch.nn.Module,
+    backend: str | Callable[..., Any] = "inductor",
+    mode: str | None = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> bool:
     """`torch.compile` this instance's `forward`, once; returns False when it already was compiled.
 
     In place: the object stays the same, so pipelines that share it through `from_pipe` and code that reads its
@@ -87,13 +92,18 @@ def compile_module(module: torch.nn.Module, backend: str | Callable[..., Any] = 
     module.forward = torch.compile(module.forward, backend=backend, mode=mode)
     handle = module.register_forward_pre_hook(functools.partial(_uniform_inputs, memory_format), with_kwargs=True)
     setattr(module, _COMPILED, handle)
-    log.info("torch.compile(%s.forward, backend=%s, mode=%s)", type(module).__name__,
-             getattr(backend, "__name__", backend), mode)
+    log.info(
+        "torch.compile(%s.forward, backend=%s, mode=%s)",
+        type(module).__name__,
+        getattr(backend, "__name__", backend),
+        mode,
+    )
     return True
 
 
-def _uniform_inputs(memory_format: torch.memory_format, module: torch.nn.Module, args: tuple[Any, ...],
-                    kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def _uniform_inputs(
+    memory_format: torch.memory_format, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """4-D tensors in `memory_format`; an integer `timestep` tensor as float32 (DPM++ gives int64, Euler float32;
     the time embedding casts it to float32 first thing, so the values are the same exactly)."""
 
@@ -132,14 +142,17 @@ def _as_fp32(value: Any) -> Any:
     return value.float() if isinstance(value, torch.Tensor) and value.is_floating_point() else value
 
 
-def _retry_in_fp32(decoder: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
-                   output: torch.Tensor) -> torch.Tensor | None:
+def _retry_in_fp32(
+    decoder: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: torch.Tensor
+) -> torch.Tensor | None:
     """Forward hook: None keeps the output; a tensor replaces it."""
     if _finite(output):
         return None
     if not all(_finite(a) for a in (*args, *kwargs.values())):  # the latents themselves overflowed (UNet)
-        log.warning("The latents reaching the VAE are not finite (an fp16 overflow in the UNet); decoding in fp32 "
-                    "cannot help. Run with --dtype bf16 (or fp32) if this model keeps doing it.")
+        log.warning(
+            "The latents reaching the VAE are not finite (an fp16 overflow in the UNet); decoding in fp32 "
+            "cannot help. Run with --dtype bf16 (or fp32) if this model keeps doing it."
+        )
         return None
     dtype = output.dtype
     log.warning("The %s VAE decode overflowed; decoding again in fp32.", dtype)
@@ -152,8 +165,9 @@ def _retry_in_fp32(decoder: torch.nn.Module, args: tuple[Any, ...], kwargs: dict
 
 
 # ---- applied by the model cache ------------------------------------------------------------------------------------
-def prepare_pipeline(pipe: Any, settings: Settings, device: torch.device,
-                     backend: str | Callable[..., Any] = "inductor") -> None:
+def prepare_pipeline(
+    pipe: Any, settings: Settings, device: torch.device, backend: str | Callable[..., Any] = "inductor"
+) -> None:
     """The fast path for a freshly loaded base pipeline (already on `device`, in its final dtype)."""
     for module in (pipe.unet, pipe.vae):
         ensure_sdpa(module)
@@ -165,8 +179,9 @@ def prepare_pipeline(pipe: Any, settings: Settings, device: torch.device,
         compile_module(pipe.unet, backend=backend, memory_format=_layout(settings, device))
 
 
-def prepare_module(module: torch.nn.Module, settings: Settings, device: torch.device,
-                   backend: str | Callable[..., Any] = "inductor") -> torch.nn.Module:
+def prepare_module(
+    module: torch.nn.Module, settings: Settings, device: torch.device, backend: str | Callable[..., Any] = "inductor"
+) -> torch.nn.Module:
     """The fast path for a companion slot's module (ControlNet, inpainting UNet); returns the same module."""
     ensure_sdpa(module)
     if wants_channels_last(settings.channels_last, device):

@@ -13,8 +13,11 @@ from typing import Any
 
 from studio.registry import Checkpoint
 
-_UNET_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
-               "diffusion_pytorch_model.fp16.safetensors")
+_UNET_FILES = (
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.bin",
+    "diffusion_pytorch_model.fp16.safetensors",
+)
 
 
 def checkpoint_hash(pipe: Any, ckpt: Checkpoint) -> str:

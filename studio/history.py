@@ -63,9 +63,14 @@ class History:
             return history
         for raw in data.get("nodes") or []:
             try:
-                node = Node(id=int(raw["id"]), file=str(raw["file"]), parent=_optional(int, raw.get("parent")),
-                            loop=int(raw.get("loop", 0)), seed=_optional(int, raw.get("seed")),
-                            strength=_optional(float, raw.get("strength")))
+                node = Node(
+                    id=int(raw["id"]),
+                    file=str(raw["file"]),
+                    parent=_optional(int, raw.get("parent")),
+                    loop=int(raw.get("loop", 0)),
+                    seed=_optional(int, raw.get("seed")),
+                    strength=_optional(float, raw.get("strength")),
+                )
             except (KeyError, TypeError, ValueError, AttributeError):
                 continue
             if history.resolve(node.file) is not None and node.id not in history.nodes:
@@ -106,16 +111,29 @@ class History:
         file = self.relative(path)
         return next((n.id for n in self.nodes.values() if n.file == file), None)
 
-    def add(self, path: Path, parent: Path | None = None, *, loop: int = 0, seed: int | None = None,
-            strength: float | None = None) -> int:
+    def add(
+        self,
+        path: Path,
+        parent: Path | None = None,
+        *,
+        loop: int = 0,
+        seed: int | None = None,
+        strength: float | None = None,
+    ) -> int:
         """Add a result file under its parent file (which becomes a new root when not in the tree yet)."""
         parent_id = None
         if parent is not None:
             parent_id = self.find(parent)
             if parent_id is None:
                 parent_id = self.add(parent)
-        node = Node(id=max(self.nodes, default=0) + 1, file=self.relative(path), parent=parent_id, loop=loop,
-                    seed=seed, strength=strength)
+        node = Node(
+            id=max(self.nodes, default=0) + 1,
+            file=self.relative(path),
+            parent=parent_id,
+            loop=loop,
+            seed=seed,
+            strength=strength,
+        )
         self.nodes[node.id] = node
         if parent_id is not None:
             self.nodes[parent_id].children.append(node.id)
@@ -181,9 +199,15 @@ class History:
                 archive.write(path, name)
                 with Image.open(path) as image:
                     parameters = read_parameters(image)
-                entries.append({**asdict(node), "children": [c for c in node.children if c in ids],
-                                "parent": node.parent if node.parent in ids else None, "image": name,
-                                "parameters": parameters})
+                entries.append(
+                    {
+                        **asdict(node),
+                        "children": [c for c in node.children if c in ids],
+                        "parent": node.parent if node.parent in ids else None,
+                        "image": name,
+                        "parameters": parameters,
+                    }
+                )
             tree = {"version": VERSION, "selected": self.node(node_id).id, "nodes": entries}
             archive.writestr("tree.json", json.dumps(tree, indent=2, ensure_ascii=False))
         return dest

@@ -24,8 +24,13 @@ class ImageInputError(ValueError):
     """An input image the studio cannot use; the message says what to do."""
 
 
-def load_image(value: Any, max_pixels: int, what: str = "image", background: tuple[int, int, int] = (255, 255, 255),
-               allowed_root: Path | None = None) -> Image.Image:
+def load_image(
+    value: Any,
+    max_pixels: int,
+    what: str = "image",
+    background: tuple[int, int, int] = (255, 255, 255),
+    allowed_root: Path | None = None,
+) -> Image.Image:
     """Any uploaded value (PIL image, numpy array, or a file path Gradio wrote) → an upright RGB PIL image.
 
     Transparent pixels are composited over `background` (white: sketches and cut-outs on paper). Images over
@@ -89,8 +94,7 @@ def _decode(data: bytes, what: str) -> Image.Image:
     except Image.DecompressionBombError:
         raise ImageInputError(f"The {what} is far too large to open safely; use one under 64 megapixels.") from None
     except UnidentifiedImageError:
-        raise ImageInputError(f"The {what} file is not an image PIL can read; upload a PNG, JPEG or WebP.") \
-            from None
+        raise ImageInputError(f"The {what} file is not an image PIL can read; upload a PNG, JPEG or WebP.") from None
     except (OSError, SyntaxError, ValueError):
         raise ImageInputError(f"The {what} file is damaged or truncated; export it again and re-upload.") from None
     return image

@@ -31,8 +31,9 @@ def editor_value(value: Any) -> EditorValue | None:
     background = value.get("background")
     if background is None:
         background = value.get("composite")
-    return EditorValue(background=background, layers=[layer for layer in value.get("layers") or []
-                                                      if layer is not None])
+    return EditorValue(
+        background=background, layers=[layer for layer in value.get("layers") or [] if layer is not None]
+    )
 
 
 def combine(masks: list[Image.Image]) -> Image.Image:
@@ -65,8 +66,12 @@ def crop_box(mask: Image.Image, padding: int) -> Box:
     if bbox is None:
         raise ValueError("The mask is empty.")
     left, top, right, bottom = bbox
-    return (max(0, left - padding), max(0, top - padding),
-            min(mask.width, right + padding), min(mask.height, bottom + padding))
+    return (
+        max(0, left - padding),
+        max(0, top - padding),
+        min(mask.width, right + padding),
+        min(mask.height, bottom + padding),
+    )
 
 
 def processing_size(width: int, height: int, native: int, max_side: int) -> tuple[int, int]:
@@ -88,8 +93,7 @@ def fill(image: Image.Image, mask: Image.Image) -> Image.Image:
     premultiplied = known.convert("RGBa")
     filled = Image.new("RGBA", image.size, (0, 0, 0, 0))
     for radius, repeats in ((256, 1), (64, 1), (16, 2), (4, 4), (2, 2), (0, 1)):
-        blurred = premultiplied.filter(ImageFilter.GaussianBlur(radius)).convert("RGBA") if radius \
-            else known
+        blurred = premultiplied.filter(ImageFilter.GaussianBlur(radius)).convert("RGBA") if radius else known
         for _ in range(repeats):
             filled.alpha_composite(blurred)
     opaque = Image.new("RGBA", image.size, (127, 127, 127, 255))  # where nothing is known at all
@@ -97,8 +101,9 @@ def fill(image: Image.Image, mask: Image.Image) -> Image.Image:
     return Image.composite(image.convert("RGB"), opaque.convert("RGB"), keep)
 
 
-def paste_back(original: Image.Image, generated: Image.Image, alpha: Image.Image,
-               box: Box | None = None) -> Image.Image:
+def paste_back(
+    original: Image.Image, generated: Image.Image, alpha: Image.Image, box: Box | None = None
+) -> Image.Image:
     """Compose the result: `generated` (covering `box`, scaled to it if needed) over `original` through `alpha`."""
     box = box or (0, 0, *original.size)
     size = (box[2] - box[0], box[3] - box[1])
@@ -107,4 +112,3 @@ def paste_back(original: Image.Image, generated: Image.Image, alpha: Image.Image
     canvas = original.copy()
     canvas.paste(generated.convert("RGB"), box[:2])
     return Image.composite(canvas, original, alpha)
-

@@ -60,7 +60,7 @@ def parse_infotext(text: str) -> Infotext:
     for line in lines:
         if line.startswith("Negative prompt:"):
             in_negative = True
-            line = line[len("Negative prompt:"):].lstrip()
+            line = line[len("Negative prompt:") :].lstrip()
         (negative_lines if in_negative else prompt_lines).append(line)
     return Infotext("\n".join(prompt_lines), "\n".join(negative_lines), params)
 

@@ -103,8 +103,10 @@ def seam_steps(tile: Image.Image | np.ndarray, repeat: str, axes: str = "xy") ->
         inside.append(np.abs(np.diff(array, axis=0)))
     if not seams:
         raise ValueError(f"A {repeat} repeat has no wrap edge along {axes!r}.")
-    return SeamSteps(seam=float(np.concatenate([s.ravel() for s in seams]).mean()),
-                     interior=float(np.concatenate([s.ravel() for s in inside]).mean()))
+    return SeamSteps(
+        seam=float(np.concatenate([s.ravel() for s in seams]).mean()),
+        interior=float(np.concatenate([s.ravel() for s in inside]).mean()),
+    )
 
 
 def line_step(tile: Image.Image | np.ndarray, axis: str, index: int) -> float:

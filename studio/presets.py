@@ -58,6 +58,7 @@ def number(low: float, high: float) -> Check:
         if not _is_number(value):
             return f"must be a number; got {value!r}"
         return None if low <= value <= high else f"must be between {low:g} and {high:g}; got {value:g}"
+
     return check
 
 
@@ -68,12 +69,14 @@ def integer(low: int, high: int, multiple: int = 1) -> Check:
         if not low <= value <= high:
             return f"must be between {low} and {high}; got {value}"
         return None if value % multiple == 0 else f"must be a multiple of {multiple}; got {value}"
+
     return check
 
 
 def choice(options: tuple[Any, ...]) -> Check:
     def check(value: Any) -> str | None:
         return None if value in options else f"must be one of {', '.join(map(repr, options))}; got {value!r}"
+
     return check
 
 
@@ -82,6 +85,7 @@ def text(max_chars: int) -> Check:
         if not isinstance(value, str):
             return f"must be a string; got {value!r}"
         return None if len(value) <= max_chars else f"is {len(value)} characters long; at most {max_chars}"
+
     return check
 
 
@@ -92,6 +96,7 @@ def flag(value: Any) -> str | None:
 def optional(inner: Check) -> Check:
     def check(value: Any) -> str | None:
         return None if value is None else inner(value)
+
     return check
 
 
@@ -116,26 +121,54 @@ def mode_fields(limits: Limits) -> dict[str, dict[str, Check]]:
     strength = number(0.01, 1)
     return {
         "txt2img": {**common, "width": size, "height": size},
-        "refine": {**without(common, "batch_count"), "strength": strength, "loops": integer(1, MAX_LOOPS),
-                   "strength_schedule": choice(SCHEDULES), "final_strength": optional(strength),
-                   "seed_policy": choice(SEED_POLICIES), "color_correction": flag},
-        "textile": {**common, "width": size, "height": size, "repeat": choice(tiling.REPEATS), "strength": strength,
-                    "dpi": integer(36, 2400), "physical_width": number(0, 1000), "physical_height": number(0, 1000),
-                    "unit": choice(patterns.UNITS), "colors": choice((0, *range(2, MAX_COLORS + 1)))},
-        "inpaint": {**common, "strength": strength, "mask_blur": integer(0, MAX_MASK_BLUR),
-                    "invert_mask": flag, "masked_content": choice(tuple(MASKED_CONTENT)),
-                    "inpaint_area": choice(tuple(INPAINT_AREA)), "padding": integer(0, MAX_PADDING)},
-        "restyle": {**common, "width": size, "height": size, "preprocessor": choice(edges.PREPROCESSORS),
-                    "invert": flag, "preprocessor_resolution": optional(integer(64, 2048)),
-                    "controlnet_conditioning_scale": number(0, 2), "control_guidance_start": number(0, 1),
-                    "control_guidance_end": number(0, 1), "guess_mode": flag,
-                    "repeat": optional(choice(tiling.REPEATS))},
+        "refine": {
+            **without(common, "batch_count"),
+            "strength": strength,
+            "loops": integer(1, MAX_LOOPS),
+            "strength_schedule": choice(SCHEDULES),
+            "final_strength": optional(strength),
+            "seed_policy": choice(SEED_POLICIES),
+            "color_correction": flag,
+        },
+        "textile": {
+            **common,
+            "width": size,
+            "height": size,
+            "repeat": choice(tiling.REPEATS),
+            "strength": strength,
+            "dpi": integer(36, 2400),
+            "physical_width": number(0, 1000),
+            "physical_height": number(0, 1000),
+            "unit": choice(patterns.UNITS),
+            "colors": choice((0, *range(2, MAX_COLORS + 1))),
+        },
+        "inpaint": {
+            **common,
+            "strength": strength,
+            "mask_blur": integer(0, MAX_MASK_BLUR),
+            "invert_mask": flag,
+            "masked_content": choice(tuple(MASKED_CONTENT)),
+            "inpaint_area": choice(tuple(INPAINT_AREA)),
+            "padding": integer(0, MAX_PADDING),
+        },
+        "restyle": {
+            **common,
+            "width": size,
+            "height": size,
+            "preprocessor": choice(edges.PREPROCESSORS),
+            "invert": flag,
+            "preprocessor_resolution": optional(integer(64, 2048)),
+            "controlnet_conditioning_scale": number(0, 2),
+            "control_guidance_start": number(0, 1),
+            "control_guidance_end": number(0, 1),
+            "guess_mode": flag,
+            "repeat": optional(choice(tiling.REPEATS)),
+        },
         ANY: {"negative_prompt": common["negative_prompt"]},
     }
 
 
 MODE_FIELDS = mode_fields(Limits())
-
 
 
 def check_values(mode: str, values: Mapping[str, Any], limits: Limits | None = None) -> dict[str, str]:
@@ -206,17 +239,21 @@ def read_preset(path: Path, limits: Limits | None = None) -> Preset:
 
 def load_presets(folder: Path, limits: Limits | None = None) -> dict[str, list[Preset]]:
     """Every `*.json` in `folder`, by mode (sorted by name); "any" presets follow each mode's own. Fails fast."""
-    presets = sorted((read_preset(path, limits) for path in sorted(Path(folder).glob("*.json"))),
-                     key=lambda p: p.name.casefold())
-    by_mode = {mode: [p for p in presets if p.mode == mode] + [p for p in presets if p.mode == ANY]
-               for mode in MODES}
+    presets = sorted(
+        (read_preset(path, limits) for path in sorted(Path(folder).glob("*.json"))), key=lambda p: p.name.casefold()
+    )
+    by_mode = {mode: [p for p in presets if p.mode == mode] + [p for p in presets if p.mode == ANY] for mode in MODES}
     for mode, listed in by_mode.items():
         seen: dict[str, Preset] = {}
         for preset in listed:
             other = seen.setdefault(preset.name.casefold(), preset)
             if other is not preset:
-                raise PresetError(preset.path or Path(folder), "name", f"{preset.name!r} is also the name of "
-                                  f"{other.path.name if other.path else 'another preset'} in the {mode} tab")
+                raise PresetError(
+                    preset.path or Path(folder),
+                    "name",
+                    f"{preset.name!r} is also the name of "
+                    f"{other.path.name if other.path else 'another preset'} in the {mode} tab",
+                )
     log.info("Loaded %d presets from %s", len(presets), folder)
     return by_mode
 

@@ -19,12 +19,14 @@ import torch
 from PIL import Image
 
 # rows: latent channels 0..3; columns: R, G, B
-SD15_LATENT_RGB = torch.tensor([
-    [0.3512, 0.2297, 0.3227],
-    [0.3250, 0.4974, 0.2350],
-    [-0.2829, 0.1762, 0.2721],
-    [-0.2120, -0.2616, -0.7177],
-])
+SD15_LATENT_RGB = torch.tensor(
+    [
+        [0.3512, 0.2297, 0.3227],
+        [0.3250, 0.4974, 0.2350],
+        [-0.2829, 0.1762, 0.2721],
+        [-0.2120, -0.2616, -0.7177],
+    ]
+)
 PREVIEW_SCALE = 4  # preview px per latent px: half the final image's side for SD1.5 (VAE factor 8)
 
 

@@ -119,5 +119,10 @@ def companion_sources(base: Checkpoint, tiny_dir: Path) -> dict[str, str]:
             "lcm_lora": str(tiny_dir / "lcm_lora"),
             "taesd": str(tiny_dir / "taesd"),
         }
-    return {"controlnet": HED_CONTROLNET, "annotator": ANNOTATORS_REPO, "inpaint": SD15_INPAINTING,
-            "lcm_lora": LCM_LORA, "taesd": TAESD}
+    return {
+        "controlnet": HED_CONTROLNET,
+        "annotator": ANNOTATORS_REPO,
+        "inpaint": SD15_INPAINTING,
+        "lcm_lora": LCM_LORA,
+        "taesd": TAESD,
+    }

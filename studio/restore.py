@@ -31,12 +31,22 @@ from studio.settings import Limits
 
 log = logging.getLogger(__name__)
 
-TAB_NAMES = {"txt2img": "txt2img", "refine": "Refine", "textile": "Textile", "inpaint": "Inpaint",
-             "restyle": "Restyle"}
+TAB_NAMES = {"txt2img": "txt2img", "refine": "Refine", "textile": "Textile", "inpaint": "Inpaint", "restyle": "Restyle"}
 INPAINT_KEYS = ("Mask blur", "Masked content", "Inpaint area", "Mask mode", "Masked area padding")
 # Recorded for the record, not form fields: consumed without being reported as ignored.
-INFORMATIONAL = {"Mode", "Model", "Model hash", "Schedule type", "Loop", "Parent", "Strength schedule", "Export",
-                 "Print pixels", "Palette", "Inpaint model"}
+INFORMATIONAL = {
+    "Mode",
+    "Model",
+    "Model hash",
+    "Schedule type",
+    "Loop",
+    "Parent",
+    "Strength schedule",
+    "Export",
+    "Print pixels",
+    "Palette",
+    "Inpaint model",
+}
 # Refine restores one loop (see the module docstring), whatever the form held before.
 MODE_DEFAULTS: dict[str, dict[str, Any]] = {"refine": {"loops": 1, "strength_schedule": "constant"}}
 
@@ -80,8 +90,9 @@ def _size(value: str, _params: Mapping[str, str]) -> dict[str, Any]:
 def _scheduler(value: str, params: Mapping[str, str]) -> dict[str, Any]:
     name = from_infotext(value.strip(), params.get("Schedule type"))
     if name is None:
-        raise Unsupported(f"{value.strip()} with schedule {params.get('Schedule type') or 'Automatic'} is not "
-                          "offered here")
+        raise Unsupported(
+            f"{value.strip()} with schedule {params.get('Schedule type') or 'Automatic'} is not offered here"
+        )
     return {"scheduler": name}
 
 
@@ -92,6 +103,7 @@ def _reverse(table: Mapping[str, str], name: str) -> Reader:
         if value.strip().lower() not in lookup:
             raise Unsupported(f"{value.strip()!r} is not offered here")
         return {name: lookup[value.strip().lower()]}
+
     return read
 
 
@@ -115,8 +127,12 @@ def _controlnet(value: str, _params: Mapping[str, str]) -> dict[str, Any]:
         fields = {"preprocessor": modules[module], "invert": False}
     else:
         raise Unsupported(f"module {module!r} is not offered here (Restyle uses soft edges or your own sketch)")
-    readers = {"weight": ("controlnet_conditioning_scale", float), "guidance start": ("control_guidance_start", float),
-               "guidance end": ("control_guidance_end", float), "guess mode": ("guess_mode", _boolean)}
+    readers = {
+        "weight": ("controlnet_conditioning_scale", float),
+        "guidance start": ("control_guidance_start", float),
+        "guidance end": ("control_guidance_end", float),
+        "guess mode": ("guess_mode", _boolean),
+    }
     fields.update({name: read(unit[key]) for key, (name, read) in readers.items() if key in unit})
     if "pixel perfect" in unit:
         pixel_perfect = _boolean(unit["pixel perfect"])
@@ -124,8 +140,18 @@ def _controlnet(value: str, _params: Mapping[str, str]) -> dict[str, Any]:
     return fields
 
 
-CONTROLNET_USED = {"module", "preprocessor", "model", "weight", "guidance start", "guidance end", "guess mode",
-                   "pixel perfect", "processor res", "resize mode"}
+CONTROLNET_USED = {
+    "module",
+    "preprocessor",
+    "model",
+    "weight",
+    "guidance start",
+    "guidance end",
+    "guess mode",
+    "pixel perfect",
+    "processor res",
+    "resize mode",
+}
 
 
 def controlnet_unused(value: str) -> list[str]:
@@ -175,11 +201,16 @@ def restore_from_text(text: str, limits: Limits | None = None) -> Restored:
     info = parse_infotext(text)
     params = info.params
     if params.get("Mode") == "refine-source":
-        raise RestoreError("This is a Refine source copy: it records no generation settings. Send it to a tab "
-                           "as an input image instead.")
+        raise RestoreError(
+            "This is a Refine source copy: it records no generation settings. Send it to a tab "
+            "as an input image instead."
+        )
     mode = detect_mode(params)
-    values: dict[str, Any] = {**MODE_DEFAULTS.get(mode, {}), "prompt": info.prompt,
-                              "negative_prompt": info.negative_prompt}
+    values: dict[str, Any] = {
+        **MODE_DEFAULTS.get(mode, {}),
+        "prompt": info.prompt,
+        "negative_prompt": info.negative_prompt,
+    }
     reasons: dict[str, str] = {}
     atelier = params.get("Mode", "").split("-")[0] in MODES
     for key, value in params.items():
@@ -199,8 +230,11 @@ def restore_from_text(text: str, limits: Limits | None = None) -> Restored:
         problems = check_values(mode, fields, limits)
         if problems:
             unknown = any("unknown key" in problem for problem in problems.values())
-            reasons[key] = f"not a setting of the {TAB_NAMES[mode]} tab" if unknown else "; ".join(
-                f"{name} {problem}" for name, problem in problems.items())
+            reasons[key] = (
+                f"not a setting of the {TAB_NAMES[mode]} tab"
+                if unknown
+                else "; ".join(f"{name} {problem}" for name, problem in problems.items())
+            )
             continue
         values.update(fields)
         if key.startswith("ControlNet"):
@@ -234,7 +268,9 @@ def restore_from_png(source: str | Path | Image.Image, limits: Limits | None = N
     text = read_parameters(image)
     if not text or not text.strip():
         kind = f"This {image.format} file" if image.format else "This image"
-        raise RestoreError(f"{kind} carries no generation settings (no 'parameters' metadata). Drop a PNG saved "
-                           "by Atelier or AUTOMATIC1111; converting to JPEG/WebP, screenshots and many upload sites "
-                           "strip it.")
+        raise RestoreError(
+            f"{kind} carries no generation settings (no 'parameters' metadata). Drop a PNG saved "
+            "by Atelier or AUTOMATIC1111; converting to JPEG/WebP, screenshots and many upload sites "
+            "strip it."
+        )
     return restore_from_text(text, limits)

@@ -128,8 +128,14 @@ PUBLIC_NEGATIVE = "nsfw, nude, naked, lowres, watermark, signature, text, bad an
 def space_defaults() -> dict[str, object]:
     """On a Hugging Face Space: public address behind the platform's proxy, safety checker on, a default negative
     prompt, and SD 1.5 (Dreamlike Photoreal's licence restricts commercial hosting)."""
-    return {"space": True, "host": "0.0.0.0", "public_demo": True, "model": "sd15", "preload": False,
-            "default_negative_prompt": PUBLIC_NEGATIVE}
+    return {
+        "space": True,
+        "host": "0.0.0.0",
+        "public_demo": True,
+        "model": "sd15",
+        "preload": False,
+        "default_negative_prompt": PUBLIC_NEGATIVE,
+    }
 
 
 def zero_gpu_defaults() -> dict[str, object]:
@@ -170,8 +176,11 @@ def _parse_auth(raw: str) -> tuple[str, str]:
 def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Flags override environment variables; both are optional."""
     parser = argparse.ArgumentParser(prog="app.py", description="Atelier — a diffusion design studio.")
-    parser.add_argument("--model", help="registry name (dreamlike-photoreal-2.0, sd15, tiny), hub id, "
-                        "diffusers folder or single .safetensors/.ckpt file")
+    parser.add_argument(
+        "--model",
+        help="registry name (dreamlike-photoreal-2.0, sd15, tiny), hub id, "
+        "diffusers folder or single .safetensors/.ckpt file",
+    )
     parser.add_argument("--inpaint-model", help="optional 9-channel inpainting checkpoint")
     parser.add_argument("--controlnet-model", help="HED ControlNet (hub id or folder)")
     parser.add_argument("--host", help="address to bind (default 127.0.0.1)")

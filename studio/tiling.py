@@ -57,8 +57,10 @@ def _dropped(x: torch.Tensor, before: int, after: int, dim: int, drop_dim: int) 
     """Pad `x` along `dim` with the strips that wrap in, rolled by half the size of `drop_dim` (+ after, - before)."""
     half, size = x.shape[drop_dim], x.shape[dim]
     if half % 2:
-        raise ValueError(f"A half-drop/brick repeat needs even feature maps; got size {half}. "
-                         "Use a tile size that is a multiple of the repeat's granule.")
+        raise ValueError(
+            f"A half-drop/brick repeat needs even feature maps; got size {half}. "
+            "Use a tile size that is a multiple of the repeat's granule."
+        )
     lead = torch.roll(x.narrow(dim, size - before, before), -(half // 2), drop_dim)
     trail = torch.roll(x.narrow(dim, 0, after), half // 2, drop_dim)
     return torch.cat([lead, x, trail], dim=dim)

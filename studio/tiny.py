@@ -49,8 +49,22 @@ HUB_TWINS = {
     "madebyollin/taesd": "taesd",
 }
 # The UNet layers LCM-LoRA adapts (its training script's target modules), and the file name it ships.
-LCM_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
-                    "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj")
+LCM_LORA_TARGETS = (
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "proj_in",
+    "proj_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "conv1",
+    "conv2",
+    "conv_shortcut",
+    "downsamplers.0.conv",
+    "upsamplers.0.conv",
+    "time_emb_proj",
+)
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
@@ -85,11 +99,21 @@ def write_tokenizer(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
-               "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
+    special = {
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+    }
     (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
-    config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "do_lower_case": True,
-              "errors": "replace", "add_prefix_space": False, **special}
+    config = {
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": 77,
+        "do_lower_case": True,
+        "errors": "replace",
+        "add_prefix_space": False,
+        **special,
+    }
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
 
 
@@ -97,9 +121,18 @@ def _text_encoder():
     from transformers import CLIPTextConfig, CLIPTextModel
 
     config = CLIPTextConfig(
-        vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=1,
-        projection_dim=32, hidden_act="quick_gelu", layer_norm_eps=1e-5,
+        vocab_size=49408,
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=1,
+        projection_dim=32,
+        hidden_act="quick_gelu",
+        layer_norm_eps=1e-5,
     )
     return CLIPTextModel(config)
 
@@ -108,9 +141,16 @@ def _vae():
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=8,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(16, 16, 32, 32), sample_size=NATIVE_SIZE, scaling_factor=0.18215,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        layers_per_block=2,
+        norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(16, 16, 32, 32),
+        sample_size=NATIVE_SIZE,
+        scaling_factor=0.18215,
     )
 
 
@@ -119,15 +159,23 @@ def _scheduler():
 
     # SD1.5's own scheduler config.
     return PNDMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-        skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        skip_prk_steps=True,
+        steps_offset=1,
+        set_alpha_to_one=False,
     )
 
 
 def _randomize_zero_convs(controlnet: torch.nn.Module, generator: torch.Generator) -> None:
     """A fresh ControlNet's output convs are zero ("zero convs") and would change nothing; randomise them."""
-    zero_convs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
-                  controlnet.controlnet_cond_embedding.conv_out]
+    zero_convs = [
+        *controlnet.controlnet_down_blocks,
+        controlnet.controlnet_mid_block,
+        controlnet.controlnet_cond_embedding.conv_out,
+    ]
     with torch.no_grad():
         for conv in zero_convs:
             conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * 0.05)
@@ -150,8 +198,14 @@ def write_base(folder: Path, in_channels: int = 4) -> None:
         torch.manual_seed(SEED + 3)
         unet = UNet2DConditionModel(in_channels=in_channels, out_channels=4, **_UNET)
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=CLIPTokenizer.from_pretrained(tok_dir), unet=unet,
-        scheduler=_scheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=CLIPTokenizer.from_pretrained(tok_dir),
+        unet=unet,
+        scheduler=_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.save_pretrained(folder, safe_serialization=True)
     shutil.rmtree(tok_dir)
@@ -163,10 +217,18 @@ def write_controlnet(folder: Path) -> None:
     from diffusers import ControlNetModel
 
     torch.manual_seed(SEED + 4)
-    unet_keys = ("in_channels", "down_block_types", "block_out_channels", "layers_per_block",
-                 "cross_attention_dim", "attention_head_dim", "norm_num_groups")
+    unet_keys = (
+        "in_channels",
+        "down_block_types",
+        "block_out_channels",
+        "layers_per_block",
+        "cross_attention_dim",
+        "attention_head_dim",
+        "norm_num_groups",
+    )
     controlnet = ControlNetModel(
-        **{k: _UNET[k] for k in unet_keys if k in _UNET}, conditioning_embedding_out_channels=(16, 16, 32, 32),
+        **{k: _UNET[k] for k in unet_keys if k in _UNET},
+        conditioning_embedding_out_channels=(16, 16, 32, 32),
     )
     _randomize_zero_convs(controlnet, torch.Generator().manual_seed(SEED + 5))
     controlnet.save_pretrained(folder, safe_serialization=True)
@@ -216,8 +278,12 @@ def write_taesd(folder: Path) -> None:
     from diffusers import AutoencoderTiny
 
     torch.manual_seed(SEED + 11)
-    AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
-                    num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1)).save_pretrained(folder)
+    AutoencoderTiny(
+        encoder_block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8),
+        num_encoder_blocks=(1, 1, 1, 1),
+        num_decoder_blocks=(1, 1, 1, 1),
+    ).save_pretrained(folder)
 
 
 def write_all(out_dir: Path) -> Path:
@@ -271,8 +337,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     path = write_all(args.out_dir)
-    print(f"Wrote tiny checkpoints to {path}: base/, inpaint/, controlnet/, annotator/ControlNetHED.pth, lcm_lora/, "
-          "taesd/")
+    print(
+        f"Wrote tiny checkpoints to {path}: base/, inpaint/, controlnet/, annotator/ControlNetHED.pth, lcm_lora/, "
+        "taesd/"
+    )
 
 
 if __name__ == "__main__":

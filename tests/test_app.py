@@ -23,8 +23,13 @@ def client(running_app):
 
 
 def test_txt2img_endpoint_returns_png_files_with_metadata_and_seed(client):
-    gallery, seed, infotext = client.predict(prompt="a wrap dress in emerald silk", negative_prompt="blurry",
-                                             num_inference_steps=3, seed=77, api_name="/txt2img")
+    gallery, seed, infotext = client.predict(
+        prompt="a wrap dress in emerald silk",
+        negative_prompt="blurry",
+        num_inference_steps=3,
+        seed=77,
+        api_name="/txt2img",
+    )
     assert seed == 77 and len(gallery) == 1
     with Image.open(gallery[0]["image"]) as image:
         assert image.format == "PNG"
@@ -51,7 +56,11 @@ def test_every_named_endpoint_takes_exactly_its_handlers_named_parameters(tiny_d
         assert len(params) == len(dep.inputs), name
         assert not any(p.kind is p.VAR_POSITIONAL for p in inspect.signature(dep.fn).parameters.values()), name
     assert [p for p in inspect.signature(named["txt2img"].fn).parameters if p not in NON_API][:4] == [
-        "prompt", "negative_prompt", "num_inference_steps", "guidance_scale"]
+        "prompt",
+        "negative_prompt",
+        "num_inference_steps",
+        "guidance_scale",
+    ]
 
 
 def test_missing_model_gives_the_fix_and_the_server_still_answers(tiny_dir, tmp_path):

@@ -52,8 +52,12 @@ def unet_batches(studio: Studio, fail_above: int | None = None) -> Iterator[list
         handle.remove()
 
 
-def together(batcher: Txt2ImgBatcher, requests: list[Txt2ImgRequest], jobs: list[Job] | None = None,
-             call: Callable[[Txt2ImgRequest, Job], Result] | None = None) -> list[Result | BaseException]:
+def together(
+    batcher: Txt2ImgBatcher,
+    requests: list[Txt2ImgRequest],
+    jobs: list[Job] | None = None,
+    call: Callable[[Txt2ImgRequest, Job], Result] | None = None,
+) -> list[Result | BaseException]:
     """Submit every request from its own thread while the GPU is held, so all of them are waiting before any runs."""
     jobs = jobs or [Job() for _ in requests]
     call = call or batcher
@@ -115,8 +119,10 @@ def test_concurrent_requests_share_one_unet_batch_and_each_gets_its_own_images_s
 
 
 def test_each_request_previews_its_own_image(studio):
-    requests = [Txt2ImgRequest(prompt=COAT, num_inference_steps=3, seed=80, batch_size=2),
-                Txt2ImgRequest(prompt=DRESS, num_inference_steps=3, seed=90)]
+    requests = [
+        Txt2ImgRequest(prompt=COAT, num_inference_steps=3, seed=80, batch_size=2),
+        Txt2ImgRequest(prompt=DRESS, num_inference_steps=3, seed=90),
+    ]
 
     def watching() -> tuple[Job, list]:
         seen: list = []
@@ -151,9 +157,11 @@ def test_callbacks_run_in_each_callers_own_context(studio):
 
 
 def test_long_prompts_batch_apart_from_short_ones_and_keep_every_word(studio):
-    requests = [Txt2ImgRequest(prompt=COAT, num_inference_steps=2, seed=1),
-                Txt2ImgRequest(prompt=LONG, num_inference_steps=2, seed=2),
-                Txt2ImgRequest(prompt=LONG.replace("bright red", "deep green"), num_inference_steps=2, seed=2)]
+    requests = [
+        Txt2ImgRequest(prompt=COAT, num_inference_steps=2, seed=1),
+        Txt2ImgRequest(prompt=LONG, num_inference_steps=2, seed=2),
+        Txt2ImgRequest(prompt=LONG.replace("bright red", "deep green"), num_inference_steps=2, seed=2),
+    ]
     with unet_batches(studio) as batches:
         short, red, green = together(Txt2ImgBatcher(studio, window_ms=40), requests)
     assert sorted(batches) == [2, 2, 4, 4], "chunked embeddings need equal lengths: one call per length"
@@ -164,9 +172,13 @@ def test_long_prompts_batch_apart_from_short_ones_and_keep_every_word(studio):
 
 def test_incompatible_requests_are_not_merged(studio):
     base = {"prompt": COAT, "num_inference_steps": 2, "seed": 7}
-    requests = [Txt2ImgRequest(**base), Txt2ImgRequest(**{**base, "height": 128}),
-                Txt2ImgRequest(**{**base, "num_inference_steps": 3}), Txt2ImgRequest(**{**base, "guidance_scale": 3}),
-                Txt2ImgRequest(**{**base, "scheduler": "Euler a"})]
+    requests = [
+        Txt2ImgRequest(**base),
+        Txt2ImgRequest(**{**base, "height": 128}),
+        Txt2ImgRequest(**{**base, "num_inference_steps": 3}),
+        Txt2ImgRequest(**{**base, "guidance_scale": 3}),
+        Txt2ImgRequest(**{**base, "scheduler": "Euler a"}),
+    ]
     with unet_batches(studio) as batches:
         results = together(Txt2ImgBatcher(studio, window_ms=40), requests)
     assert batches == [2] * (2 + 2 + 3 + 2 + 2), "every request ran in a UNet batch of its own"
@@ -175,8 +187,10 @@ def test_incompatible_requests_are_not_merged(studio):
 
 
 def test_batching_off_is_plain_txt2img_bit_for_bit(studio):
-    requests = [Txt2ImgRequest(prompt=COAT, num_inference_steps=2, seed=3, batch_size=2),
-                Txt2ImgRequest(prompt=DRESS, num_inference_steps=2, seed=4)]
+    requests = [
+        Txt2ImgRequest(prompt=COAT, num_inference_steps=2, seed=3, batch_size=2),
+        Txt2ImgRequest(prompt=DRESS, num_inference_steps=2, seed=4),
+    ]
     batcher = Txt2ImgBatcher(studio, window_ms=0)
     assert batcher.concurrency == 1
     outcomes: list[Result] = []
@@ -205,8 +219,9 @@ def test_a_request_with_no_partner_is_plain_txt2img_bit_for_bit(studio):
 
 
 def test_a_cancelled_request_leaves_the_others_images_and_saves_none_of_its_own(studio):
-    requests = [Txt2ImgRequest(prompt=p, num_inference_steps=3, seed=s) for p, s in ((COAT, 40), (DRESS, 41),
-                                                                                      (KNIT, 42))]
+    requests = [
+        Txt2ImgRequest(prompt=p, num_inference_steps=3, seed=s) for p, s in ((COAT, 40), (DRESS, 41), (KNIT, 42))
+    ]
     jobs = [Job(), Job(), Job()]
     jobs[1].on_step = lambda step, total: jobs[1].cancel.set()
     before = set(studio.outputs.root.rglob("*.png"))
@@ -229,8 +244,10 @@ def test_a_batch_stops_when_every_request_is_cancelled(studio):
 
 
 def test_a_failing_request_gives_its_error_to_its_own_caller_only(studio):
-    requests = [Txt2ImgRequest(prompt=p, num_inference_steps=2, seed=s) for p, s in ((COAT, 50), (DRESS, 51),
-                                                                                      (KNIT, 52), (COAT, 53))]
+    requests = [
+        Txt2ImgRequest(prompt=p, num_inference_steps=2, seed=s)
+        for p, s in ((COAT, 50), (DRESS, 51), (KNIT, 52), (COAT, 53))
+    ]
 
     def disk_full(generated: object) -> None:
         raise OSError("disk full")
@@ -291,8 +308,7 @@ def test_the_app_lets_concurrent_txt2img_calls_share_a_batch(running_app):
     args = [("", 2, 7.0, 64, 64, "DPM++ 2M Karras", seed, 1, 1) for seed in (70, 71, 72)]
     with unet_batches(studio) as batches:
         with studio.cache.gpu():  # hold the GPU: the queue must still start all three handlers
-            jobs = [client.submit(p, *a, api_name="/txt2img") for p, a in zip((COAT, DRESS, KNIT), args,
-                                                                                strict=True)]
+            jobs = [client.submit(p, *a, api_name="/txt2img") for p, a in zip((COAT, DRESS, KNIT), args, strict=True)]
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and any(j.status().code != Status.PROCESSING for j in jobs):
                 time.sleep(0.05)

@@ -22,8 +22,16 @@ from tests.conftest import REPO, pixels
 pytestmark = pytest.mark.slow
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ARTIFACTS = REPO / "test-artifacts" / "browser"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
@@ -57,6 +65,7 @@ def page(browser: Browser, running_app) -> Iterator[Page]:
 
 
 # ---- locating Gradio components by what the designer reads --------------------------------------------------------
+
 
 def block(scope: Locator | Page, label: str) -> Locator:
     """The component whose block label (galleries, images, files) reads exactly `label`."""
@@ -118,6 +127,7 @@ def saved(studio, mode: str) -> list[Path]:
 
 
 # ---- the designer's session -----------------------------------------------------------------------------------------
+
 
 def generate_txt2img(page: Page) -> str:
     tab = open_tab(page, "txt2img")
@@ -262,7 +272,8 @@ def test_refine_history_survives_a_page_reload(page, running_app):
     _, studio = running_app
     tab = open_tab(page, "refine")
     block(tab, "Input image (upload, paste or drop; a PNG's parameters are restored)").locator(
-        "input[type=file]").set_input_files(REPO / "assets" / "twill_swatch.png")
+        "input[type=file]"
+    ).set_input_files(REPO / "assets" / "twill_swatch.png")
     tab.get_by_label("Prompt", exact=True).fill("a block print of tulips")
     set_number(tab, "Steps", STEPS)
     set_number(tab, "Loops", 2)

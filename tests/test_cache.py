@@ -55,10 +55,15 @@ def test_models_load_by_real_hub_id_from_an_offline_cache(studio, tiny_dir, tmp_
     """The production loading path (`from_pretrained("org/name")`) runs against a Hugging Face cache holding the
     tiny twins under the real ids, with HF_HUB_OFFLINE=1 (in a subprocess: the hub cache path is read at import)."""
     install_in_hf_cache(tiny_dir, tmp_path / "hub")
-    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", LOAD_BY_HUB_ID, str(tmp_path / "out")], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-c", LOAD_BY_HUB_ID, str(tmp_path / "out")],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     reference = txt2img(studio, Txt2ImgRequest(prompt="a pleated skirt", num_inference_steps=2, seed=3)).paths[0]

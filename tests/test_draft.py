@@ -31,8 +31,9 @@ from studio.tiny import install_in_hf_cache
 from tests.conftest import REPO, free_port, make_settings, pixels
 
 PROMPT = "photo of a cropped denim jacket, studio light"
-PLAIN = Txt2ImgRequest(prompt=PROMPT, negative_prompt="blurry", num_inference_steps=2, guidance_scale=7.0,
-                       scheduler="Euler", seed=21)
+PLAIN = Txt2ImgRequest(
+    prompt=PROMPT, negative_prompt="blurry", num_inference_steps=2, guidance_scale=7.0, scheduler="Euler", seed=21
+)
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +83,11 @@ def test_the_base_unet_never_carries_the_draft_lora_and_non_draft_calls_are_unch
     assert lora_layers(base) == 0 and lora_layers(drafting_unet) > 0
     shared = dict(drafting_unet.named_parameters())
     for name, weight in base.named_parameters():  # every base weight is the draft UNet's own, not a copy
-        key = name if name in shared else name.replace(".weight", ".base_layer.weight").replace(
-            ".bias", ".base_layer.bias")
+        key = (
+            name
+            if name in shared
+            else name.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
+        )
         assert shared[key].data_ptr() == weight.data_ptr(), name
     assert np.array_equal(pixels(txt2img(studio, PLAIN).paths[0]), before)
 
@@ -129,18 +133,32 @@ def test_rendering_a_draft_is_txt2img_with_the_drafts_seed_and_prompt(drafting):
     draft_s = time.perf_counter() - started
     chosen = draft_choices(drafts)[1]
     assert (chosen.seed, chosen.prompt, chosen.negative_prompt) == (41, PROMPT, "blurry")
-    full = Txt2ImgRequest(prompt="ignored: the draft's prompt wins", num_inference_steps=4, guidance_scale=7.0,
-                          scheduler="DPM++ 2M Karras", seed=-1, batch_size=3)
+    full = Txt2ImgRequest(
+        prompt="ignored: the draft's prompt wins",
+        num_inference_steps=4,
+        guidance_scale=7.0,
+        scheduler="DPM++ 2M Karras",
+        seed=-1,
+        batch_size=3,
+    )
     started = time.perf_counter()
     rendered = render_draft(studio, chosen, full)
     full_s = time.perf_counter() - started
-    plain = txt2img(studio, Txt2ImgRequest(prompt=PROMPT, negative_prompt="blurry", num_inference_steps=4,
-                                           guidance_scale=7.0, scheduler="DPM++ 2M Karras", seed=41))
+    plain = txt2img(
+        studio,
+        Txt2ImgRequest(
+            prompt=PROMPT,
+            negative_prompt="blurry",
+            num_inference_steps=4,
+            guidance_scale=7.0,
+            scheduler="DPM++ 2M Karras",
+            seed=41,
+        ),
+    )
     assert rendered.seed == 41 and len(rendered.images) == 1
     assert np.array_equal(pixels(rendered.paths[0]), pixels(plain.paths[0]))
     assert not np.array_equal(pixels(rendered.paths[0]), pixels(drafts.paths[1]))
-    print(f"\ntiny CPU: 2 drafts (4 LCM steps, CFG 1) {draft_s:.2f} s; "
-          f"1 full render (4 steps, CFG 7) {full_s:.2f} s")
+    print(f"\ntiny CPU: 2 drafts (4 LCM steps, CFG 1) {draft_s:.2f} s; 1 full render (4 steps, CFG 7) {full_s:.2f} s")
 
 
 def test_lora_bytes_are_counted_once_and_exactly(fresh_studio, tiny_dir):
@@ -157,11 +175,14 @@ def test_lora_bytes_are_counted_once_and_exactly(fresh_studio, tiny_dir):
     assert cache.resident_bytes() == base_bytes + lora_bytes
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("num_inference_steps", 25, "1 to 8 steps"),
-    ("guidance_scale", 7.0, "between 1 and 2"),
-    ("prompt", "  ", "prompt is empty"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("num_inference_steps", 25, "1 to 8 steps"),
+        ("guidance_scale", 7.0, "between 1 and 2"),
+        ("prompt", "  ", "prompt is empty"),
+    ],
+)
 def test_bad_draft_requests_say_what_to_do(studio, field, value, message):
     req = DraftRequest(**{"prompt": PROMPT, field: value})
     with pytest.raises(RequestError, match=message):
@@ -188,8 +209,14 @@ def test_lcm_lora_loads_by_its_real_hub_id_from_an_offline_cache(drafting, tiny_
     studio, _ = drafting
     install_in_hf_cache(tiny_dir, tmp_path / "hub")
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", LOAD_BY_HUB_ID, str(tmp_path / "out")], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", LOAD_BY_HUB_ID, str(tmp_path / "out")],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["source"] == LCM_LORA == "latent-consistency/lcm-lora-sdv1-5"
@@ -209,12 +236,17 @@ def test_draft_endpoint_and_render_action_in_the_app(tiny_dir, tmp_path):
     named = {dep.api_name: dep for dep in demo.fns.values() if dep.api_name}
     render = next(dep.fn for dep in demo.fns.values() if getattr(dep.fn, "__name__", "") == "render")
     assert list(inspect.signature(named["draft"].fn).parameters)[:4] == [
-        "prompt", "negative_prompt", "num_inference_steps", "guidance_scale"]
+        "prompt",
+        "negative_prompt",
+        "num_inference_steps",
+        "guidance_scale",
+    ]
     app.launch(demo, settings, prevent_thread_lock=True, quiet=True)
     try:
         client = Client(f"http://127.0.0.1:{settings.port}/", verbose=False)
-        gallery, seed, infotext = client.predict(prompt=PROMPT, num_inference_steps=2, seed=9, batch_size=2,
-                                                 api_name="/draft")
+        gallery, seed, infotext = client.predict(
+            prompt=PROMPT, num_inference_steps=2, seed=9, batch_size=2, api_name="/draft"
+        )
         with pytest.raises(Exception, match="multiple of 8"):  # checked by the engine, said in words
             client.predict(prompt=PROMPT, width=100, num_inference_steps=2, api_name="/draft")
     finally:

@@ -38,7 +38,8 @@ def test_fast_path_settings_come_from_the_environment_and_bad_values_are_refused
     defaults = Settings.from_env({})
     assert (defaults.compile, defaults.channels_last) == (False, "auto")
     assert fastpath.wants_channels_last("auto", torch.device("cuda")) and not fastpath.wants_channels_last(
-        "auto", torch.device("cpu"))
+        "auto", torch.device("cpu")
+    )
     with pytest.raises(SettingsError, match="CHANNELS_LAST"):
         Settings.from_env({"STUDIO_CHANNELS_LAST": "maybe"})
     with pytest.raises(SettingsError, match="PREVIEW_EVERY"):
@@ -104,8 +105,9 @@ def test_compiled_channels_last_txt2img_equals_the_default_within_float_rounding
     compiled = pixels(txt2img(fast_studio, REQ).paths[0])
     assert counter.frame_count >= 1 and channels_last(fast_studio.cache.base().unet)  # the fast path really ran
     assert np.abs(default - compiled).max() <= 2  # 8-bit PNG pixels: rounding of last float bits
-    other_seed = pixels(txt2img(studio, Txt2ImgRequest(PROMPT, num_inference_steps=3, seed=6,
-                                                       scheduler="Euler a")).paths[0])
+    other_seed = pixels(
+        txt2img(studio, Txt2ImgRequest(PROMPT, num_inference_steps=3, seed=6, scheduler="Euler a")).paths[0]
+    )
     assert np.abs(default - other_seed).max() > 20  # a tolerance that would hide a different image fails
 
 

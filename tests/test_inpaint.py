@@ -34,8 +34,9 @@ FAST = {"prompt": PROMPT, "num_inference_steps": 2, "strength": 0.9, "seed": 7, 
 
 @pytest.fixture(scope="module")
 def inpaint_studio(tiny_dir, tmp_path_factory) -> Studio:
-    settings = make_settings(tiny_dir, tmp_path_factory.mktemp("inpaint-outputs"),
-                             inpaint_model=str(tiny_dir / "inpaint"))
+    settings = make_settings(
+        tiny_dir, tmp_path_factory.mktemp("inpaint-outputs"), inpaint_model=str(tiny_dir / "inpaint")
+    )
     return Studio(cache=ModelCache(settings), outputs=Outputs(settings.outputs))
 
 
@@ -57,8 +58,9 @@ def box_mask(size: tuple[int, int], box: masks.Box) -> Image.Image:
     return mask
 
 
-def assert_kept_outside_and_changed_inside(result: Image.Image, original: Image.Image, mask: Image.Image,
-                                           blur: int) -> None:
+def assert_kept_outside_and_changed_inside(
+    result: Image.Image, original: Image.Image, mask: Image.Image, blur: int
+) -> None:
     assert result.size == original.size
     alpha = np.asarray(masks.feather(mask, blur))
     outside, inside = alpha == 0, np.asarray(mask) == 255
@@ -87,8 +89,15 @@ def unet_sizes(unet: torch.nn.Module) -> Iterator[list[tuple[int, int]]]:
 @pytest.mark.parametrize("masked_content", ["original", "fill", "latent_noise"])
 def test_pixels_outside_mask_and_feather_band_are_kept_and_inside_change(any_studio, masked_content, inpaint_area):
     image, mask = photo((96, 64)), box_mask((96, 64), (40, 20, 64, 44))
-    req = InpaintRequest(image=image, mask_image=mask, mask_blur=3, masked_content=masked_content,
-                         inpaint_area=inpaint_area, padding=6, **FAST)
+    req = InpaintRequest(
+        image=image,
+        mask_image=mask,
+        mask_blur=3,
+        masked_content=masked_content,
+        inpaint_area=inpaint_area,
+        padding=6,
+        **FAST,
+    )
     result = inpaint(any_studio, req)
     assert_kept_outside_and_changed_inside(Image.open(result.paths[0]), image, mask, blur=3)
 
@@ -113,28 +122,60 @@ def test_only_masked_processes_the_region_at_native_size_and_returns_full_size(s
 @pytest.mark.parametrize("scheduler", ["DDIM", "DPM++ 2M Karras"])
 def test_blur_0_whole_picture_equals_plain_inpaint_pipeline_then_paste_back(studio, tiny_dir, scheduler):
     image, mask = photo((64, 64), 2), box_mask((64, 64), (16, 24, 48, 56))
-    req = InpaintRequest(image=image, mask_image=mask, prompt=PROMPT, negative_prompt="blurry", strength=0.8,
-                         num_inference_steps=4, guidance_scale=6.0, scheduler=scheduler, seed=321, mask_blur=0)
+    req = InpaintRequest(
+        image=image,
+        mask_image=mask,
+        prompt=PROMPT,
+        negative_prompt="blurry",
+        strength=0.8,
+        num_inference_steps=4,
+        guidance_scale=6.0,
+        scheduler=scheduler,
+        seed=321,
+        mask_blur=0,
+    )
     ours = Image.open(inpaint(studio, req).paths[0])
     plain = StableDiffusionInpaintPipeline.from_pretrained(tiny_dir / "base", safety_checker=None)
     plain.set_progress_bar_config(disable=True)
     plain.scheduler = get_sampler(scheduler).build(plain.scheduler.config)
-    expected = plain(PROMPT, negative_prompt="blurry", image=image, mask_image=mask, strength=0.8,
-                     num_inference_steps=4, guidance_scale=6.0,
-                     generator=torch.Generator("cpu").manual_seed(321)).images[0]
+    expected = plain(
+        PROMPT,
+        negative_prompt="blurry",
+        image=image,
+        mask_image=mask,
+        strength=0.8,
+        num_inference_steps=4,
+        guidance_scale=6.0,
+        generator=torch.Generator("cpu").manual_seed(321),
+    ).images[0]
     assert np.array_equal(pixels(ours), pixels(Image.composite(expected, image, mask)))
 
 
 def test_all_white_mask_works_like_img2img_over_the_whole_image(studio, tiny_dir):
     image, white = photo((64, 64), 3), Image.new("L", (64, 64), 255)
-    req = InpaintRequest(image=image, mask_image=white, prompt=PROMPT, strength=0.6, num_inference_steps=4,
-                         guidance_scale=7.0, scheduler="DDIM", seed=11, mask_blur=4)
+    req = InpaintRequest(
+        image=image,
+        mask_image=white,
+        prompt=PROMPT,
+        strength=0.6,
+        num_inference_steps=4,
+        guidance_scale=7.0,
+        scheduler="DDIM",
+        seed=11,
+        mask_blur=4,
+    )
     ours = Image.open(inpaint(studio, req).paths[0])
     img2img = StableDiffusionImg2ImgPipeline.from_pretrained(tiny_dir / "base", safety_checker=None)
     img2img.set_progress_bar_config(disable=True)
     img2img.scheduler = get_sampler("DDIM").build(img2img.scheduler.config)
-    expected = img2img(PROMPT, image=image, strength=0.6, num_inference_steps=4, guidance_scale=7.0,
-                       generator=torch.Generator("cpu").manual_seed(11)).images[0]
+    expected = img2img(
+        PROMPT,
+        image=image,
+        strength=0.6,
+        num_inference_steps=4,
+        guidance_scale=7.0,
+        generator=torch.Generator("cpu").manual_seed(11),
+    ).images[0]
     # Same latents, same steps; the two pipelines differ only in float rounding (~5e-6 of the range), which can
     # flip a pixel that sits exactly on a rounding boundary by one level.
     diff = np.abs(pixels(ours) - pixels(expected))
@@ -180,8 +221,9 @@ def test_mask_of_another_size_is_resized_nearest_and_used(studio):
     image = photo((96, 64), 4)
     small = box_mask((24, 16), (12, 4, 18, 10))  # a quarter-size mask
     result = inpaint(studio, InpaintRequest(image=image, mask_image=small, mask_blur=2, **FAST))
-    assert_kept_outside_and_changed_inside(Image.open(result.paths[0]), image,
-                                           small.resize((96, 64), Image.Resampling.NEAREST), blur=2)
+    assert_kept_outside_and_changed_inside(
+        Image.open(result.paths[0]), image, small.resize((96, 64), Image.Resampling.NEAREST), blur=2
+    )
 
 
 def _exif_rotated(upright: Image.Image) -> Image.Image:
@@ -197,13 +239,17 @@ def _as_16bit(image: Image.Image) -> Image.Image:
     return Image.fromarray((np.asarray(image.convert("L")).astype(np.uint16) * 257), mode="I;16")
 
 
-@pytest.mark.parametrize("convert", [
-    lambda im: im.convert("RGBA"),
-    lambda im: im.convert("P", palette=Image.Palette.ADAPTIVE),
-    _as_16bit,
-    lambda im: im.convert("CMYK"),
-    _exif_rotated,
-], ids=["rgba", "palette", "16bit", "cmyk", "exif-rotated"])
+@pytest.mark.parametrize(
+    "convert",
+    [
+        lambda im: im.convert("RGBA"),
+        lambda im: im.convert("P", palette=Image.Palette.ADAPTIVE),
+        _as_16bit,
+        lambda im: im.convert("CMYK"),
+        _exif_rotated,
+    ],
+    ids=["rgba", "palette", "16bit", "cmyk", "exif-rotated"],
+)
 def test_non_rgb_and_exif_rotated_inputs_are_normalised_so_mask_and_image_align(studio, convert):
     upright = photo((64, 96), 5)  # portrait, so a rotation left in place would not fit the mask
     value = convert(upright)
@@ -216,8 +262,9 @@ def test_non_rgb_and_exif_rotated_inputs_are_normalised_so_mask_and_image_align(
 
 def test_metadata_records_mask_blur_masked_content_area_padding_and_strength(studio):
     image, mask = photo((96, 64)), box_mask((96, 64), (40, 20, 64, 44))
-    req = InpaintRequest(image=image, mask_image=mask, mask_blur=5, masked_content="fill",
-                         inpaint_area="only_masked", padding=12, **FAST)
+    req = InpaintRequest(
+        image=image, mask_image=mask, mask_blur=5, masked_content="fill", inpaint_area="only_masked", padding=12, **FAST
+    )
     result = inpaint(studio, req)
     params = parse_infotext(read_parameters(Image.open(result.paths[0])) or "").params
     assert params["Mask blur"] == "5" and params["Masked content"] == "fill"
@@ -234,14 +281,17 @@ def test_inpainting_checkpoint_has_its_own_unet_and_shares_vae_and_text_encoder(
     assert {row.kind for row in cache.resident()} == {"base", "inpaint_unet"}
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"masked_content": "blur"}, "masked content"),
-    ({"inpaint_area": "sleeve"}, "inpaint area"),
-    ({"strength": 0.0}, "strength"),
-    ({"strength": 0.1, "num_inference_steps": 5}, "nothing to denoise"),
-    ({"mask_image": Image.new("L", (64, 64), 0)}, "mask is empty"),
-    ({"mask_image": None}, "No mask given"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"masked_content": "blur"}, "masked content"),
+        ({"inpaint_area": "sleeve"}, "inpaint area"),
+        ({"strength": 0.0}, "strength"),
+        ({"strength": 0.1, "num_inference_steps": 5}, "nothing to denoise"),
+        ({"mask_image": Image.new("L", (64, 64), 0)}, "mask is empty"),
+        ({"mask_image": None}, "No mask given"),
+    ],
+)
 def test_bad_requests_are_refused_in_words(studio, change, message):
     fields = {"image": photo((64, 64)), "mask_image": box_mask((64, 64), (8, 8, 24, 24)), **FAST, **change}
     with pytest.raises(RequestError, match=message):
@@ -267,16 +317,30 @@ def _files(tmp_path, **images: Image.Image) -> dict[str, Any]:
     return paths
 
 
-API = {"prompt": PROMPT, "negative_prompt": "", "invert_mask": False, "mask_blur": 3, "masked_content": "original",
-       "padding": 6, "strength": 0.9, "num_inference_steps": 2, "guidance_scale": 7.0, "scheduler": "DDIM",
-       "seed": 7, "batch_size": 1, "batch_count": 1, "api_name": "/inpaint"}
+API = {
+    "prompt": PROMPT,
+    "negative_prompt": "",
+    "invert_mask": False,
+    "mask_blur": 3,
+    "masked_content": "original",
+    "padding": 6,
+    "strength": 0.9,
+    "num_inference_steps": 2,
+    "guidance_scale": 7.0,
+    "scheduler": "DDIM",
+    "seed": 7,
+    "batch_size": 1,
+    "batch_count": 1,
+    "api_name": "/inpaint",
+}
 
 
 def test_api_inpaints_from_image_and_mask_files_without_the_editor(client, tmp_path):
     image, mask = photo((96, 64), 6), box_mask((96, 64), (40, 20, 64, 44))
     files = _files(tmp_path, image=image, mask_image=mask)
-    gallery, seed, infotext = client.predict(editor=None, image=files["image"], mask_image=files["mask_image"],
-                                             inpaint_area="only_masked", **API)
+    gallery, seed, infotext = client.predict(
+        editor=None, image=files["image"], mask_image=files["mask_image"], inpaint_area="only_masked", **API
+    )
     assert seed == 7 and "Inpaint area: Only masked" in infotext
     assert_kept_outside_and_changed_inside(Image.open(gallery[0]["image"]), image, mask, blur=3)
 

@@ -34,7 +34,7 @@ def test_feather_band_is_soft_near_the_edge_and_exactly_zero_far_from_it(blur):
     assert 0 < alpha[96, 64] < 255 and 0 < alpha[96, 63] < 255  # the band straddles the edge
     far = 4 * blur + 2
     outside = np.ones_like(alpha, dtype=bool)
-    outside[64 - far:128 + far, 64 - far:128 + far] = False
+    outside[64 - far : 128 + far, 64 - far : 128 + far] = False
     assert alpha[outside].max() == 0
 
 
@@ -81,7 +81,7 @@ def test_paste_back_scales_a_generated_crop_into_its_box_only():
     alpha = box_mask((96, 64), box)
     result = masks.paste_back(original, generated, alpha, box)
     assert result.size == original.size
-    inside = np.asarray(result)[box[1]:box[3], box[0]:box[2]]
+    inside = np.asarray(result)[box[1] : box[3], box[0] : box[2]]
     assert np.abs(inside.astype(int) - (250, 10, 10)).max() <= 1
     a = np.asarray(alpha)
     assert np.array_equal(np.asarray(result)[a == 0], np.asarray(original)[a == 0])

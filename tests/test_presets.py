@@ -20,10 +20,20 @@ from studio.settings import Limits
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "presets"
-REQUESTS = {"txt2img": Txt2ImgRequest, "refine": refine.RefineRequest, "textile": textile.TextileRequest,
-            "inpaint": inpaint.InpaintRequest, "restyle": restyle.RestyleRequest}
-REQUIRED = {"txt2img": {"prompt": "a coat"}, "refine": {"image": None}, "textile": {"prompt": "a print"},
-            "inpaint": {"image": None}, "restyle": {"image": None, "prompt": "a dress"}}
+REQUESTS = {
+    "txt2img": Txt2ImgRequest,
+    "refine": refine.RefineRequest,
+    "textile": textile.TextileRequest,
+    "inpaint": inpaint.InpaintRequest,
+    "restyle": restyle.RestyleRequest,
+}
+REQUIRED = {
+    "txt2img": {"prompt": "a coat"},
+    "refine": {"image": None},
+    "textile": {"prompt": "a print"},
+    "inpaint": {"image": None},
+    "restyle": {"image": None, "prompt": "a dress"},
+}
 
 
 def engine_check(mode: str, values: dict[str, Any]) -> None:
@@ -71,8 +81,7 @@ def test_every_allowed_key_is_a_field_of_the_modes_request() -> None:
 def test_the_required_presets_are_shipped() -> None:
     by_mode = load_presets(SHIPPED)
     dreamlike = presets.find(by_mode, "refine", "Dreamlike refinement")
-    assert dreamlike.values == {"strength": 0.75, "guidance_scale": 7.5,
-                                "negative_prompt": refine.DEFAULT_NEGATIVE}
+    assert dreamlike.values == {"strength": 0.75, "guidance_scale": 7.5, "negative_prompt": refine.DEFAULT_NEGATIVE}
     assert any("editorial" in p.name.lower() for p in by_mode["txt2img"] if p.mode == "txt2img")
     assert any("sketch" in p.name.lower() for p in by_mode["restyle"] if p.mode == "restyle")
     prints = " ".join(p.name.lower() for p in by_mode["textile"] if p.mode == "textile")
@@ -104,8 +113,10 @@ BROKEN = [
     ({**GOOD, "mode": "txt2img", "values": {"width": 500}}, "values.width"),
     ({**GOOD, "mode": "textile", "values": {"repeat": "diagonal"}}, "values.repeat"),
     ({**GOOD, "mode": "inpaint", "values": {"masked_content": "nothing"}}, "values.masked_content"),
-    ({**GOOD, "mode": "restyle", "values": {"control_guidance_start": 0.8, "control_guidance_end": 0.2}},
-     "values.control_guidance_end"),
+    (
+        {**GOOD, "mode": "restyle", "values": {"control_guidance_start": 0.8, "control_guidance_end": 0.2}},
+        "values.control_guidance_end",
+    ),
     ({**GOOD, "mode": "any", "values": {"prompt": "a coat"}}, "values.prompt"),
     ({**GOOD, "name": ""}, "name"),
 ]
@@ -145,8 +156,7 @@ def test_negative_prompt_sets_are_offered_in_every_tab(tmp_path: Path) -> None:
     write(tmp_path, "neg.json", {"name": "Neg", "mode": "any", "values": {"negative_prompt": "text"}})
     write(tmp_path, "own.json", {"name": "Own", "mode": "textile", "values": {"repeat": "brick"}})
     by_mode = load_presets(tmp_path)
-    assert all([p.name for p in by_mode[mode]] == (["Own", "Neg"] if mode == "textile" else ["Neg"])
-               for mode in MODES)
+    assert all([p.name for p in by_mode[mode]] == (["Own", "Neg"] if mode == "textile" else ["Neg"]) for mode in MODES)
 
 
 def test_limits_tighten_the_allowed_ranges(tmp_path: Path) -> None:

@@ -55,8 +55,9 @@ def latent_studio(tiny_dir, tmp_path_factory) -> Studio:
 
 def test_previews_arrive_every_n_steps_with_the_expected_count_and_size(latent_studio):
     job, seen = collect(every=2)
-    txt2img(latent_studio, Txt2ImgRequest(PROMPT, num_inference_steps=5, width=64, height=128, seed=3, batch_size=2),
-            job)
+    txt2img(
+        latent_studio, Txt2ImgRequest(PROMPT, num_inference_steps=5, width=64, height=128, seed=3, batch_size=2), job
+    )
     assert [(step, total) for _, step, total in seen] == [(2, 5), (4, 5)]
     factor = latent_studio.cache.base().vae_scale_factor
     assert all(image.size == (64 // factor * PREVIEW_SCALE, 128 // factor * PREVIEW_SCALE) for image, _, _ in seen)
@@ -68,13 +69,25 @@ def test_previews_arrive_every_n_steps_with_the_expected_count_and_size(latent_s
 def test_previews_do_not_change_the_final_image_bit_for_bit(studio):
     pipe = studio.cache.derive(StableDiffusionPipeline, scheduler="Euler a")
     outputs = []
-    jobs = [(None, preview_image), (Job(), preview_image), (collect(every=1)[0], preview_image),
-            (collect(every=1)[0], previewer(studio))]  # latent factors, then TAESD, on every step
+    jobs = [
+        (None, preview_image),
+        (Job(), preview_image),
+        (collect(every=1)[0], preview_image),
+        (collect(every=1)[0], previewer(studio)),
+    ]  # latent factors, then TAESD, on every step
     for job, preview in jobs:
         with studio.cache.gpu():
-            outputs.append(pipe(**prompt_kwargs(pipe, PROMPT, ""), num_inference_steps=4, width=64, height=64,
-                                generator=generators([11]), callback_on_step_end=step_callback(job, 4, preview),
-                                output_type="np").images)
+            outputs.append(
+                pipe(
+                    **prompt_kwargs(pipe, PROMPT, ""),
+                    num_inference_steps=4,
+                    width=64,
+                    height=64,
+                    generator=generators([11]),
+                    callback_on_step_end=step_callback(job, 4, preview),
+                    output_type="np",
+                ).images
+            )
     assert all(np.array_equal(outputs[0], out) for out in outputs[1:])
 
 
@@ -82,15 +95,29 @@ def build_tab(studio, every: int):
     ctx = UIContext(native_size=64, limits=studio.limits, count_tokens=lambda text: "", preview_every=every)
     with gr.Blocks() as demo:
         parts = txt2img_tab.create(ctx, lambda req, job: txt2img(studio, req, job))
-    live = next(dep.fn for dep in demo.fns.values()
-                if inspect.isgeneratorfunction(dep.fn) and getattr(dep.fn, "__wrapped__", None) is parts["handler"])
+    live = next(
+        dep.fn
+        for dep in demo.fns.values()
+        if inspect.isgeneratorfunction(dep.fn) and getattr(dep.fn, "__wrapped__", None) is parts["handler"]
+    )
     api = next(dep for dep in demo.fns.values() if dep.api_name == "txt2img")
     return parts, live, api
 
 
 def form(**values: object) -> dict[str, object]:
-    return {"prompt": PROMPT, "negative_prompt": "", "num_inference_steps": 5, "guidance_scale": 7.0, "width": 64,
-            "height": 64, "scheduler": "Euler a", "seed": 21, "batch_size": 1, "batch_count": 1, **values}
+    return {
+        "prompt": PROMPT,
+        "negative_prompt": "",
+        "num_inference_steps": 5,
+        "guidance_scale": 7.0,
+        "width": 64,
+        "height": 64,
+        "scheduler": "Euler a",
+        "seed": 21,
+        "batch_size": 1,
+        "batch_count": 1,
+        **values,
+    }
 
 
 def test_the_browser_handler_streams_previews_then_the_api_handlers_final_outputs(studio):

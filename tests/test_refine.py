@@ -54,15 +54,20 @@ def plain_components(tiny_dir):
 
 @pytest.mark.parametrize(("scheduler", "strength"), [("DPM++ 2M Karras", 0.75), ("Euler a", 0.5)])
 def test_one_loop_equals_plain_img2img_pixel_for_pixel(studio, plain_components, scheduler, strength):
-    [item] = run(studio, strength=strength, num_inference_steps=4, guidance_scale=7.5, scheduler=scheduler,
-                 seed=1234)
+    [item] = run(studio, strength=strength, num_inference_steps=4, guidance_scale=7.5, scheduler=scheduler, seed=1234)
     config = plain_components["scheduler"].config  # the checkpoint's own (PNDM) config, as the studio uses
     # Constructed like `from_pretrained(..., scheduler=...)` would: the pipeline's __init__ sees the scheduler.
     plain = StableDiffusionImg2ImgPipeline(**{**plain_components, "scheduler": get_sampler(scheduler).build(config)})
     plain.set_progress_bar_config(disable=True)
-    expected = plain(PROMPT, image=colourful(), strength=strength, num_inference_steps=4, guidance_scale=7.5,
-                     negative_prompt=RefineRequest(image=None).negative_prompt,
-                     generator=torch.Generator("cpu").manual_seed(1234)).images[0]
+    expected = plain(
+        PROMPT,
+        image=colourful(),
+        strength=strength,
+        num_inference_steps=4,
+        guidance_scale=7.5,
+        negative_prompt=RefineRequest(image=None).negative_prompt,
+        generator=torch.Generator("cpu").manual_seed(1234),
+    ).images[0]
     assert np.array_equal(pixels(item.generated.path), pixels(expected))
     assert np.array_equal(pixels(item.parent), pixels(colourful()))  # the source copy in outputs is lossless
 
@@ -70,9 +75,13 @@ def test_one_loop_equals_plain_img2img_pixel_for_pixel(studio, plain_components,
 @pytest.mark.parametrize(("steps", "strength"), [(4, 0.5), (5, 0.3), (2, 1.0)])
 def test_strength_s_with_n_steps_runs_int_n_times_s_denoising_steps(studio, steps, strength):
     reports: list[tuple[int, int]] = []
-    items = list(refine(studio, RefineRequest(image=colourful(), prompt=PROMPT, strength=strength,
-                                              num_inference_steps=steps, seed=3),
-                        Job(on_step=lambda step, total: reports.append((step, total)))))
+    items = list(
+        refine(
+            studio,
+            RefineRequest(image=colourful(), prompt=PROMPT, strength=strength, num_inference_steps=steps, seed=3),
+            Job(on_step=lambda step, total: reports.append((step, total))),
+        )
+    )
     expected = int(steps * strength)
     assert [step for step, _ in reports] == list(range(1, expected + 1))
     assert {total for _, total in reports} == {expected}
@@ -82,8 +91,16 @@ def test_strength_s_with_n_steps_runs_int_n_times_s_denoising_steps(studio, step
 # ---- loops --------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("policy", ["fixed", "increment", "random"])
 def test_n_loops_make_n_chained_nodes_with_schedule_strengths_and_policy_seeds(studio, policy):
-    items = run(studio, loops=3, strength=0.9, strength_schedule="linear", final_strength=0.5, seed_policy=policy,
-                num_inference_steps=2, seed=1000)
+    items = run(
+        studio,
+        loops=3,
+        strength=0.9,
+        strength_schedule="linear",
+        final_strength=0.5,
+        seed_policy=policy,
+        num_inference_steps=2,
+        seed=1000,
+    )
     assert [i.loop for i in items] == [1, 2, 3]
     assert [i.parent for i in items[1:]] == [i.generated.path for i in items[:-1]]
     recorded = [params_of(i.generated.path) for i in items]
@@ -110,8 +127,10 @@ def test_colour_correction_reduces_drift_over_8_loops(studio):
         final = run(studio, loops=8, strength=0.5, num_inference_steps=2, seed=21, color_correction=corrected)[-1]
         image = Image.open(final.generated.path)
         drift[corrected] = (palette_delta_e(image, source), mean_delta_e(image, source))
-    print(f"\nΔE2000 of the mean colour after 8 loops: {drift[False][0]:.2f} without correction, "
-          f"{drift[True][0]:.2f} with; pixelwise mean ΔE2000: {drift[False][1]:.2f} vs {drift[True][1]:.2f}")
+    print(
+        f"\nΔE2000 of the mean colour after 8 loops: {drift[False][0]:.2f} without correction, "
+        f"{drift[True][0]:.2f} with; pixelwise mean ΔE2000: {drift[False][1]:.2f} vs {drift[True][1]:.2f}"
+    )
     assert drift[True][0] < drift[False][0]
 
 
@@ -132,8 +151,15 @@ def test_branching_from_a_middle_node_grows_a_sibling_subtree_and_the_zip_holds_
 
 
 def test_rerunning_a_node_with_its_recorded_recipe_and_parent_reproduces_it_exactly(studio):
-    trunk = run(studio, loops=3, strength=0.6, num_inference_steps=3, seed_policy="random", color_correction=True,
-                scheduler="Euler a")
+    trunk = run(
+        studio,
+        loops=3,
+        strength=0.6,
+        num_inference_steps=3,
+        seed_policy="random",
+        color_correction=True,
+        scheduler="Euler a",
+    )
     node = trunk[2]
     recipe = restore_from_png(node.generated.path, studio.limits).values  # what "Restore recipe" puts in the form
     assert recipe["seed"] == node.seed and recipe["strength"] == 0.6 and recipe["color_correction"] is True
@@ -143,20 +169,37 @@ def test_rerunning_a_node_with_its_recorded_recipe_and_parent_reproduces_it_exac
 
 
 def test_an_a1111_or_atelier_png_restores_its_parameters(studio, tmp_path):
-    a1111 = ("tweed jacket, photo\nNegative prompt: blurry, lowres\nSteps: 30, Sampler: DPM++ 2M, Schedule type: "
-             "Karras, CFG scale: 7, Seed: 123, Size: 512x768, Model hash: abc, Denoising strength: 0.35")
+    a1111 = (
+        "tweed jacket, photo\nNegative prompt: blurry, lowres\nSteps: 30, Sampler: DPM++ 2M, Schedule type: "
+        "Karras, CFG scale: 7, Seed: 123, Size: 512x768, Model hash: abc, Denoising strength: 0.35"
+    )
     Image.new("RGB", (64, 64)).save(tmp_path / "a1111.png", pnginfo=pnginfo(a1111))
-    restored = dict(zip(refine_tab.RESTORED, refine_tab.restore_fields(tmp_path / "a1111.png", studio.limits),
-                        strict=True))
-    assert restored == {"prompt": "tweed jacket, photo", "negative_prompt": "blurry, lowres",
-                        "num_inference_steps": 30, "scheduler": "DPM++ 2M Karras", "guidance_scale": 7.0, "seed": 123,
-                        "strength": 0.35, "loops": 1, "strength_schedule": "constant",
-                        "color_correction": gr.skip(), "seed_policy": gr.skip()}  # unstated: the form keeps its own
+    restored = dict(
+        zip(refine_tab.RESTORED, refine_tab.restore_fields(tmp_path / "a1111.png", studio.limits), strict=True)
+    )
+    assert restored == {
+        "prompt": "tweed jacket, photo",
+        "negative_prompt": "blurry, lowres",
+        "num_inference_steps": 30,
+        "scheduler": "DPM++ 2M Karras",
+        "guidance_scale": 7.0,
+        "seed": 123,
+        "strength": 0.35,
+        "loops": 1,
+        "strength_schedule": "constant",
+        "color_correction": gr.skip(),
+        "seed_policy": gr.skip(),
+    }  # unstated: the form keeps its own
     [item] = run(studio, strength=0.5, num_inference_steps=2, seed=77, seed_policy="increment")
-    restored = dict(zip(refine_tab.RESTORED, refine_tab.restore_fields(item.generated.path, studio.limits),
-                        strict=True))
+    restored = dict(
+        zip(refine_tab.RESTORED, refine_tab.restore_fields(item.generated.path, studio.limits), strict=True)
+    )
     assert (restored["prompt"], restored["seed"], restored["strength"], restored["seed_policy"]) == (
-        PROMPT, 77, 0.5, "increment")
+        PROMPT,
+        77,
+        0.5,
+        "increment",
+    )
     photo = tmp_path / "photo.png"
     colourful().save(photo)
     assert set(map(str, refine_tab.restore_fields(photo, studio.limits, quiet=True))) == {str(gr.skip())}
@@ -198,8 +241,16 @@ def test_handler_parameters_match_the_tab_inputs(tab):
     _, parts = tab
     names = [p for p in inspect.signature(parts["handler"]).parameters if p not in ("request", "progress")]
     assert len(names) == len(parts["inputs"])
-    assert names[:8] == ["image", "prompt", "negative_prompt", "strength", "num_inference_steps", "guidance_scale",
-                         "scheduler", "seed"]
+    assert names[:8] == [
+        "image",
+        "prompt",
+        "negative_prompt",
+        "strength",
+        "num_inference_steps",
+        "guidance_scale",
+        "scheduler",
+        "seed",
+    ]
 
 
 def saved_png(studio, shade: int) -> Path:
@@ -214,8 +265,9 @@ def test_bad_input_in_the_tab_is_an_error_in_words_and_the_history_is_unchanged(
     before = History.from_dict(tree, studio.outputs.root).to_dict()
     Image.new("1", (7100, 7000)).save(tmp_path / "huge.png")
     for image in (None, str(tmp_path / "huge.png")):
-        outputs = parts["handler"](image, PROMPT, "", 0.75, 2, 7.5, "Euler", 1, 1, 2, "constant", 0.5, "fixed", True,
-                                   None, tree, None)
+        outputs = parts["handler"](
+            image, PROMPT, "", 0.75, 2, 7.5, "Euler", 1, 1, 2, "constant", 0.5, "fixed", True, None, tree, None
+        )
         with pytest.raises(gr.Error) as error:
             next(outputs)
         assert "input image" in str(error.value.message).lower()
@@ -238,15 +290,28 @@ def test_two_sessions_keep_separate_trees(studio, tab, tmp_path):
 
     demo, _ = tab
     port = free_port()
-    demo.queue(api_open=False).launch(server_port=port, prevent_thread_lock=True, quiet=True,
-                                      allowed_paths=[str(studio.outputs.root)])
+    demo.queue(api_open=False).launch(
+        server_port=port, prevent_thread_lock=True, quiet=True, allowed_paths=[str(studio.outputs.root)]
+    )
     try:
         url = f"http://127.0.0.1:{port}/"
         alice, bob = Client(url, verbose=False), Client(url, verbose=False)
         colourful().save(tmp_path / "look.png")
-        args = dict(prompt=PROMPT, negative_prompt="", strength=0.5, num_inference_steps=2, guidance_scale=7.5,
-                    scheduler="Euler", seed=7, batch_size=1, strength_schedule="constant", final_strength=0.5,
-                    seed_policy="increment", color_correction=False, api_name="/refine")
+        args = dict(
+            prompt=PROMPT,
+            negative_prompt="",
+            strength=0.5,
+            num_inference_steps=2,
+            guidance_scale=7.5,
+            scheduler="Euler",
+            seed=7,
+            batch_size=1,
+            strength_schedule="constant",
+            final_strength=0.5,
+            seed_policy="increment",
+            color_correction=False,
+            api_name="/refine",
+        )
         shown, seed, infotext = alice.predict(image=handle_file(tmp_path / "look.png"), loops=2, **args)
         assert len(shown) == 2 and seed == 7 and "Denoising strength: 0.5" in infotext
         bob.predict(image=handle_file(tmp_path / "look.png"), loops=1, **args)
@@ -270,8 +335,19 @@ def test_a_cancel_stops_after_the_current_step_and_finished_loops_stay(studio):
     job.on_step = on_step
     items = []
     with pytest.raises(Cancelled):
-        for item in refine(studio, RefineRequest(image=colourful(), prompt=PROMPT, strength=0.5,
-                                                 num_inference_steps=4, loops=4, seed=3, guidance_scale=1.0), job):
+        for item in refine(
+            studio,
+            RefineRequest(
+                image=colourful(),
+                prompt=PROMPT,
+                strength=0.5,
+                num_inference_steps=4,
+                loops=4,
+                seed=3,
+                guidance_scale=1.0,
+            ),
+            job,
+        ):
             items.append(item)
     assert [i.loop for i in items] == [1]  # loop 1 landed and was saved
     assert reported == [1, 2, 3]  # progress counts across loops; no step ran after the one Cancel came in
@@ -283,8 +359,25 @@ def test_a_cancel_in_the_tab_keeps_every_finished_loop_in_the_history(studio, tm
     with gr.Blocks():
         parts = refine_tab.create(ctx, lambda req, job: refine(studio, req, job), studio.outputs)
     colourful().save(tmp_path / "look.png")
-    run = parts["handler"](str(tmp_path / "look.png"), PROMPT, "", 0.5, 2, 1.0, "Euler", 7, 1, 4, "constant", 0.5,
-                           "increment", False, None, History(studio.outputs.root).to_dict(), None)
+    run = parts["handler"](
+        str(tmp_path / "look.png"),
+        PROMPT,
+        "",
+        0.5,
+        2,
+        1.0,
+        "Euler",
+        7,
+        1,
+        4,
+        "constant",
+        0.5,
+        "increment",
+        False,
+        None,
+        History(studio.outputs.root).to_dict(),
+        None,
+    )
     shown, seed, _, tree = next(run)  # loop 1 is shown and in the tree
     assert ctx.board.cancel("anonymous")
     with pytest.warns(UserWarning, match=r"Cancelled\. 1 finished image\(s\) were kept in the history"):

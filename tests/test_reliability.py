@@ -24,9 +24,20 @@ from studio.metadata import parse_infotext, read_parameters
 from tests.conftest import pixels
 
 SESSIONS, REQUESTS = 8, 3
-REFINE = dict(negative_prompt="", strength=0.5, num_inference_steps=2, guidance_scale=7.5, scheduler="Euler",
-              batch_size=1, loops=1, strength_schedule="constant", final_strength=0.5, seed_policy="fixed",
-              color_correction=False, api_name="/refine")
+REFINE = dict(
+    negative_prompt="",
+    strength=0.5,
+    num_inference_steps=2,
+    guidance_scale=7.5,
+    scheduler="Euler",
+    batch_size=1,
+    loops=1,
+    strength_schedule="constant",
+    final_strength=0.5,
+    seed_policy="fixed",
+    color_correction=False,
+    api_name="/refine",
+)
 
 
 def params_of(path: str) -> tuple[str, str]:
@@ -39,16 +50,31 @@ def session_work(url: str, index: int, look: Path) -> dict[str, object]:
     """One designer: txt2img, a textile print and a refine loop, each with its own prompt and seed."""
     client = Client(url, verbose=False)
     seen: list[tuple[str, str, str]] = []
-    gallery, seed, _ = client.predict(prompt=f"coat for designer {index}", num_inference_steps=2,
-                                      seed=1000 + index, api_name="/txt2img")
+    gallery, seed, _ = client.predict(
+        prompt=f"coat for designer {index}", num_inference_steps=2, seed=1000 + index, api_name="/txt2img"
+    )
     seen.append((gallery[0]["image"], f"coat for designer {index}", str(1000 + index)))
-    textile = client.predict(prompt=f"print for designer {index}", repeat="full", width=64, height=64, image=None,
-                             num_inference_steps=2, seed=2000 + index, api_name="/textile")
+    textile = client.predict(
+        prompt=f"print for designer {index}",
+        repeat="full",
+        width=64,
+        height=64,
+        image=None,
+        num_inference_steps=2,
+        seed=2000 + index,
+        api_name="/textile",
+    )
     seen.append((textile[0][0]["image"], f"print for designer {index}", str(2000 + index)))
-    shown, _, _ = client.predict(image=handle_file(str(look)), prompt=f"refined look {index}", seed=3000 + index,
-                                 **REFINE)
-    seen.append((shown[0][0] if isinstance(shown[0], list | tuple) else shown[0]["image"],
-                 f"refined look {index}", str(3000 + index)))
+    shown, _, _ = client.predict(
+        image=handle_file(str(look)), prompt=f"refined look {index}", seed=3000 + index, **REFINE
+    )
+    seen.append(
+        (
+            shown[0][0] if isinstance(shown[0], list | tuple) else shown[0]["image"],
+            f"refined look {index}",
+            str(3000 + index),
+        )
+    )
     _, nodes = client.predict(api_name="/refine_history")
     return {"seen": seen, "history": [n["caption"] for n in nodes], "history_files": [n["image"] for n in nodes]}
 
@@ -161,14 +187,20 @@ def test_cancel_mid_restyle_in_repeat_mode_restores_every_module(fresh_studio):
     before = pixels(txt2img(fresh_studio, req).paths[0])
     controlnet = fresh_studio.cache.slot("controlnet")
     base = fresh_studio.cache.base()
-    convs = [m for module in (base.unet, base.vae, controlnet) for m in module.modules()
-             if isinstance(m, torch.nn.Conv2d)]
+    convs = [
+        m for module in (base.unet, base.vae, controlnet) for m in module.modules() if isinstance(m, torch.nn.Conv2d)
+    ]
     state = [(m.padding, m.padding_mode, dict(vars(m)).get("forward")) for m in convs]
     job = Job()
     job.on_step = lambda step, total: job.cancel.set()
     with pytest.raises(Exception, match="Cancelled"):
-        restyle(fresh_studio, RestyleRequest(image=Image.new("RGB", (64, 64), "white"), prompt="coat",
-                                             num_inference_steps=4, repeat="full", seed=1), job)
+        restyle(
+            fresh_studio,
+            RestyleRequest(
+                image=Image.new("RGB", (64, 64), "white"), prompt="coat", num_inference_steps=4, repeat="full", seed=1
+            ),
+            job,
+        )
     assert [(m.padding, m.padding_mode, dict(vars(m)).get("forward")) for m in convs] == state
     assert np.array_equal(pixels(txt2img(fresh_studio, req).paths[0]), before)
 
@@ -193,8 +225,9 @@ def test_a_url_as_an_image_input_is_refused_without_any_network_access(running_a
     try:
         client = Client(url, verbose=False)
         with pytest.raises(Exception):  # noqa: B017 (any refusal will do; the point is no fetch)
-            client.predict(image={"path": bait, "url": bait, "meta": {"_type": "gradio.FileData"}},
-                           prompt="coat", seed=1, **REFINE)
+            client.predict(
+                image={"path": bait, "url": bait, "meta": {"_type": "gradio.FileData"}}, prompt="coat", seed=1, **REFINE
+            )
         with pytest.raises(ImageInputError, match="links are not fetched"):
             load_image(bait, max_pixels=10_000)
     finally:
@@ -208,9 +241,14 @@ def test_only_the_outputs_folder_is_served(running_app, tiny_dir):
     secret = tiny_dir / "base" / "model_index.json"
     with httpx.Client(base_url=url, timeout=30) as http:
         assert http.get(f"gradio_api/file={made}").status_code == 200
-        for probe in (f"gradio_api/file={secret}", "gradio_api/file=/etc/passwd",
-                      "gradio_api/file=../../../../etc/passwd", f"gradio_api/file={made.parent}/../../x",
-                      "file=/etc/passwd", "gradio_api/file=%2e%2e/%2e%2e/etc/passwd"):
+        for probe in (
+            f"gradio_api/file={secret}",
+            "gradio_api/file=/etc/passwd",
+            "gradio_api/file=../../../../etc/passwd",
+            f"gradio_api/file={made.parent}/../../x",
+            "file=/etc/passwd",
+            "gradio_api/file=%2e%2e/%2e%2e/etc/passwd",
+        ):
             response = http.get(probe)
             assert response.status_code in (403, 404), (probe, response.status_code)
             assert b"root:" not in response.content

@@ -16,10 +16,12 @@ from studio.presets import MODE_FIELDS
 from studio.restore import RestoreError, restore_from_png, restore_from_text
 from studio.settings import Limits
 
-A1111 = ("photo of a woman in a red silk slip dress, studio light\n"
-         "Negative prompt: blurry, watermark\n"
-         "Steps: 30, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 123, Size: 512x768, "
-         "Model hash: 3fb7c5ab4c, Model: dreamlike-photoreal-2.0")
+A1111 = (
+    "photo of a woman in a red silk slip dress, studio light\n"
+    "Negative prompt: blurry, watermark\n"
+    "Steps: 30, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 123, Size: 512x768, "
+    "Model hash: 3fb7c5ab4c, Model: dreamlike-photoreal-2.0"
+)
 NOT_RECORDED = {"batch_size", "batch_count"}  # how many images were made is not a property of one image
 
 
@@ -42,9 +44,15 @@ def test_the_field_notes_a1111_example_restores_into_txt2img(tmp_path: Path) -> 
     restored = restore_from_png(png(tmp_path, A1111))
     assert restored.mode == "txt2img"
     assert restored.values == {
-        "prompt": "photo of a woman in a red silk slip dress, studio light", "negative_prompt": "blurry, watermark",
-        "num_inference_steps": 30, "scheduler": "DPM++ 2M Karras", "guidance_scale": 7.0, "seed": 123,
-        "width": 512, "height": 768}
+        "prompt": "photo of a woman in a red silk slip dress, studio light",
+        "negative_prompt": "blurry, watermark",
+        "num_inference_steps": 30,
+        "scheduler": "DPM++ 2M Karras",
+        "guidance_scale": 7.0,
+        "seed": 123,
+        "width": 512,
+        "height": 768,
+    }
     assert restored.model == "dreamlike-photoreal-2.0" and restored.ignored == []
 
 
@@ -58,11 +66,14 @@ def test_an_a1111_img2img_png_restores_into_refine_as_one_loop(tmp_path: Path) -
     refine.check_refine(refine.RefineRequest(image=None, **restored.values), Limits())
 
 
-@pytest.mark.parametrize(("extra", "mode"), [
-    (", Denoising strength: 0.4, Mask blur: 4", "inpaint"),
-    (', ControlNet 0: "Module: softedge_hed, Model: control_v11p_sd15_softedge, Weight: 0.8"', "restyle"),
-    (", Denoising strength: 0.5, Hires upscale: 2, Hires upscaler: Latent", "txt2img"),
-])
+@pytest.mark.parametrize(
+    ("extra", "mode"),
+    [
+        (", Denoising strength: 0.4, Mask blur: 4", "inpaint"),
+        (', ControlNet 0: "Module: softedge_hed, Model: control_v11p_sd15_softedge, Weight: 0.8"', "restyle"),
+        (", Denoising strength: 0.5, Hires upscale: 2, Hires upscaler: Latent", "txt2img"),
+    ],
+)
 def test_a1111_pngs_go_to_the_tab_that_can_redo_them(extra: str, mode: str) -> None:
     assert restore_from_text(A1111 + extra).mode == mode
 
@@ -84,11 +95,24 @@ def test_values_the_studio_would_refuse_are_left_out_and_said_why() -> None:
     assert "Steps" in restore_from_text(text.replace("500", "60"), Limits(max_steps=50)).ignored
 
 
-@pytest.mark.parametrize("prompt", ["vestido de seda, 絹のドレス, платье из шёлка, فستان حريري 👗",
-                                    "a trench coat, belted: \"double-breasted\", knee length"])
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "vestido de seda, 絹のドレス, платье из шёлка, فستان حريري 👗",
+        'a trench coat, belted: "double-breasted", knee length',
+    ],
+)
 def test_an_atelier_txt2img_png_restores_its_exact_request(studio: Studio, prompt: str) -> None:
-    req = Txt2ImgRequest(prompt=prompt, negative_prompt="blurry, text", num_inference_steps=2, guidance_scale=5.5,
-                         width=64, height=72, scheduler="Euler a", seed=4242)
+    req = Txt2ImgRequest(
+        prompt=prompt,
+        negative_prompt="blurry, text",
+        num_inference_steps=2,
+        guidance_scale=5.5,
+        width=64,
+        height=72,
+        scheduler="Euler a",
+        seed=4242,
+    )
     path = txt2img(studio, req).paths[0]
     restored = restore_from_png(path)
     assert restored.mode == "txt2img" and restored.ignored == []
@@ -98,9 +122,19 @@ def test_an_atelier_txt2img_png_restores_its_exact_request(studio: Studio, promp
 
 def test_an_atelier_refine_png_restores_the_loop_that_made_it(studio: Studio) -> None:
     source = Image.new("RGB", (64, 64), (90, 120, 160))
-    req = refine.RefineRequest(image=source, prompt="a denim jacket", negative_prompt="text", strength=0.6,
-                               num_inference_steps=4, guidance_scale=6.0, scheduler="DDIM", seed=77, loops=2,
-                               seed_policy="increment", color_correction=True)
+    req = refine.RefineRequest(
+        image=source,
+        prompt="a denim jacket",
+        negative_prompt="text",
+        strength=0.6,
+        num_inference_steps=4,
+        guidance_scale=6.0,
+        scheduler="DDIM",
+        seed=77,
+        loops=2,
+        seed_policy="increment",
+        color_correction=True,
+    )
     second = list(refine.refine(studio, req))[-1]
     restored = restore_from_png(second.generated.path)
     assert restored.mode == "refine" and restored.ignored == []
@@ -111,19 +145,43 @@ def test_an_atelier_refine_png_restores_the_loop_that_made_it(studio: Studio) ->
 
 
 def test_an_atelier_inpaint_png_restores_its_request(studio: Studio) -> None:
-    req = inpaint.InpaintRequest(image=None, prompt="a lace collar", negative_prompt="text", strength=0.55,
-                                 num_inference_steps=12, guidance_scale=8.0, scheduler="UniPC", seed=5, mask_blur=9,
-                                 invert_mask=True, masked_content="latent_noise", inpaint_area="only_masked",
-                                 padding=48)
+    req = inpaint.InpaintRequest(
+        image=None,
+        prompt="a lace collar",
+        negative_prompt="text",
+        strength=0.55,
+        num_inference_steps=12,
+        guidance_scale=8.0,
+        scheduler="UniPC",
+        seed=5,
+        mask_blur=9,
+        invert_mask=True,
+        masked_content="latent_noise",
+        inpaint_area="only_masked",
+        padding=48,
+    )
     text = format_infotext(req.prompt, req.negative_prompt, inpaint.inpaint_params(studio, req, 5, (64, 64)))
     assert_restores(req, text, "inpaint")
 
 
 def test_an_atelier_restyle_png_restores_its_request(studio: Studio) -> None:
-    req = restyle.RestyleRequest(image=None, prompt="a linen dress", preprocessor="none", invert=True,
-                                 controlnet_conditioning_scale=0.7, control_guidance_start=0.1,
-                                 control_guidance_end=0.8, guess_mode=True, width=64, height=128,
-                                 num_inference_steps=9, guidance_scale=4.5, scheduler="Euler", seed=9, repeat="brick")
+    req = restyle.RestyleRequest(
+        image=None,
+        prompt="a linen dress",
+        preprocessor="none",
+        invert=True,
+        controlnet_conditioning_scale=0.7,
+        control_guidance_start=0.1,
+        control_guidance_end=0.8,
+        guess_mode=True,
+        width=64,
+        height=128,
+        num_inference_steps=9,
+        guidance_scale=4.5,
+        scheduler="Euler",
+        seed=9,
+        repeat="brick",
+    )
     params = {**base_params(studio, req, 9, 64, 128, "restyle"), **restyle.controlnet_params(studio, req, 64)}
     assert_restores(req, format_infotext(req.prompt, "", params), "restyle")
     fixed = dataclasses.replace(req, preprocessor="hed", invert=False, preprocessor_resolution=256, repeat=None)
@@ -132,12 +190,26 @@ def test_an_atelier_restyle_png_restores_its_request(studio: Studio) -> None:
 
 
 @pytest.mark.parametrize(("physical", "unit"), [((0.0, 0.0), "cm"), ((30.0, 0.0), "cm"), ((4.0, 8.0), "in")])
-def test_an_atelier_textile_png_restores_the_same_print(studio: Studio, physical: tuple[float, float],
-                                                         unit: str) -> None:
-    req = textile.TextileRequest(prompt="a paisley", negative_prompt="seam", repeat="half_drop", width=64,
-                                 height=128, num_inference_steps=7, guidance_scale=6.5, scheduler="DDIM", seed=3,
-                                 image="swatch.png", strength=0.45, dpi=150, physical_width=physical[0],
-                                 physical_height=physical[1], unit=unit)
+def test_an_atelier_textile_png_restores_the_same_print(
+    studio: Studio, physical: tuple[float, float], unit: str
+) -> None:
+    req = textile.TextileRequest(
+        prompt="a paisley",
+        negative_prompt="seam",
+        repeat="half_drop",
+        width=64,
+        height=128,
+        num_inference_steps=7,
+        guidance_scale=6.5,
+        scheduler="DDIM",
+        seed=3,
+        image="swatch.png",
+        strength=0.45,
+        dpi=150,
+        physical_width=physical[0],
+        physical_height=physical[1],
+        unit=unit,
+    )
     out_size = textile.print_size(req, 64, 128)
     text = format_infotext(req.prompt, req.negative_prompt, textile.tile_params(studio, req, 3, (64, 128), out_size))
     restored = restore_from_text(text)

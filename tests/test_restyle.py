@@ -32,8 +32,15 @@ def silhouette(size: tuple[int, int] = (64, 64), mode: str = "RGB") -> Image.Ima
     image = Image.new("RGB", size, (236, 230, 220))
     draw = ImageDraw.Draw(image)
     draw.rectangle((width * 0.38, height * 0.1, width * 0.62, height * 0.4), fill=(120, 30, 40))
-    draw.polygon([(width * 0.38, height * 0.4), (width * 0.62, height * 0.4), (width * 0.85, height * 0.92),
-                  (width * 0.15, height * 0.92)], fill=(150, 40, 60))
+    draw.polygon(
+        [
+            (width * 0.38, height * 0.4),
+            (width * 0.62, height * 0.4),
+            (width * 0.85, height * 0.92),
+            (width * 0.15, height * 0.92),
+        ],
+        fill=(150, 40, 60),
+    )
     draw.line((width * 0.38, height * 0.42, width * 0.62, height * 0.42), fill=(20, 20, 20), width=2)
     return image.convert(mode)
 
@@ -51,12 +58,18 @@ def generate(studio: Studio, image: object = None, **overrides: object) -> Resul
 # ---- edge maps --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("size", "resolution"), [((64, 64), 64), ((128, 128), 128), ((128, 64), 64)])
 @pytest.mark.parametrize("preprocessor", ["hed", "hed_safe"])
-def test_edge_map_equals_controlnet_aux_hed(studio: Studio, reference_hed: HEDdetector, size: tuple[int, int],
-                                            resolution: int, preprocessor: str) -> None:
+def test_edge_map_equals_controlnet_aux_hed(
+    studio: Studio, reference_hed: HEDdetector, size: tuple[int, int], resolution: int, preprocessor: str
+) -> None:
     image = silhouette(size)
     ours = detect_edges(studio, image, preprocessor, resolution, width=size[0], height=size[1])
-    theirs = reference_hed(image, detect_resolution=resolution, image_resolution=resolution,
-                           safe=preprocessor == "hed_safe", output_type="pil")
+    theirs = reference_hed(
+        image,
+        detect_resolution=resolution,
+        image_resolution=resolution,
+        safe=preprocessor == "hed_safe",
+        output_type="pil",
+    )
     assert ours.size == theirs.size == size
     assert np.array_equal(pixels(ours), pixels(theirs))
 
@@ -107,8 +120,9 @@ def test_auto_size_keeps_the_input_aspect_at_native_scale() -> None:
 # ---- the ControlNet's contribution -------------------------------------------------------------------------------
 def test_weight_zero_equals_txt2img_pixel_for_pixel(studio: Studio) -> None:
     restyled = generate(studio, controlnet_conditioning_scale=0.0, scheduler="Euler a")
-    plain = txt2img(studio, Txt2ImgRequest(prompt=PROMPT, num_inference_steps=2, scheduler="Euler a", seed=7,
-                                           width=64, height=64))
+    plain = txt2img(
+        studio, Txt2ImgRequest(prompt=PROMPT, num_inference_steps=2, scheduler="Euler a", seed=7, width=64, height=64)
+    )
     assert np.array_equal(pixels(restyled.paths[0]), pixels(plain.paths[0]))
 
 
@@ -118,17 +132,26 @@ def test_weight_above_zero_changes_the_result(studio: Studio) -> None:
     assert np.abs(pixels(off.paths[0]) - pixels(on.paths[0])).max() > 0
 
 
-@pytest.mark.parametrize(("start", "end", "weight"),
-                         [(0.0, 1.0, 1.0), (0.25, 0.75, 1.0), (0.5, 1.0, 0.8), (0.0, 0.3, 1.0), (0.0, 1.0, 0.0)])
-def test_controlnet_runs_only_inside_the_guidance_window(studio: Studio, start: float, end: float,
-                                                         weight: float) -> None:
+@pytest.mark.parametrize(
+    ("start", "end", "weight"), [(0.0, 1.0, 1.0), (0.25, 0.75, 1.0), (0.5, 1.0, 0.8), (0.0, 0.3, 1.0), (0.0, 1.0, 0.0)]
+)
+def test_controlnet_runs_only_inside_the_guidance_window(
+    studio: Studio, start: float, end: float, weight: float
+) -> None:
     controlnet, unet = studio.cache.slot("controlnet"), studio.cache.base().unet
     calls = {"controlnet": 0, "unet": 0}
-    hooks = [controlnet.register_forward_hook(lambda *_: calls.__setitem__("controlnet", calls["controlnet"] + 1)),
-             unet.register_forward_hook(lambda *_: calls.__setitem__("unet", calls["unet"] + 1))]
+    hooks = [
+        controlnet.register_forward_hook(lambda *_: calls.__setitem__("controlnet", calls["controlnet"] + 1)),
+        unet.register_forward_hook(lambda *_: calls.__setitem__("unet", calls["unet"] + 1)),
+    ]
     try:
-        generate(studio, num_inference_steps=4, control_guidance_start=start, control_guidance_end=end,
-                 controlnet_conditioning_scale=weight)
+        generate(
+            studio,
+            num_inference_steps=4,
+            control_guidance_start=start,
+            control_guidance_end=end,
+            controlnet_conditioning_scale=weight,
+        )
     finally:
         for hook in hooks:
             hook.remove()
@@ -144,8 +167,9 @@ def test_guess_mode_outside_the_window_pads_with_matching_zeros(studio: Studio) 
         sample = torch.randn(2, 4, height, width)
         cond = torch.zeros(2, 3, height * 8, width * 8)
         with torch.no_grad():
-            down, mid = controlnet(sample, 10, encoder_hidden_states=torch.randn(2, 77, 32), controlnet_cond=cond,
-                                   return_dict=False)
+            down, mid = controlnet(
+                sample, 10, encoder_hidden_states=torch.randn(2, 77, 32), controlnet_cond=cond, return_dict=False
+            )
         zeros_down, zeros_mid = zero_residuals(controlnet, sample)
         assert [z.shape for z in zeros_down] == [d.shape for d in down] and zeros_mid.shape == mid.shape
     generate(studio, guess_mode=True, control_guidance_start=0.5)  # the pipeline accepts them
@@ -174,12 +198,16 @@ def test_restyle_leaks_no_state_and_adds_only_its_companions(fresh_studio: Studi
 
 
 # ---- awkward inputs ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("image", "preprocessor", "invert"), [
-    (silhouette(mode="L"), "hed", False),
-    (silhouette(mode="RGBA"), "hed", False),
-    (silhouette((40, 40)), "hed", False),
-    (silhouette((48, 72)), "hed_safe", False),
-], ids=["grayscale", "rgba", "tiny-40x40", "portrait"])
+@pytest.mark.parametrize(
+    ("image", "preprocessor", "invert"),
+    [
+        (silhouette(mode="L"), "hed", False),
+        (silhouette(mode="RGBA"), "hed", False),
+        (silhouette((40, 40)), "hed", False),
+        (silhouette((48, 72)), "hed_safe", False),
+    ],
+    ids=["grayscale", "rgba", "tiny-40x40", "portrait"],
+)
 def test_awkward_inputs_are_handled(studio: Studio, image: Image.Image, preprocessor: str, invert: bool) -> None:
     result = generate(studio, image, preprocessor=preprocessor, invert=invert, num_inference_steps=1)
     out = Image.open(result.paths[0])
@@ -194,14 +222,17 @@ def test_transparent_sketch_restyles(studio: Studio) -> None:
     assert Image.open(result.paths[0]).size == edges.auto_size((40, 56), studio.cache.native_size())
 
 
-@pytest.mark.parametrize(("overrides", "words"), [
-    ({"control_guidance_start": 0.6, "control_guidance_end": 0.4}, "before guidance end"),
-    ({"preprocessor": "canny"}, "Choose one of"),
-    ({"invert": True}, "preprocessor 'none'"),
-    ({"image": None}, "upload"),
-    ({"controlnet_conditioning_scale": 3.0}, "between"),
-    ({"repeat": "diagonal"}, "repeat"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        ({"control_guidance_start": 0.6, "control_guidance_end": 0.4}, "before guidance end"),
+        ({"preprocessor": "canny"}, "Choose one of"),
+        ({"invert": True}, "preprocessor 'none'"),
+        ({"image": None}, "upload"),
+        ({"controlnet_conditioning_scale": 3.0}, "between"),
+        ({"repeat": "diagonal"}, "repeat"),
+    ],
+)
 def test_bad_requests_say_what_to_do(studio: Studio, overrides: dict[str, object], words: str) -> None:
     fields = {"image": silhouette(), "prompt": PROMPT, **FAST, **overrides}
     with pytest.raises(RequestError, match=words):
@@ -210,8 +241,13 @@ def test_bad_requests_say_what_to_do(studio: Studio, overrides: dict[str, object
 
 # ---- metadata -------------------------------------------------------------------------------------------------
 def test_metadata_records_the_controlnet_unit(studio: Studio) -> None:
-    result = generate(studio, preprocessor="hed_safe", controlnet_conditioning_scale=0.7,
-                      control_guidance_start=0.1, control_guidance_end=0.9)
+    result = generate(
+        studio,
+        preprocessor="hed_safe",
+        controlnet_conditioning_scale=0.7,
+        control_guidance_start=0.1,
+        control_guidance_end=0.9,
+    )
     params = parse_infotext(read_parameters(Image.open(result.paths[0])) or "").params
     unit = dict(part.split(": ", 1) for part in params["ControlNet 0"].split(", "))
     assert unit["Module"] == "softedge_hedsafe" and unit["Model"] == "controlnet"
@@ -232,10 +268,22 @@ def test_repeat_mode_is_shift_equivariant_and_restores_the_models(studio: Studio
     shift = 8  # latent pixels: a whole cell of the UNet's 3 downsamplings; 64 px in the image
 
     def error(repeat: str | None) -> int:
-        runs = [restyle(studio, RestyleRequest(image=Image.fromarray(np.roll(sketch, 8 * k, axis=1)), prompt=PROMPT,
-                                               preprocessor="none", repeat=repeat, width=128, height=64,
-                                               **{**FAST, "scheduler": "DDIM"}),
-                        latents=torch.roll(noise, k, dims=-1)) for k in (0, shift)]
+        runs = [
+            restyle(
+                studio,
+                RestyleRequest(
+                    image=Image.fromarray(np.roll(sketch, 8 * k, axis=1)),
+                    prompt=PROMPT,
+                    preprocessor="none",
+                    repeat=repeat,
+                    width=128,
+                    height=64,
+                    **{**FAST, "scheduler": "DDIM"},
+                ),
+                latents=torch.roll(noise, k, dims=-1),
+            )
+            for k in (0, shift)
+        ]
         return int(np.abs(np.roll(pixels(runs[0].paths[0]), 8 * shift, axis=1) - pixels(runs[1].paths[0])).max())
 
     assert error("full") <= 1
@@ -270,19 +318,58 @@ def test_tab_inputs_match_the_handler_and_the_request(studio: Studio) -> None:
 def test_tab_turns_widget_values_into_the_request(studio: Studio) -> None:
     seen: list[RestyleRequest] = []
     handler = build_tab(studio, seen)["handler"]
-    common = {"image": silhouette(), "controlnet_conditioning_scale": 0.5, "control_guidance_start": 0.1,
-              "control_guidance_end": 0.9, "guess_mode": False, "prompt": PROMPT, "negative_prompt": None,
-              "num_inference_steps": 2, "guidance_scale": 7, "scheduler": "Euler", "seed": 3, "batch_size": 1,
-              "batch_count": 1, "request": None, "progress": lambda *a, **k: None}
-    handler(preprocessor="hed", invert=True, pixel_perfect=True, preprocessor_resolution=512, width=0, height=0,
-            repeat="off", **common)
-    handler(preprocessor="none", invert=True, pixel_perfect=False, preprocessor_resolution=128, width=96,
-            height=64, repeat="half_drop", **common)
+    common = {
+        "image": silhouette(),
+        "controlnet_conditioning_scale": 0.5,
+        "control_guidance_start": 0.1,
+        "control_guidance_end": 0.9,
+        "guess_mode": False,
+        "prompt": PROMPT,
+        "negative_prompt": None,
+        "num_inference_steps": 2,
+        "guidance_scale": 7,
+        "scheduler": "Euler",
+        "seed": 3,
+        "batch_size": 1,
+        "batch_count": 1,
+        "request": None,
+        "progress": lambda *a, **k: None,
+    }
+    handler(
+        preprocessor="hed",
+        invert=True,
+        pixel_perfect=True,
+        preprocessor_resolution=512,
+        width=0,
+        height=0,
+        repeat="off",
+        **common,
+    )
+    handler(
+        preprocessor="none",
+        invert=True,
+        pixel_perfect=False,
+        preprocessor_resolution=128,
+        width=96,
+        height=64,
+        repeat="half_drop",
+        **common,
+    )
     auto, manual = seen
-    assert (auto.invert, auto.preprocessor_resolution, auto.width, auto.height, auto.repeat) == \
-        (False, None, None, None, None)
-    assert (manual.invert, manual.preprocessor_resolution, manual.width, manual.height, manual.repeat) == \
-        (True, 128, 96, 64, "half_drop")
+    assert (auto.invert, auto.preprocessor_resolution, auto.width, auto.height, auto.repeat) == (
+        False,
+        None,
+        None,
+        None,
+        None,
+    )
+    assert (manual.invert, manual.preprocessor_resolution, manual.width, manual.height, manual.repeat) == (
+        True,
+        128,
+        96,
+        64,
+        "half_drop",
+    )
 
 
 def test_preview_shows_the_edge_map_restyle_will_use(studio: Studio) -> None:
@@ -300,12 +387,33 @@ def test_app_serves_restyle_and_its_edge_preview(running_app: tuple[str, Studio]
     sketch = tmp_path / "sketch.png"
     silhouette((64, 96), "RGBA").save(sketch)
     client = Client(url, verbose=False)
-    edge, note = client.predict(handle_file(str(sketch)), "hed", False, True, 512, 0, 0, "off",
-                                api_name="/restyle_edges")
+    edge, note = client.predict(
+        handle_file(str(sketch)), "hed", False, True, 512, 0, 0, "off", api_name="/restyle_edges"
+    )
     size = edges.auto_size((64, 96), studio.cache.native_size())
     assert Image.open(edge).size == size and f"{size[0]}x{size[1]}" in note
     gallery, seed, infotext = client.predict(
-        handle_file(str(sketch)), "hed_safe", False, True, 512, 1.0, 0.0, 1.0, False, PROMPT, "", 1, 7.0, "Euler",
-        5, 1, 1, 0, 0, "off", api_name="/restyle")
+        handle_file(str(sketch)),
+        "hed_safe",
+        False,
+        True,
+        512,
+        1.0,
+        0.0,
+        1.0,
+        False,
+        PROMPT,
+        "",
+        1,
+        7.0,
+        "Euler",
+        5,
+        1,
+        1,
+        0,
+        0,
+        "off",
+        api_name="/restyle",
+    )
     assert seed == 5 and len(gallery) == 1 and "ControlNet 0" in infotext
     assert Image.open(gallery[0]["image"]).size == size

@@ -22,8 +22,14 @@ def test_direct_rest_calls_cannot_bypass_the_queue(running_app):
 
 
 def test_uploads_over_the_size_limit_are_refused(tiny_dir, tmp_path):
-    settings = Settings.from_env({"STUDIO_MAX_UPLOAD_MB": "1"}, model="tiny", tiny_dir=tiny_dir, outputs=tmp_path,
-                                 port=free_port(), preload=False)
+    settings = Settings.from_env(
+        {"STUDIO_MAX_UPLOAD_MB": "1"},
+        model="tiny",
+        tiny_dir=tiny_dir,
+        outputs=tmp_path,
+        port=free_port(),
+        preload=False,
+    )
     demo = app.build_demo(app.create_studio(settings))
     app.launch(demo, settings, prevent_thread_lock=True, quiet=True)
     try:
@@ -44,8 +50,9 @@ def test_a_full_queue_says_so_and_the_studio_keeps_serving(tiny_dir, tmp_path):
 
     def ask(index: int) -> str:
         try:
-            Client(url, verbose=False).predict(prompt=f"coat {index}", num_inference_steps=30, seed=index,
-                                               api_name="/txt2img")
+            Client(url, verbose=False).predict(
+                prompt=f"coat {index}", num_inference_steps=30, seed=index, api_name="/txt2img"
+            )
             return "done"
         except Exception as exc:  # noqa: BLE001 (the message is what the test checks)
             return str(exc)
@@ -56,9 +63,9 @@ def test_a_full_queue_says_so_and_the_studio_keeps_serving(tiny_dir, tmp_path):
         assert "done" in answers
         refused = [a for a in answers if a != "done"]
         assert refused and all("queue is full" in a.lower() for a in refused), answers
-        gallery, seed, _ = Client(url, verbose=False).predict(prompt="coat", num_inference_steps=2, seed=9,
-                                                              api_name="/txt2img")
+        gallery, seed, _ = Client(url, verbose=False).predict(
+            prompt="coat", num_inference_steps=2, seed=9, api_name="/txt2img"
+        )
         assert seed == 9 and gallery
     finally:
         demo.close()
-

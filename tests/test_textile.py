@@ -55,14 +55,21 @@ def run(studio: Studio) -> Run:
     """A textile tile from the fixed starting noise moved by (dy, dx) latent px (runs are shared between tests)."""
     memo: dict[tuple[object, ...], np.ndarray] = {}
 
-    def generate(repeat: str, dy: int = 0, dx: int = 0, size: tuple[int, int] = SQUARE,
-                 with_swatch: bool = False, **extra: object) -> np.ndarray:
+    def generate(
+        repeat: str,
+        dy: int = 0,
+        dx: int = 0,
+        size: tuple[int, int] = SQUARE,
+        with_swatch: bool = False,
+        **extra: object,
+    ) -> np.ndarray:
         key = (repeat, dy, dx, size, with_swatch, tuple(sorted(extra.items())), tiling.wrapped is WRAPPED)
         if key not in memo:
             image = Image.fromarray(moved(swatch(size), 8 * dy, 8 * dx, repeat)) if with_swatch else None
             one_step = {"num_inference_steps": 2, "strength": 0.5} if with_swatch else {}  # 1 step either way
-            req = TextileRequest(PROMPT, repeat=repeat, width=size[0], height=size[1], image=image,
-                                 **{**FAST, **one_step, **extra})  # type: ignore[arg-type]
+            req = TextileRequest(
+                PROMPT, repeat=repeat, width=size[0], height=size[1], image=image, **{**FAST, **one_step, **extra}
+            )  # type: ignore[arg-type]
             latents = torch.from_numpy(moved(noise(size), dy, dx, repeat))
             memo[key] = pixels(textile(studio, req, latents=latents).paths[0])
         return memo[key]
@@ -161,8 +168,12 @@ def test_without_wrapping_the_seam_is_not_what_the_model_paints_inside(run: Run,
 
 # ---- scoping ---------------------------------------------------------------------------------------------------------
 def model_state(*modules: torch.nn.Module) -> list[tuple[object, ...]]:
-    return [(type(m).__name__, m.padding_mode, m.padding, m.__dict__.get("forward"), sorted(m.__dict__))
-            for module in modules for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+    return [
+        (type(m).__name__, m.padding_mode, m.padding, m.__dict__.get("forward"), sorted(m.__dict__))
+        for module in modules
+        for m in module.modules()
+        if isinstance(m, torch.nn.Conv2d)
+    ]
 
 
 def test_a_run_that_fails_midway_leaves_every_model_as_before(fresh_studio: Studio) -> None:
@@ -181,8 +192,10 @@ def test_a_run_that_fails_midway_leaves_every_model_as_before(fresh_studio: Stud
     handle = base.unet.register_forward_hook(fail_on_second_call)
     try:
         with pytest.raises(RuntimeError, match="mid-run"):
-            textile(fresh_studio, TextileRequest(PROMPT, repeat="half_drop", width=64, height=128,
-                                                 **{**FAST, "num_inference_steps": 2}))
+            textile(
+                fresh_studio,
+                TextileRequest(PROMPT, repeat="half_drop", width=64, height=128, **{**FAST, "num_inference_steps": 2}),
+            )
     finally:
         handle.remove()
     with pytest.raises(RuntimeError, match="inside"), tiling.wrapped([base.unet, base.vae, controlnet], "brick"):
@@ -195,8 +208,9 @@ def test_a_run_that_fails_midway_leaves_every_model_as_before(fresh_studio: Stud
 
 # ---- export ----------------------------------------------------------------------------------------------------------
 def test_print_export_has_physical_size_times_dpi_and_exactly_n_colours(studio: Studio) -> None:
-    req = TextileRequest(PROMPT, repeat="full", width=64, height=64, physical_width=3.0, unit="in", dpi=50,
-                         colors=5, **FAST)
+    req = TextileRequest(
+        PROMPT, repeat="full", width=64, height=64, physical_width=3.0, unit="in", dpi=50, colors=5, **FAST
+    )
     result = textile(studio, req)
     done = result.exports[0]
     expected = patterns.print_pixels(3.0, "in", 50)  # 3 in x 50 dpi; the height follows the square tile
@@ -221,13 +235,15 @@ def test_tile_size_follows_the_repeat_and_bad_requests_say_what_to_do(studio: St
     step_w, step_h = tiling.granule(downsamplings, base.vae_scale_factor, "half_drop")
     width, height = tile_size(studio, TextileRequest(PROMPT, repeat="half_drop"))
     assert width % step_w == 0 and height % step_h == 0 and height >= studio.cache.native_size()
-    bad = [({"repeat": "half_drop", "width": 64, "height": 64}, f"multiple of {step_h}"),
-           ({"repeat": "diagonal"}, "repeat"),
-           ({"colors": 1}, "at least 2"),
-           ({"physical_width": 10.0, "physical_height": 5.0, "width": 64, "height": 64}, "shape"),
-           ({"image": swatch((64, 64)), "strength": 0.1, "num_inference_steps": 2}, "raise the steps"),
-           ({"unit": "mm"}, "cm"),
-           ({"physical_width": 900.0, "dpi": 2400}, "too large")]
+    bad = [
+        ({"repeat": "half_drop", "width": 64, "height": 64}, f"multiple of {step_h}"),
+        ({"repeat": "diagonal"}, "repeat"),
+        ({"colors": 1}, "at least 2"),
+        ({"physical_width": 10.0, "physical_height": 5.0, "width": 64, "height": 64}, "shape"),
+        ({"image": swatch((64, 64)), "strength": 0.1, "num_inference_steps": 2}, "raise the steps"),
+        ({"unit": "mm"}, "cm"),
+        ({"physical_width": 900.0, "dpi": 2400}, "too large"),
+    ]
     for fields, words in bad:
         with pytest.raises(RequestError, match=words):
             textile(studio, TextileRequest(PROMPT, **{**FAST, **fields}))  # type: ignore[arg-type]
@@ -240,10 +256,18 @@ def test_restyle_in_half_drop_repeat_mode_is_shift_equivariant(studio: Studio) -
     lines = np.where(lines > 200, 255, 0).astype(np.uint8)
 
     def restyled(dy: int, dx: int) -> np.ndarray:
-        req = RestyleRequest(image=Image.fromarray(moved(lines, 8 * dy, 8 * dx, "half_drop")), prompt=PROMPT,
-                             preprocessor="none", repeat="half_drop", width=SQUARE[0], height=SQUARE[1], **FAST)
-        return pixels(restyle(studio, req, latents=torch.from_numpy(moved(noise(SQUARE), dy, dx, "half_drop")))
-                      .paths[0])
+        req = RestyleRequest(
+            image=Image.fromarray(moved(lines, 8 * dy, 8 * dx, "half_drop")),
+            prompt=PROMPT,
+            preprocessor="none",
+            repeat="half_drop",
+            width=SQUARE[0],
+            height=SQUARE[1],
+            **FAST,
+        )
+        return pixels(
+            restyle(studio, req, latents=torch.from_numpy(moved(noise(SQUARE), dy, dx, "half_drop"))).paths[0]
+        )
 
     error = np.abs(restyled(SHIFT, SHIFT) - moved(restyled(0, 0), 8 * SHIFT, 8 * SHIFT, "half_drop")).max()
     assert error <= 1
@@ -274,10 +298,26 @@ def test_tab_turns_widget_values_into_a_request_and_shows_the_exports(studio: St
     seen: list[TextileRequest] = []
     handler = build_tab(seen, studio)["handler"]
     Image.fromarray(swatch((96, 64))).save(tmp_path / "swatch.png")
-    values = {"preset": "Florals", "prompt": PROMPT, "negative_prompt": None, "repeat": "brick", "width": 128.0,
-              "height": 64.0, "num_inference_steps": 2.0, "guidance_scale": 1.0, "scheduler": "DPM++ 2M",
-              "seed": 5.0, "batch_size": 1.0, "image": str(tmp_path / "swatch.png"), "strength": 0.5,
-              "physical_width": 10.0, "physical_height": 0.0, "unit": "cm", "dpi": 72.0, "colors": 3.0}
+    values = {
+        "preset": "Florals",
+        "prompt": PROMPT,
+        "negative_prompt": None,
+        "repeat": "brick",
+        "width": 128.0,
+        "height": 64.0,
+        "num_inference_steps": 2.0,
+        "guidance_scale": 1.0,
+        "scheduler": "DPM++ 2M",
+        "seed": 5.0,
+        "batch_size": 1.0,
+        "image": str(tmp_path / "swatch.png"),
+        "strength": 0.5,
+        "physical_width": 10.0,
+        "physical_height": 0.0,
+        "unit": "cm",
+        "dpi": 72.0,
+        "colors": 3.0,
+    }
     names = [n for n in inspect.signature(handler).parameters if n not in ("request", "progress")]
     outputs = handler(**{n: values[n] for n in names}, request=None, progress=lambda *a, **k: None)
     req = seen[0]

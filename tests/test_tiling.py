@@ -41,7 +41,7 @@ def test_wrap_pad_reads_the_neighbours_the_repeat_lays_out(repeat: str) -> None:
     padded = tiling.wrap_pad(torch.from_numpy(tile)[None, None], (left, right, top, bottom), repeat)[0, 0].numpy()
     wrap_x, wrap_y = tiling.wraps(repeat)
     around = np.pad(patterns.surroundings(tile, repeat), ((0 if wrap_y else 8,) * 2, (0 if wrap_x else 6,) * 2))
-    np.testing.assert_array_equal(padded, around[8 - top: 16 + bottom, 6 - left: 12 + right])
+    np.testing.assert_array_equal(padded, around[8 - top : 16 + bottom, 6 - left : 12 + right])
     assert np.array_equal(around[8:16, 6:12], tile)
 
 
@@ -54,7 +54,7 @@ def test_translate_moves_the_whole_print(repeat: str) -> None:
     for dy, dx in [(3, 0), (0, 2), (5, 4), (8, 6), (11, 7), (16, 12)]:
         dy, dx = (dy if wrap_y else 0), (dx if wrap_x else 0)
         moved = patterns.translate(tile, -dy, -dx, repeat)  # up/left: the print ahead slides into view
-        np.testing.assert_array_equal(moved, ahead[dy: dy + 8, dx: dx + 6])
+        np.testing.assert_array_equal(moved, ahead[dy : dy + 8, dx : dx + 6])
         np.testing.assert_array_equal(patterns.translate(moved, dy, dx, repeat), tile)
 
 
@@ -130,7 +130,8 @@ def test_resized_tile_equals_the_middle_of_the_resized_print(repeat: str) -> Non
     wrap_x, wrap_y = tiling.wraps(repeat)
     rows, cols = (5 if wrap_y else 1), (5 if wrap_x else 1)
     big = Image.fromarray(patterns.plane(np.asarray(tile), repeat, rows, cols)).resize(
-        (cols * 72, rows * 48), Image.Resampling.LANCZOS)
+        (cols * 72, rows * 48), Image.Resampling.LANCZOS
+    )
     left, top = 2 * 72 * wrap_x, 2 * 48 * wrap_y
     expected = np.asarray(big.crop((left, top, left + 72, top + 48))).astype(int)
     got = np.asarray(patterns.resize_tile(tile, (72, 48), repeat)).astype(int)

@@ -26,16 +26,28 @@ def plain(tiny_dir):
 
 @pytest.mark.parametrize("scheduler", ["DPM++ 2M Karras", "Euler a", "DDIM", "UniPC"])
 def test_txt2img_equals_plain_diffusers_pixel_for_pixel(studio, plain, tiny_dir, scheduler):
-    req = Txt2ImgRequest(prompt=PROMPT, negative_prompt="blurry", num_inference_steps=4, guidance_scale=7.5,
-                         scheduler=scheduler, seed=1234)
+    req = Txt2ImgRequest(
+        prompt=PROMPT,
+        negative_prompt="blurry",
+        num_inference_steps=4,
+        guidance_scale=7.5,
+        scheduler=scheduler,
+        seed=1234,
+    )
     ours = txt2img(studio, req).images[0]
     # Plain diffusers usage: the scheduler handed to from_pretrained (the pipeline's __init__ sanitises its config).
     plain = StableDiffusionPipeline.from_pretrained(
-        tiny_dir / "base", safety_checker=None,
+        tiny_dir / "base",
+        safety_checker=None,
         scheduler=get_sampler(scheduler).build(plain.scheduler.config),
     )
-    expected = plain(PROMPT, negative_prompt="blurry", num_inference_steps=4, guidance_scale=7.5,
-                     generator=torch.Generator("cpu").manual_seed(1234)).images[0]
+    expected = plain(
+        PROMPT,
+        negative_prompt="blurry",
+        num_inference_steps=4,
+        guidance_scale=7.5,
+        generator=torch.Generator("cpu").manual_seed(1234),
+    ).images[0]
     assert np.array_equal(pixels(ours.path), pixels(expected))
 
 
@@ -55,8 +67,7 @@ def test_random_seed_is_returned_and_reproduces_the_image(studio):
 
 
 def test_batch_images_use_consecutive_seeds_and_each_reproduces_alone(studio):
-    batch = txt2img(studio, Txt2ImgRequest(prompt=PROMPT, num_inference_steps=3, seed=500, batch_size=2,
-                                           batch_count=2))
+    batch = txt2img(studio, Txt2ImgRequest(prompt=PROMPT, num_inference_steps=3, seed=500, batch_size=2, batch_count=2))
     assert [g.seed for g in batch.images] == [500, 501, 502, 503]
     single = txt2img(studio, Txt2ImgRequest(prompt=PROMPT, num_inference_steps=3, seed=503))
     # Batched convolutions may round differently from a batch of one; the image must be the same picture.
@@ -65,9 +76,16 @@ def test_batch_images_use_consecutive_seeds_and_each_reproduces_alone(studio):
 
 
 def test_png_parameters_parse_back_into_the_request(studio):
-    req = Txt2ImgRequest(prompt="刺繍のシルクドレス, embroidered silk dress: \"atelier\"",
-                         negative_prompt="lowres, text", num_inference_steps=3, guidance_scale=6.5, width=64,
-                         height=128, scheduler="Euler a", seed=4242)
+    req = Txt2ImgRequest(
+        prompt='刺繍のシルクドレス, embroidered silk dress: "atelier"',
+        negative_prompt="lowres, text",
+        num_inference_steps=3,
+        guidance_scale=6.5,
+        width=64,
+        height=128,
+        scheduler="Euler a",
+        seed=4242,
+    )
     path = txt2img(studio, req).paths[0]
     with Image.open(path) as image:
         assert image.size == (64, 128)

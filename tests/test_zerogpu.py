@@ -27,8 +27,14 @@ GPU_ENDPOINTS = {"txt2img", "draft", "refine", "textile", "inpaint", "restyle", 
 @pytest.fixture(scope="module")
 def zero(tiny_dir, tmp_path_factory) -> Iterator[tuple[Client, FakeSpaces, list[str]]]:
     """The studio as a ZeroGPU Space runs it: everything loaded before serving, GPU handlers in forked workers."""
-    settings = make_settings(tiny_dir, tmp_path_factory.mktemp("zero-outputs"), port=free_port(), zero_gpu=True,
-                             preload=True, batch_window_ms=0)  # what SPACES_ZERO_GPU sets (test below)
+    settings = make_settings(
+        tiny_dir,
+        tmp_path_factory.mktemp("zero-outputs"),
+        port=free_port(),
+        zero_gpu=True,
+        preload=True,
+        batch_window_ms=0,
+    )  # what SPACES_ZERO_GPU sets (test below)
     studio = app.create_studio(settings)
     fake = FakeSpaces(probe=lambda: sorted(row.name for row in studio.cache.resident()))
     mp = pytest.MonkeyPatch()
@@ -65,29 +71,74 @@ def test_every_mode_answers_from_a_forked_worker_with_everything_preloaded(zero,
     square.paste(255, (16, 16, 48, 48))
     square.save(mask)
 
-    gallery, seed, _ = client.predict(prompt="a wrap dress", num_inference_steps=2, seed=3, width=64, height=64,
-                                      api_name="/txt2img")
+    gallery, seed, _ = client.predict(
+        prompt="a wrap dress", num_inference_steps=2, seed=3, width=64, height=64, api_name="/txt2img"
+    )
     assert seed == 3 and os.path.exists(gallery[0]["image"])
-    gallery, _, _ = client.predict(prompt="a wrap dress", num_inference_steps=2, seed=3, width=64, height=64,
-                                   api_name="/draft")
+    gallery, _, _ = client.predict(
+        prompt="a wrap dress", num_inference_steps=2, seed=3, width=64, height=64, api_name="/draft"
+    )
     assert gallery
-    shown, _, _ = client.predict(image=handle_file(str(photo)), prompt="linen", num_inference_steps=2, strength=0.5,
-                                 loops=2, seed=5, api_name="/refine")
+    shown, _, _ = client.predict(
+        image=handle_file(str(photo)),
+        prompt="linen",
+        num_inference_steps=2,
+        strength=0.5,
+        loops=2,
+        seed=5,
+        api_name="/refine",
+    )
     assert len(shown) == 2  # a generator: every loop came back from the worker
     _, nodes = client.predict(api_name="/refine_history")  # and the session's tree grew in the main process
     assert len(nodes) == 3
-    tiles = client.predict(prompt="a tulip print", repeat="full", width=64, height=64, image=None,
-                           num_inference_steps=2, seed=4, api_name="/textile")
+    tiles = client.predict(
+        prompt="a tulip print",
+        repeat="full",
+        width=64,
+        height=64,
+        image=None,
+        num_inference_steps=2,
+        seed=4,
+        api_name="/textile",
+    )
     assert tiles[0]
-    gallery, _, _ = client.predict(editor=None, image=handle_file(str(photo)), mask_image=handle_file(str(mask)),
-                                   prompt="a patch pocket", num_inference_steps=2, seed=6, api_name="/inpaint")
+    gallery, _, _ = client.predict(
+        editor=None,
+        image=handle_file(str(photo)),
+        mask_image=handle_file(str(mask)),
+        prompt="a patch pocket",
+        num_inference_steps=2,
+        seed=6,
+        api_name="/inpaint",
+    )
     assert gallery
-    edge, _ = client.predict(handle_file(str(sketch)), "hed", False, True, 512, 64, 64, "off",
-                             api_name="/restyle_edges")
+    edge, _ = client.predict(
+        handle_file(str(sketch)), "hed", False, True, 512, 64, 64, "off", api_name="/restyle_edges"
+    )
     assert Image.open(edge).size == (64, 64)
     gallery, _, _ = client.predict(
-        handle_file(str(sketch)), "hed", False, True, 512, 1.0, 0.0, 1.0, False, "gouache gown", "", 2, 7.0,
-        "Euler", 5, 1, 1, 64, 64, "off", api_name="/restyle")
+        handle_file(str(sketch)),
+        "hed",
+        False,
+        True,
+        512,
+        1.0,
+        0.0,
+        1.0,
+        False,
+        "gouache gown",
+        "",
+        2,
+        7.0,
+        "Euler",
+        5,
+        1,
+        1,
+        64,
+        64,
+        "off",
+        api_name="/restyle",
+    )
     assert gallery
 
     names = {call.name for call in fake.calls}
@@ -102,8 +153,9 @@ def test_an_error_in_a_worker_reaches_the_designer_in_words_and_the_app_keeps_se
     client, _, _ = zero
     with pytest.raises(Exception, match="multiple of 8"):
         client.predict(prompt="coat", width=100, num_inference_steps=2, api_name="/txt2img")
-    gallery, seed, _ = client.predict(prompt="coat", num_inference_steps=2, seed=1, width=64, height=64,
-                                      api_name="/txt2img")
+    gallery, seed, _ = client.predict(
+        prompt="coat", num_inference_steps=2, seed=1, width=64, height=64, api_name="/txt2img"
+    )
     assert seed == 1 and gallery
 
 

@@ -177,8 +177,18 @@ def _send_preview(job: Job, preview: Preview, latents: Any, step: int, total: in
         job.on_preview(image, step, total)
 
 
-def run_batches(studio: Studio, pipe: Any, req: Any, prompts: dict[str, str], job: Job | None, size: tuple[int, int],
-                seed: int, params: Callable[[int], dict[str, Any]], prefix: str, **extra: Any) -> list[Generated]:
+def run_batches(
+    studio: Studio,
+    pipe: Any,
+    req: Any,
+    prompts: dict[str, str],
+    job: Job | None,
+    size: tuple[int, int],
+    seed: int,
+    params: Callable[[int], dict[str, Any]],
+    prefix: str,
+    **extra: Any,
+) -> list[Generated]:
     """`req.batch_count` pipeline calls of `req.batch_size` images (image i of the run uses seed + i, A1111's
     convention), each image saved with `params(its seed)` as soon as its batch is done. `extra` goes to the pipeline
     (control images, latents)."""
@@ -220,8 +230,15 @@ def base_params(studio: Studio, req: Any, seed: int, width: int, height: int, mo
     }
 
 
-def save_image(studio: Studio, image: Image.Image, prompts: dict[str, str], params: dict[str, Any],
-               mode: str, job: Job | None, dpi: int | None = None) -> Generated:
+def save_image(
+    studio: Studio,
+    image: Image.Image,
+    prompts: dict[str, str],
+    params: dict[str, Any],
+    mode: str,
+    job: Job | None,
+    dpi: int | None = None,
+) -> Generated:
     infotext = format_infotext(prompts["prompt"], prompts["negative_prompt"], params)
     path = studio.outputs.save(image, infotext, mode, dpi=(dpi, dpi) if dpi else None)
     generated = Generated(path=path, image=image, seed=int(params["Seed"]), infotext=infotext)

@@ -70,11 +70,15 @@ def check_draft(req: DraftRequest, studio: Studio) -> None:
     if not (req.prompt or "").strip():
         raise RequestError("The prompt is empty: describe the garment or look you want.")
     if not 1 <= req.num_inference_steps <= MAX_DRAFT_STEPS:
-        raise RequestError(f"Drafts take 1 to {MAX_DRAFT_STEPS} steps (LCM); got {req.num_inference_steps}. "
-                           "For more steps, render the chosen draft in full.")
+        raise RequestError(
+            f"Drafts take 1 to {MAX_DRAFT_STEPS} steps (LCM); got {req.num_inference_steps}. "
+            "For more steps, render the chosen draft in full."
+        )
     if not 1 <= req.guidance_scale <= MAX_DRAFT_GUIDANCE:
-        raise RequestError(f"Draft guidance (CFG) must be between 1 and {MAX_DRAFT_GUIDANCE:g}: LCM needs low "
-                           f"guidance; got {req.guidance_scale:g}.")
+        raise RequestError(
+            f"Draft guidance (CFG) must be between 1 and {MAX_DRAFT_GUIDANCE:g}: LCM needs low "
+            f"guidance; got {req.guidance_scale:g}."
+        )
     check_range("seed", req.seed, -1, MAX_SEED)
     check_range("batch_size", req.batch_size, 1, limits.max_batch_size)
     check_range("batch_count", req.batch_count, 1, limits.max_batch_count)
@@ -91,8 +95,17 @@ def draft(studio: Studio, req: DraftRequest, job: Job | None = None) -> Result:
         pipe = studio.cache.derive(StableDiffusionPipeline, unet=studio.cache.draft_unet(ADAPTER_SLOT))
         pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)  # this call's own; the base's untouched
         seed = resolve_seed(req.seed)
-        images = run_batches(studio, pipe, req, prompts, job, (width, height), seed,
-                             lambda s: draft_params(studio, req, s, width, height), "draft")
+        images = run_batches(
+            studio,
+            pipe,
+            req,
+            prompts,
+            job,
+            (width, height),
+            seed,
+            lambda s: draft_params(studio, req, s, width, height),
+            "draft",
+        )
     return Result(images=images, seed=seed, params={**prompts, **draft_params(studio, req, seed, width, height)})
 
 
@@ -130,14 +143,24 @@ def lora_hash(source: str) -> str:
 def draft_choices(result: Result) -> list[DraftChoice]:
     """One choice per draft image, in the order the drafts were produced (the gallery's order)."""
     width, height = (int(side) for side in str(result.params["Size"]).split("x"))
-    return [DraftChoice(result.params["prompt"], result.params["negative_prompt"], image.seed, width, height)
-            for image in result.images]
+    return [
+        DraftChoice(result.params["prompt"], result.params["negative_prompt"], image.seed, width, height)
+        for image in result.images
+    ]
 
 
 def render_request(choice: DraftChoice, full: Txt2ImgRequest) -> Txt2ImgRequest:
     """The full render of a draft: its prompts, seed and size; the full request's steps, sampler and CFG."""
-    return replace(full, prompt=choice.prompt, negative_prompt=choice.negative_prompt, seed=choice.seed,
-                   width=choice.width, height=choice.height, batch_size=1, batch_count=1)
+    return replace(
+        full,
+        prompt=choice.prompt,
+        negative_prompt=choice.negative_prompt,
+        seed=choice.seed,
+        width=choice.width,
+        height=choice.height,
+        batch_size=1,
+        batch_count=1,
+    )
 
 
 def render_draft(studio: Studio, choice: DraftChoice, full: Txt2ImgRequest, job: Job | None = None) -> Result:

@@ -83,8 +83,10 @@ def check_request(req: InpaintRequest, limits: Limits) -> None:
     check_common(req, limits, prompt_required=False)
     check_range("strength", req.strength, 0.01, 1.0)
     if int(req.num_inference_steps * req.strength) < 1:
-        raise RequestError(f"With strength {req.strength:g}, {req.num_inference_steps} steps leave nothing to "
-                           "denoise: raise the strength or the number of steps.")
+        raise RequestError(
+            f"With strength {req.strength:g}, {req.num_inference_steps} steps leave nothing to "
+            "denoise: raise the strength or the number of steps."
+        )
     check_range("mask_blur", req.mask_blur, 0, MAX_MASK_BLUR)
     check_range("padding", req.padding, 0, MAX_PADDING)
     if req.masked_content not in MASKED_CONTENT:
@@ -138,8 +140,9 @@ def plan(image: Image.Image, alpha: Image.Image, req: InpaintRequest, native: in
 def pipeline(studio: Studio, scheduler: str) -> Any:
     """The base's modules; with `inpaint_model` set, its 9-channel UNet (a separate UNet, held in its own slot)."""
     if studio.cache.settings.inpaint_model:
-        return studio.cache.derive(StableDiffusionInpaintPipeline, scheduler=scheduler,
-                                   unet=studio.cache.slot("inpaint_unet"))
+        return studio.cache.derive(
+            StableDiffusionInpaintPipeline, scheduler=scheduler, unet=studio.cache.slot("inpaint_unet")
+        )
     return studio.cache.derive(StableDiffusionInpaintPipeline, scheduler=scheduler)
 
 
@@ -162,8 +165,15 @@ def latent_noise_inputs(pipe: Any, work: Work, gens: list[torch.Generator]) -> d
     return {"image": latents * (1 - small) + noise * small, "masked_image_latents": masked}
 
 
-def denoise(pipe: Any, req: InpaintRequest, prompts: dict[str, str], work: Work, seeds: list[int],
-            job: Job | None, preview: Preview = preview_image) -> list[Image.Image]:
+def denoise(
+    pipe: Any,
+    req: InpaintRequest,
+    prompts: dict[str, str],
+    work: Work,
+    seeds: list[int],
+    job: Job | None,
+    preview: Preview = preview_image,
+) -> list[Image.Image]:
     gens = generators(seeds)
     width, height = work.image.size
     images: dict[str, Any] = {"image": work.image}
@@ -189,16 +199,19 @@ def denoise(pipe: Any, req: InpaintRequest, prompts: dict[str, str], work: Work,
 
 def inpaint_params(studio: Studio, req: InpaintRequest, seed: int, size: tuple[int, int]) -> dict[str, Any]:
     params = base_params(studio, req, seed, size[0], size[1], "inpaint")
-    params.update({
-        "Denoising strength": req.strength,
-        "Mask blur": req.mask_blur,
-        "Mask mode": "Inpaint not masked" if req.invert_mask else "Inpaint masked",
-        "Masked content": MASKED_CONTENT[req.masked_content],
-        "Inpaint area": INPAINT_AREA[req.inpaint_area],
-        "Masked area padding": req.padding if req.inpaint_area == "only_masked" else None,
-        "Inpaint model": studio.cache.companion_source("inpaint_unet") if studio.cache.settings.inpaint_model
-        else None,
-    })
+    params.update(
+        {
+            "Denoising strength": req.strength,
+            "Mask blur": req.mask_blur,
+            "Mask mode": "Inpaint not masked" if req.invert_mask else "Inpaint masked",
+            "Masked content": MASKED_CONTENT[req.masked_content],
+            "Inpaint area": INPAINT_AREA[req.inpaint_area],
+            "Masked area padding": req.padding if req.inpaint_area == "only_masked" else None,
+            "Inpaint model": studio.cache.companion_source("inpaint_unet")
+            if studio.cache.settings.inpaint_model
+            else None,
+        }
+    )
     return params
 
 

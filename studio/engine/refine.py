@@ -155,8 +155,10 @@ def load_source(studio: Studio, value: Any) -> Source:
     parameters = read_parameters(image)
     size = fit_size(image.width, image.height, studio.limits)
     if min(size) < MIN_SIDE:
-        raise RequestError(f"The input image is {image.width}x{image.height}; Refine needs at least "
-                           f"{MIN_SIDE} px on each side. Upload a larger image.")
+        raise RequestError(
+            f"The input image is {image.width}x{image.height}; Refine needs at least "
+            f"{MIN_SIDE} px on each side. Upload a larger image."
+        )
     if size != image.size:
         log.info("Refine input %sx%s scaled to %sx%s", *image.size, *size)
         image = image.resize(size, Image.Resampling.LANCZOS)
@@ -173,7 +175,8 @@ def _reusable(studio: Studio, value: Any, size: tuple[int, int]) -> Path | None:
 def save_source(studio: Studio, source: Source) -> Path:
     """A copy of the input in the outputs folder, so the history's root survives restarts; keeps its metadata."""
     infotext = source.parameters or format_infotext(
-        "", "", {"Size": f"{source.image.width}x{source.image.height}", "Mode": "refine-source", "Loop": 0})
+        "", "", {"Size": f"{source.image.width}x{source.image.height}", "Mode": "refine-source", "Loop": 0}
+    )
     return studio.outputs.save(source.image, infotext, "refine-source")
 
 
@@ -185,14 +188,17 @@ def refine(studio: Studio, req: RefineRequest, job: Job | None = None) -> Iterat
     strengths = schedule_strengths(req)
     for strength in set(strengths):
         if denoising_steps(req.num_inference_steps, strength) < 1:
-            raise RequestError(f"Strength {strength:g} with {req.num_inference_steps} steps runs no denoising step; "
-                               "raise the strength or the number of steps.")
+            raise RequestError(
+                f"Strength {strength:g} with {req.num_inference_steps} steps runs no denoising step; "
+                "raise the strength or the number of steps."
+            )
     source = load_source(studio, req.image)
     return _loops(studio, req, prompts, source, strengths, job)
 
 
-def _loops(studio: Studio, req: RefineRequest, prompts: dict[str, str], source: Source, strengths: list[float],
-           job: Job | None) -> Iterator[LoopImage]:
+def _loops(
+    studio: Studio, req: RefineRequest, prompts: dict[str, str], source: Source, strengths: list[float], job: Job | None
+) -> Iterator[LoopImage]:
     seeds = loop_seeds(req.seed_policy, resolve_seed(req.seed), req.loops, req.batch_size)
     total = req.batch_size * sum(denoising_steps(req.num_inference_steps, s) for s in strengths)
     done = 0
@@ -203,15 +209,17 @@ def _loops(studio: Studio, req: RefineRequest, prompts: dict[str, str], source: 
             if job is not None and job.cancel.is_set():
                 raise Cancelled("Cancelled.")
             steps_job = _offset_job(job, done, total)
-            image = _img2img(studio, req, prompts, parent_image, strength, (seed + chain) % (MAX_SEED + 1),
-                             steps_job)
+            image = _img2img(studio, req, prompts, parent_image, strength, (seed + chain) % (MAX_SEED + 1), steps_job)
             done += denoising_steps(req.num_inference_steps, strength)
             if req.color_correction:
                 image = match_palette(image, parent_image)
             params = {
                 **base_params(studio, req, (seed + chain) % (MAX_SEED + 1), image.width, image.height, "refine"),
-                "Denoising strength": strength, "Loop": f"{loop}/{req.loops}", "Parent": parent.name,
-                "Strength schedule": req.strength_schedule, "Seed policy": req.seed_policy,
+                "Denoising strength": strength,
+                "Loop": f"{loop}/{req.loops}",
+                "Parent": parent.name,
+                "Strength schedule": req.strength_schedule,
+                "Seed policy": req.seed_policy,
                 "Color correction": req.color_correction,
             }
             generated = save_image(studio, image, prompts, params, "refine", job)
@@ -227,8 +235,15 @@ def _offset_job(job: Job | None, done: int, total: int) -> Job | None:
     return replace(job, on_step=None if on_step is None else (lambda step, _: on_step(done + step, total)))
 
 
-def _img2img(studio: Studio, req: RefineRequest, prompts: dict[str, str], image: Image.Image, strength: float,
-             seed: int, job: Job | None) -> Image.Image:
+def _img2img(
+    studio: Studio,
+    req: RefineRequest,
+    prompts: dict[str, str],
+    image: Image.Image,
+    strength: float,
+    seed: int,
+    job: Job | None,
+) -> Image.Image:
     """One plain diffusers img2img call; the GPU lock is held for the call only, never across a yield."""
     with studio.cache.gpu():
         pipe = studio.cache.derive(StableDiffusionImg2ImgPipeline, scheduler=req.scheduler)
@@ -239,8 +254,9 @@ def _img2img(studio: Studio, req: RefineRequest, prompts: dict[str, str], image:
             num_inference_steps=req.num_inference_steps,
             guidance_scale=req.guidance_scale,
             generator=generators([seed]),
-            callback_on_step_end=step_callback(job, denoising_steps(req.num_inference_steps, strength),
-                                               previewer(studio)),
+            callback_on_step_end=step_callback(
+                job, denoising_steps(req.num_inference_steps, strength), previewer(studio)
+            ),
             output_type="pil",
         )
     return output.images[0]

@@ -68,12 +68,28 @@ class WindowedControlNet(MultiControlNetModel):
     """The pipeline's ControlNet, run only where it contributes: a step whose effective weight is 0 (outside the
     start/end window, or weight 0) returns no residuals instead of zeros computed at full cost."""
 
-    def forward(self, sample: torch.Tensor, timestep: Any, encoder_hidden_states: torch.Tensor,
-                controlnet_cond: list[torch.Tensor], conditioning_scale: list[float], *args: Any,
-                guess_mode: bool = False, **kwargs: Any) -> Any:
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: Any,
+        encoder_hidden_states: torch.Tensor,
+        controlnet_cond: list[torch.Tensor],
+        conditioning_scale: list[float],
+        *args: Any,
+        guess_mode: bool = False,
+        **kwargs: Any,
+    ) -> Any:
         if any(scale != 0 for scale in conditioning_scale):
-            return super().forward(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale,
-                                   *args, guess_mode=guess_mode, **kwargs)
+            return super().forward(
+                sample,
+                timestep,
+                encoder_hidden_states,
+                controlnet_cond,
+                conditioning_scale,
+                *args,
+                guess_mode=guess_mode,
+                **kwargs,
+            )
         if not guess_mode:
             return None, None  # the UNet takes its plain path, exactly as in txt2img
         # In guess mode the pipeline pads the residuals for the unconditional half, so it needs real zeros.
@@ -112,8 +128,10 @@ def check_control(req: RestyleRequest) -> None:
     check_range("control_guidance_start", req.control_guidance_start, 0, 1)
     check_range("control_guidance_end", req.control_guidance_end, 0, 1)
     if req.control_guidance_start >= req.control_guidance_end:
-        raise RequestError(f"Guidance start ({req.control_guidance_start:g}) must be before guidance end "
-                           f"({req.control_guidance_end:g}); e.g. start 0, end 1 guides every step.")
+        raise RequestError(
+            f"Guidance start ({req.control_guidance_start:g}) must be before guidance end "
+            f"({req.control_guidance_end:g}); e.g. start 0, end 1 guides every step."
+        )
 
 
 def check_latents(studio: Studio, latents: torch.Tensor | None, batch_size: int, width: int, height: int) -> None:
@@ -123,20 +141,26 @@ def check_latents(studio: Studio, latents: torch.Tensor | None, batch_size: int,
     factor = base.vae_scale_factor
     expected = (batch_size, base.unet.config.in_channels, height // factor, width // factor)
     if tuple(latents.shape) != expected:
-        raise RequestError(f"latents have shape {tuple(latents.shape)}; a {width}x{height} batch of {batch_size} "
-                           f"needs {expected}.")
+        raise RequestError(
+            f"latents have shape {tuple(latents.shape)}; a {width}x{height} batch of {batch_size} needs {expected}."
+        )
 
 
 def load_input(studio: Studio, value: Any, preprocessor: str, invert: bool) -> Image.Image:
     try:
-        return load_image(value, studio.limits.max_pixels * INPUT_PIXELS_PER_OUTPUT_PIXEL, what="input image",
-                          background=edges.transparent_fill(preprocessor, invert))
+        return load_image(
+            value,
+            studio.limits.max_pixels * INPUT_PIXELS_PER_OUTPUT_PIXEL,
+            what="input image",
+            background=edges.transparent_fill(preprocessor, invert),
+        )
     except ImageInputError as exc:
         raise RequestError(str(exc)) from None
 
 
-def output_size(studio: Studio, image_size: tuple[int, int], width: int | None, height: int | None,
-                repeat: str | None = None) -> tuple[int, int]:
+def output_size(
+    studio: Studio, image_size: tuple[int, int], width: int | None, height: int | None, repeat: str | None = None
+) -> tuple[int, int]:
     """Given sizes win; a missing one follows the input's aspect ratio at the model's native scale. In repeat mode
     the auto size is a multiple of the repeat's granule, so the tile wraps exactly."""
     if width and height:
@@ -152,9 +176,16 @@ def output_size(studio: Studio, image_size: tuple[int, int], width: int | None, 
     return edges.auto_size(image_size, studio.cache.native_size(), multiple)
 
 
-def detect_edges(studio: Studio, image: Any, preprocessor: str = "hed", resolution: int | None = None,
-                 invert: bool = False, width: int | None = None, height: int | None = None,
-                 repeat: str | None = None) -> Image.Image:
+def detect_edges(
+    studio: Studio,
+    image: Any,
+    preprocessor: str = "hed",
+    resolution: int | None = None,
+    invert: bool = False,
+    width: int | None = None,
+    height: int | None = None,
+    repeat: str | None = None,
+) -> Image.Image:
     """The edge map a Restyle request with these settings will use, at its output size (for the preview)."""
     check_preprocessing(preprocessor, invert, resolution, repeat)
     picture = load_input(studio, image, preprocessor, invert)
@@ -164,8 +195,9 @@ def detect_edges(studio: Studio, image: Any, preprocessor: str = "hed", resoluti
         return _edge_map(studio, picture, preprocessor, size, resolution, invert)
 
 
-def _edge_map(studio: Studio, picture: Image.Image, preprocessor: str, size: tuple[int, int],
-              resolution: int | None, invert: bool) -> Image.Image:
+def _edge_map(
+    studio: Studio, picture: Image.Image, preprocessor: str, size: tuple[int, int], resolution: int | None, invert: bool
+) -> Image.Image:
     annotator = studio.cache.slot("annotator") if preprocessor != "none" else None
     resolution = resolution or edges.pixel_perfect(*size)
     return edges.edge_map(annotator, picture, preprocessor, size, resolution, invert)
@@ -211,8 +243,7 @@ def control_kwargs(req: RestyleRequest, control: Image.Image) -> dict[str, Any]:
     }
 
 
-def restyle(studio: Studio, req: RestyleRequest, job: Job | None = None,
-            latents: torch.Tensor | None = None) -> Result:
+def restyle(studio: Studio, req: RestyleRequest, job: Job | None = None, latents: torch.Tensor | None = None) -> Result:
     """Generate from the prompt while the ControlNet holds the input's lines. `latents` (tests, scripts) replaces
     the seeded initial noise of every batch."""
     check_common(req, studio.limits)
@@ -226,13 +257,24 @@ def restyle(studio: Studio, req: RestyleRequest, job: Job | None = None,
         resolution = req.preprocessor_resolution or edges.pixel_perfect(width, height)
         control = _edge_map(studio, picture, req.preprocessor, (width, height), resolution, req.invert)
         controlnet = studio.cache.slot("controlnet")
-        pipe = studio.cache.derive(StableDiffusionControlNetPipeline, scheduler=req.scheduler,
-                                   controlnet=WindowedControlNet([controlnet]))
+        pipe = studio.cache.derive(
+            StableDiffusionControlNetPipeline, scheduler=req.scheduler, controlnet=WindowedControlNet([controlnet])
+        )
         extra = controlnet_params(studio, req, resolution)
         seed = resolve_seed(req.seed)
         with repeating(pipe, controlnet, req.repeat):
-            images = run_batches(studio, pipe, req, prompts, job, (width, height), seed,
-                                 lambda s: {**base_params(studio, req, s, width, height, "restyle"), **extra},
-                                 "restyle", **control_kwargs(req, control), latents=latents)
+            images = run_batches(
+                studio,
+                pipe,
+                req,
+                prompts,
+                job,
+                (width, height),
+                seed,
+                lambda s: {**base_params(studio, req, s, width, height, "restyle"), **extra},
+                "restyle",
+                **control_kwargs(req, control),
+                latents=latents,
+            )
     params = {**prompts, **base_params(studio, req, seed, width, height, "restyle"), **extra}
     return Result(images=images, seed=seed, params=params)

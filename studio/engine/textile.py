@@ -44,8 +44,13 @@ from studio.prompts import prompt_kwargs
 from studio.schedulers import DEFAULT_SAMPLER
 
 MAX_COLORS = 64
-REPEAT_LABELS = {"full": "full drop", "half_drop": "half-drop", "brick": "brick", "x": "horizontal-only",
-                 "y": "vertical-only"}
+REPEAT_LABELS = {
+    "full": "full drop",
+    "half_drop": "half-drop",
+    "brick": "brick",
+    "x": "horizontal-only",
+    "y": "vertical-only",
+}
 
 
 @dataclass(frozen=True)
@@ -91,11 +96,18 @@ class SwatchPipeline(StableDiffusionImg2ImgPipeline):
 
     start_noise: torch.Tensor | None = None
 
-    def prepare_latents(self, image: Any, timestep: Any, batch_size: int, num_images_per_prompt: int,
-                        dtype: torch.dtype, device: torch.device, generator: Any = None) -> torch.Tensor:
+    def prepare_latents(
+        self,
+        image: Any,
+        timestep: Any,
+        batch_size: int,
+        num_images_per_prompt: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: Any = None,
+    ) -> torch.Tensor:
         if self.start_noise is None:
-            return super().prepare_latents(image, timestep, batch_size, num_images_per_prompt, dtype, device,
-                                           generator)
+            return super().prepare_latents(image, timestep, batch_size, num_images_per_prompt, dtype, device, generator)
         clean = image.to(device=device, dtype=dtype)
         return self.scheduler.add_noise(clean, self.start_noise.to(device=device, dtype=dtype), timestep)
 
@@ -116,24 +128,27 @@ def check_request(req: TextileRequest, studio: Studio) -> None:
     if req.image is not None:
         check_range("strength", req.strength, 0.01, 1)
         if int(req.num_inference_steps * req.strength) < 1:
-            raise RequestError(f"{req.num_inference_steps} steps at strength {req.strength:g} run no step at all; "
-                               "raise the steps or the strength.")
+            raise RequestError(
+                f"{req.num_inference_steps} steps at strength {req.strength:g} run no step at all; "
+                "raise the steps or the strength."
+            )
 
 
 def tile_size(studio: Studio, req: TextileRequest) -> tuple[int, int]:
     """The tile in px; each side must be a multiple of the repeat's granule so the wrap is exact."""
     base = studio.cache.base()
-    step_w, step_h = tiling.granule(len(base.unet.config.block_out_channels) - 1, base.vae_scale_factor,
-                                    req.repeat)
+    step_w, step_h = tiling.granule(len(base.unet.config.block_out_channels) - 1, base.vae_scale_factor, req.repeat)
     native = studio.cache.native_size()
     width = req.width or -(-native // step_w) * step_w
     height = req.height or -(-native // step_h) * step_h
     check_size(width, height, studio.limits)
     if width % step_w or height % step_h:
         fix = f"{-(-width // step_w) * step_w}x{-(-height // step_h) * step_h}"
-        raise RequestError(f"A {REPEAT_LABELS[req.repeat]} repeat on this model needs a tile width that is a "
-                           f"multiple of {step_w} px and a height that is a multiple of {step_h} px "
-                           f"(got {width}x{height}); try {fix}.")
+        raise RequestError(
+            f"A {REPEAT_LABELS[req.repeat]} repeat on this model needs a tile width that is a "
+            f"multiple of {step_w} px and a height that is a multiple of {step_h} px "
+            f"(got {width}x{height}); try {fix}."
+        )
     return width, height
 
 
@@ -146,11 +161,15 @@ def print_size(req: TextileRequest, width: int, height: int) -> tuple[int, int]:
     out_w = out_w or max(1, round(out_h * width / height))  # type: ignore[operator]
     out_h = out_h or max(1, round(out_w * height / width))
     if abs(out_w * height - out_h * width) > 0.01 * width * out_h:
-        raise RequestError(f"The physical size ({out_w}x{out_h} px at {req.dpi} DPI) does not have the tile's "
-                           f"{width}:{height} shape; set one side to 0 so it follows the other.")
+        raise RequestError(
+            f"The physical size ({out_w}x{out_h} px at {req.dpi} DPI) does not have the tile's "
+            f"{width}:{height} shape; set one side to 0 so it follows the other."
+        )
     if out_w * out_h > patterns.MAX_PRINT_PIXELS:
-        raise RequestError(f"A {out_w}x{out_h} px print file is too large; lower the DPI or the physical size "
-                           f"(at most {patterns.MAX_PRINT_PIXELS:,} pixels).")
+        raise RequestError(
+            f"A {out_w}x{out_h} px print file is too large; lower the DPI or the physical size "
+            f"(at most {patterns.MAX_PRINT_PIXELS:,} pixels)."
+        )
     return out_w, out_h
 
 
@@ -169,13 +188,15 @@ def check_latents(studio: Studio, latents: torch.Tensor | None, batch_size: int,
     factor = base.vae_scale_factor
     expected = (batch_size, 4, height // factor, width // factor)
     if tuple(latents.shape) != expected:
-        raise RequestError(f"latents have shape {tuple(latents.shape)}; a {width}x{height} batch of {batch_size} "
-                           f"needs {expected}.")
+        raise RequestError(
+            f"latents have shape {tuple(latents.shape)}; a {width}x{height} batch of {batch_size} needs {expected}."
+        )
 
 
 # ---- generation ---------------------------------------------------------------------------------------------------
-def textile(studio: Studio, req: TextileRequest, job: Job | None = None,
-            latents: torch.Tensor | None = None) -> TextileResult:
+def textile(
+    studio: Studio, req: TextileRequest, job: Job | None = None, latents: torch.Tensor | None = None
+) -> TextileResult:
     """Generate seamless tiles for `req.repeat` and export them for print.
 
     `latents` (tests, scripts) replaces the seeded starting noise of every batch; with a swatch it is the noise
@@ -205,21 +226,37 @@ def textile(studio: Studio, req: TextileRequest, job: Job | None = None,
     return TextileResult(images=[tile for tile, _ in tiles], seed=seed, params=params, exports=exports)
 
 
-def denoise(pipe: Any, req: TextileRequest, prompts: dict[str, str], seeds: list[int], size: tuple[int, int],
-            swatch: Image.Image | None, latents: torch.Tensor | None, job: Job | None,
-            preview: Preview = preview_image) -> list[Image.Image]:
+def denoise(
+    pipe: Any,
+    req: TextileRequest,
+    prompts: dict[str, str],
+    seeds: list[int],
+    size: tuple[int, int],
+    swatch: Image.Image | None,
+    latents: torch.Tensor | None,
+    job: Job | None,
+    preview: Preview = preview_image,
+) -> list[Image.Image]:
     """One batch with the UNet and the VAE wrapped by the repeat (restored when this returns or raises)."""
     steps = req.num_inference_steps if swatch is None else int(req.num_inference_steps * req.strength)
-    common = dict(**prompt_kwargs(pipe, **prompts), num_inference_steps=req.num_inference_steps,
-                  guidance_scale=req.guidance_scale, num_images_per_prompt=len(seeds),
-                  generator=generators(seeds), callback_on_step_end=step_callback(job, steps, preview),
-                  output_type="pil")
+    common = dict(
+        **prompt_kwargs(pipe, **prompts),
+        num_inference_steps=req.num_inference_steps,
+        guidance_scale=req.guidance_scale,
+        num_images_per_prompt=len(seeds),
+        generator=generators(seeds),
+        callback_on_step_end=step_callback(job, steps, preview),
+        output_type="pil",
+    )
     with tiling.wrapped([pipe.unet, pipe.vae], req.repeat):
         if swatch is None:
             return pipe(**common, width=size[0], height=size[1], latents=latents).images
         clean = encode(pipe, swatch).repeat(len(seeds), 1, 1, 1)
-        pipe.start_noise = latents if latents is not None else randn_tensor(
-            clean.shape, generator=generators(seeds), device=clean.device, dtype=clean.dtype)
+        pipe.start_noise = (
+            latents
+            if latents is not None
+            else randn_tensor(clean.shape, generator=generators(seeds), device=clean.device, dtype=clean.dtype)
+        )
         return pipe(**common, image=clean, strength=req.strength).images
 
 
@@ -231,15 +268,22 @@ def encode(pipe: Any, image: Image.Image) -> torch.Tensor:
 
 
 # ---- metadata and export ------------------------------------------------------------------------------------------
-def tile_params(studio: Studio, req: TextileRequest, seed: int, size: tuple[int, int],
-                out_size: tuple[int, int]) -> dict[str, Any]:
+def tile_params(
+    studio: Studio, req: TextileRequest, seed: int, size: tuple[int, int], out_size: tuple[int, int]
+) -> dict[str, Any]:
     params = base_params(studio, req, seed, size[0], size[1], "textile")
     if req.image is not None:
         params["Denoising strength"] = req.strength
     out_w, out_h = out_size
     physical = [patterns.physical_length(px, req.unit, req.dpi) for px in out_size]
-    params.update({"Repeat": req.repeat, "DPI": req.dpi,
-                   "Print size": f"{physical[0]:.2f}x{physical[1]:.2f} {req.unit}", "Print pixels": f"{out_w}x{out_h}"})
+    params.update(
+        {
+            "Repeat": req.repeat,
+            "DPI": req.dpi,
+            "Print size": f"{physical[0]:.2f}x{physical[1]:.2f} {req.unit}",
+            "Print pixels": f"{out_w}x{out_h}",
+        }
+    )
     return params
 
 
@@ -248,23 +292,36 @@ def tile_dpi(req: TextileRequest, width: int, out_size: tuple[int, int]) -> int:
     return max(1, round(req.dpi * width / out_size[0]))
 
 
-def export(studio: Studio, req: TextileRequest, prompts: dict[str, str], tile: Generated, params: dict[str, Any],
-           out_size: tuple[int, int]) -> PrintExport:
+def export(
+    studio: Studio,
+    req: TextileRequest,
+    prompts: dict[str, str],
+    tile: Generated,
+    params: dict[str, Any],
+    out_size: tuple[int, int],
+) -> PrintExport:
     """Print file (physical size x DPI), 3 x 3 repeat preview, optional colourway with its palette."""
     printed, print_file = tile.image, tile.path
     if out_size != tile.image.size:
         printed = patterns.resize_tile(tile.image, out_size, req.repeat)
-        print_file = save_image(studio, printed, prompts, {**params, "Export": "print"}, "textile-print", None,
-                                dpi=req.dpi).path
+        print_file = save_image(
+            studio, printed, prompts, {**params, "Export": "print"}, "textile-print", None, dpi=req.dpi
+        ).path
     preview = patterns.preview(tile.image, req.repeat)
-    done = PrintExport(tile=tile, print_file=print_file, preview=save_image(
-        studio, preview, prompts, {**params, "Export": "repeat preview"}, "textile-preview", None).path)
+    done = PrintExport(
+        tile=tile,
+        print_file=print_file,
+        preview=save_image(
+            studio, preview, prompts, {**params, "Export": "repeat preview"}, "textile-preview", None
+        ).path,
+    )
     if req.colors:
         way = patterns.colourway(printed, req.colors)
         extra = {**params, "Export": "colourway", "Colours": len(way.palette), "Palette": " ".join(way.hex)}
         done.colourway = save_image(studio, way.image, prompts, extra, "textile-colourway", None, dpi=req.dpi).path
-        done.palette_image = save_image(studio, patterns.swatches(way.palette), prompts,
-                                        {**extra, "Export": "palette"}, "textile-palette", None).path
+        done.palette_image = save_image(
+            studio, patterns.swatches(way.palette), prompts, {**extra, "Export": "palette"}, "textile-palette", None
+        ).path
         done.palette_text = write_text(done.palette_image.with_suffix(".txt"), palette_listing(way))
         done.palette = way.hex
     return done

@@ -55,10 +55,20 @@ def txt2img(studio: Studio, req: Txt2ImgRequest, job: Job | None = None) -> Resu
         check_size(width, height, studio.limits)
         pipe = studio.cache.derive(StableDiffusionPipeline, scheduler=req.scheduler)
         seed = resolve_seed(req.seed)
-        images = run_batches(studio, pipe, req, prompts, job, (width, height), seed,
-                             lambda s: base_params(studio, req, s, width, height, "txt2img"), "txt2img")
-    return Result(images=images, seed=seed, params={**prompts, **base_params(studio, req, seed, width, height,
-                                                                                    "txt2img")})
+        images = run_batches(
+            studio,
+            pipe,
+            req,
+            prompts,
+            job,
+            (width, height),
+            seed,
+            lambda s: base_params(studio, req, s, width, height, "txt2img"),
+            "txt2img",
+        )
+    return Result(
+        images=images, seed=seed, params={**prompts, **base_params(studio, req, seed, width, height, "txt2img")}
+    )
 
 
 # ---- several designers' requests in one UNet batch (studio.batching groups them) --------------------------------
@@ -71,8 +81,12 @@ def shared_params(req: Txt2ImgRequest) -> tuple[object, ...]:
     return tuple(getattr(req, name) for name in SHARED_FIELDS)
 
 
-def txt2img_many(studio: Studio, requests: Sequence[Txt2ImgRequest], jobs: Sequence[Job | None],
-                 on_done: Callable[[int, Outcome], None] | None = None) -> list[Outcome]:
+def txt2img_many(
+    studio: Studio,
+    requests: Sequence[Txt2ImgRequest],
+    jobs: Sequence[Job | None],
+    on_done: Callable[[int, Outcome], None] | None = None,
+) -> list[Outcome]:
     """Requests that share `SHARED_FIELDS` as one UNet batch. Image k of request r uses r's prompts and seed + k
     and is saved with r's metadata, so it is the image `txt2img(r)` makes, within batched-convolution rounding.
 
@@ -101,8 +115,10 @@ def txt2img_many(studio: Studio, requests: Sequence[Txt2ImgRequest], jobs: Seque
         params = {i: base_params(studio, requests[i], seeds[i], width, height, "txt2img") for i in group.waiting()}
     for i in group.waiting():
         try:
-            saved = [save_image(studio, image, prompts[i], {**params[i], "Seed": seed}, "txt2img", jobs[i])
-                     for image, seed in images[i]]
+            saved = [
+                save_image(studio, image, prompts[i], {**params[i], "Seed": seed}, "txt2img", jobs[i])
+                for image, seed in images[i]
+            ]
             group.settle(i, Result(images=saved, seed=seeds[i], params={**prompts[i], **params[i]}))
         except Exception as exc:  # this request's failure (disk, its own callback); the others still save
             group.settle(i, exc)
@@ -174,8 +190,9 @@ class _Group:
                 job.on_preview(image, step, total)
 
 
-def _denoise(pipe: Any, group: _Group, prompts: dict[int, dict[str, str]], seeds: dict[int, int], width: int,
-             height: int) -> dict[int, list[tuple[Image.Image, int]]]:
+def _denoise(
+    pipe: Any, group: _Group, prompts: dict[int, dict[str, str]], seeds: dict[int, int], width: int, height: int
+) -> dict[int, list[tuple[Image.Image, int]]]:
     """One pipeline call per prompt length (chunked long prompts must match in length) over every waiting image."""
     calls: dict[int, list[tuple[int, dict[str, Any]]]] = {}
     for i in group.waiting():
@@ -184,8 +201,11 @@ def _denoise(pipe: Any, group: _Group, prompts: dict[int, dict[str, str]], seeds
     shared = group.requests[0]
     images: dict[int, list[tuple[Image.Image, int]]] = {i: [] for i in group.waiting()}
     for members in calls.values():
-        rows = [(i, kwargs, seeds[i] + k) for i, kwargs in members
-                for k in range(group.requests[i].batch_size * group.requests[i].batch_count)]
+        rows = [
+            (i, kwargs, seeds[i] + k)
+            for i, kwargs in members
+            for k in range(group.requests[i].batch_size * group.requests[i].batch_count)
+        ]
         first_rows: dict[int, int] = {}
         for row, (i, _, _) in enumerate(rows):
             first_rows.setdefault(i, row)
@@ -211,5 +231,7 @@ def _stack(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-image prompt arguments as one batch: lists of strings, or concatenated chunked embeddings."""
     if "prompt" in rows[0]:
         return {"prompt": [r["prompt"] for r in rows], "negative_prompt": [r["negative_prompt"] for r in rows]}
-    return {"prompt_embeds": torch.cat([r["prompt_embeds"] for r in rows]),
-            "negative_prompt_embeds": torch.cat([r["negative_prompt_embeds"] for r in rows])}
+    return {
+        "prompt_embeds": torch.cat([r["prompt_embeds"] for r in rows]),
+        "negative_prompt_embeds": torch.cat([r["negative_prompt_embeds"] for r in rows]),
+    }

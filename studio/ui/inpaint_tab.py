@@ -28,9 +28,11 @@ from studio.ui.widgets import (
 
 Generate = Callable[[InpaintRequest, Job], Result]
 
-MASKED_CONTENT_CHOICES = [("Original (keep the shape, change the look)", "original"),
-                          ("Fill (paint out, then repaint from the surroundings)", "fill"),
-                          ("Latent noise (something new)", "latent_noise")]
+MASKED_CONTENT_CHOICES = [
+    ("Original (keep the shape, change the look)", "original"),
+    ("Fill (paint out, then repaint from the surroundings)", "fill"),
+    ("Latent noise (something new)", "latent_noise"),
+]
 INPAINT_AREA_CHOICES = [("Whole picture", "whole"), ("Only masked (more detail for small areas)", "only_masked")]
 
 
@@ -45,16 +47,27 @@ def image_value(editor: dict[str, Any] | None, image: str | None) -> Any:
 def mask_panel(ctx: UIContext) -> dict[str, gr.components.Component]:
     c: dict[str, gr.components.Component] = {}
     c["editor"] = gr.ImageEditor(
-        label="Photo: brush over what to repaint", type="filepath", format="png", sources=["upload", "clipboard"],
-        layers=True, transforms=(), height=420,
+        label="Photo: brush over what to repaint",
+        type="filepath",
+        format="png",
+        sources=["upload", "clipboard"],
+        layers=True,
+        transforms=(),
+        height=420,
         brush=gr.Brush(colors=["#ffffff", "#ff3b6b", "#000000"], default_color="#ff3b6b", color_mode="defaults"),
     )
     with gr.Accordion("Upload a mask instead (white = repaint)", open=False):
         with gr.Row():
-            c["image"] = gr.Image(label="Photo (optional: else the editor's)", type="filepath", image_mode=None,
-                                  sources=["upload", "clipboard"], height=200)
-            c["mask_image"] = gr.Image(label="Mask", type="filepath", image_mode=None,
-                                       sources=["upload", "clipboard"], height=200)
+            c["image"] = gr.Image(
+                label="Photo (optional: else the editor's)",
+                type="filepath",
+                image_mode=None,
+                sources=["upload", "clipboard"],
+                height=200,
+            )
+            c["mask_image"] = gr.Image(
+                label="Mask", type="filepath", image_mode=None, sources=["upload", "clipboard"], height=200
+            )
     with gr.Row():
         c["invert_mask"] = gr.Checkbox(False, label="Invert mask (repaint everything but the brushed area)")
         c["mask_blur"] = gr.Slider(0, MAX_MASK_BLUR, value=4, step=1, label="Mask blur (feather, px)")
@@ -81,27 +94,77 @@ def create(ctx: UIContext, generate: Generate) -> dict[str, Any]:
         with gr.Column(scale=6, min_width=320):
             gallery, seed_used, infotext = results_block()
 
-    def inpaint(editor: dict[str, Any] | None, image: str | None, mask_image: str | None, prompt: str,
-                negative_prompt: str, invert_mask: bool, mask_blur: float, masked_content: str, inpaint_area: str,
-                padding: float, strength: float, num_inference_steps: float, guidance_scale: float, scheduler: str,
-                seed: float, batch_size: float, batch_count: float, request: gr.Request,
-                progress: gr.Progress = gr.Progress()) -> tuple[list[str], int, str]:  # noqa: B008 (Gradio idiom)
+    def inpaint(
+        editor: dict[str, Any] | None,
+        image: str | None,
+        mask_image: str | None,
+        prompt: str,
+        negative_prompt: str,
+        invert_mask: bool,
+        mask_blur: float,
+        masked_content: str,
+        inpaint_area: str,
+        padding: float,
+        strength: float,
+        num_inference_steps: float,
+        guidance_scale: float,
+        scheduler: str,
+        seed: float,
+        batch_size: float,
+        batch_count: float,
+        request: gr.Request,
+        progress: gr.Progress = gr.Progress(),
+    ) -> tuple[list[str], int, str]:  # noqa: B008 (Gradio idiom)
         req = InpaintRequest(
-            image=image_value(editor, image), mask_image=mask_image, prompt=prompt or "",
-            negative_prompt=negative_prompt or "", strength=float(strength),
-            num_inference_steps=as_int(num_inference_steps, "Steps"), guidance_scale=float(guidance_scale),
-            scheduler=scheduler, seed=as_int(seed, "Seed"), batch_size=as_int(batch_size, "Batch size"),
-            batch_count=as_int(batch_count, "Batch count"), mask_blur=as_int(mask_blur, "Mask blur"),
-            invert_mask=bool(invert_mask), masked_content=masked_content, inpaint_area=inpaint_area,
+            image=image_value(editor, image),
+            mask_image=mask_image,
+            prompt=prompt or "",
+            negative_prompt=negative_prompt or "",
+            strength=float(strength),
+            num_inference_steps=as_int(num_inference_steps, "Steps"),
+            guidance_scale=float(guidance_scale),
+            scheduler=scheduler,
+            seed=as_int(seed, "Seed"),
+            batch_size=as_int(batch_size, "Batch size"),
+            batch_count=as_int(batch_count, "Batch count"),
+            mask_blur=as_int(mask_blur, "Mask blur"),
+            invert_mask=bool(invert_mask),
+            masked_content=masked_content,
+            inpaint_area=inpaint_area,
             padding=as_int(padding, "Padding"),
         )
         return run_generation(ctx.board, request, progress, lambda job: generate(req, job))
 
-    inputs = [c["editor"], c["image"], c["mask_image"], prompts.prompt, prompts.negative_prompt, c["invert_mask"],
-              c["mask_blur"], c["masked_content"], c["inpaint_area"], c["padding"], c["strength"],
-              sampling.num_inference_steps, sampling.guidance_scale, sampling.scheduler, sampling.seed, batch_size,
-              batch_count]
-    run.click(ctx.gpu(inpaint), inputs=inputs, outputs=[gallery, seed_used, infotext], api_name="inpaint",
-              concurrency_id="gpu")
-    return {"handler": inpaint, "inputs": inputs, "gallery": gallery, "prompt": prompts.prompt,
-            "input_image": c["editor"]}
+    inputs = [
+        c["editor"],
+        c["image"],
+        c["mask_image"],
+        prompts.prompt,
+        prompts.negative_prompt,
+        c["invert_mask"],
+        c["mask_blur"],
+        c["masked_content"],
+        c["inpaint_area"],
+        c["padding"],
+        c["strength"],
+        sampling.num_inference_steps,
+        sampling.guidance_scale,
+        sampling.scheduler,
+        sampling.seed,
+        batch_size,
+        batch_count,
+    ]
+    run.click(
+        ctx.gpu(inpaint),
+        inputs=inputs,
+        outputs=[gallery, seed_used, infotext],
+        api_name="inpaint",
+        concurrency_id="gpu",
+    )
+    return {
+        "handler": inpaint,
+        "inputs": inputs,
+        "gallery": gallery,
+        "prompt": prompts.prompt,
+        "input_image": c["editor"],
+    }

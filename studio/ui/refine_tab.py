@@ -37,18 +37,35 @@ from studio.ui.widgets import (
 Refine = Callable[[RefineRequest, Job], Iterator[LoopImage]]
 STORAGE_KEY = "atelier-refine-history"
 # The form fields a restored PNG fills, in this order (request field names; see studio.restore).
-RESTORED = ("prompt", "negative_prompt", "strength", "num_inference_steps", "guidance_scale", "scheduler", "seed",
-            "color_correction", "seed_policy", "loops", "strength_schedule")
+RESTORED = (
+    "prompt",
+    "negative_prompt",
+    "strength",
+    "num_inference_steps",
+    "guidance_scale",
+    "scheduler",
+    "seed",
+    "color_correction",
+    "seed_policy",
+    "loops",
+    "strength_schedule",
+)
 
 
 def create(ctx: UIContext, run_refine: Refine, outputs: Outputs) -> dict[str, Any]:
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=320):
-            input_image = gr.Image(label="Input image (upload, paste or drop; a PNG's parameters are restored)",
-                                   type="filepath", image_mode=None, format="png", sources=["upload", "clipboard"],
-                                   height=320)
-            prompts = prompt_block(ctx, "e.g. photo of a linen shirt dress, natural light, detailed hands",
-                                   negative=DEFAULT_NEGATIVE)
+            input_image = gr.Image(
+                label="Input image (upload, paste or drop; a PNG's parameters are restored)",
+                type="filepath",
+                image_mode=None,
+                format="png",
+                sources=["upload", "clipboard"],
+                height=320,
+            )
+            prompts = prompt_block(
+                ctx, "e.g. photo of a linen shirt dress, natural light, detailed hands", negative=DEFAULT_NEGATIVE
+            )
             strength = gr.Slider(0.01, 1, value=0.75, step=0.01, label="Denoising strength")
             sampling = sampling_block(ctx, guidance=7.5)
             with gr.Row():
@@ -67,8 +84,15 @@ def create(ctx: UIContext, run_refine: Refine, outputs: Outputs) -> dict[str, An
             gallery, seed_used, infotext = results_block("Loop results")
             with gr.Accordion("History", open=True):
                 node_pick = gr.Dropdown(label="Node", choices=[], value=None, interactive=True)
-                history_gallery = gr.Gallery(label="All nodes", format="png", type="filepath", columns=6,
-                                             height=220, object_fit="contain", allow_preview=False)
+                history_gallery = gr.Gallery(
+                    label="All nodes",
+                    format="png",
+                    type="filepath",
+                    columns=6,
+                    height=220,
+                    object_fit="contain",
+                    allow_preview=False,
+                )
                 with gr.Row():
                     continue_button = gr.Button("Continue from node", size="sm")
                     compare_button = gr.Button("Compare with parent", size="sm")
@@ -79,20 +103,42 @@ def create(ctx: UIContext, run_refine: Refine, outputs: Outputs) -> dict[str, An
     tree = gr.State(History(outputs.root).to_dict())
     continue_from = gr.State(None)
 
-    def refine(image: str | None, prompt: str, negative_prompt: str, strength: float, num_inference_steps: float,
-               guidance_scale: float, scheduler: str, seed: float, batch_size: float, loops: float,
-               strength_schedule: str, final_strength: float, seed_policy: str, color_correction: bool,
-               continue_from: int | None, tree: dict[str, Any], request: gr.Request,
-               progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio injects it)
-               ) -> Iterator[tuple[list[tuple[str, str]], int, str, dict]]:
+    def refine(
+        image: str | None,
+        prompt: str,
+        negative_prompt: str,
+        strength: float,
+        num_inference_steps: float,
+        guidance_scale: float,
+        scheduler: str,
+        seed: float,
+        batch_size: float,
+        loops: float,
+        strength_schedule: str,
+        final_strength: float,
+        seed_policy: str,
+        color_correction: bool,
+        continue_from: int | None,
+        tree: dict[str, Any],
+        request: gr.Request,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio injects it)
+    ) -> Iterator[tuple[list[tuple[str, str]], int, str, dict]]:
         history = History.from_dict(tree, outputs.root)
         req = RefineRequest(
-            image=source_value(image, continue_from, history), prompt=prompt or "",
-            negative_prompt=negative_prompt or "", strength=float(strength),
-            num_inference_steps=as_int(num_inference_steps, "Steps"), guidance_scale=float(guidance_scale),
-            scheduler=scheduler, seed=as_int(seed, "Seed"), batch_size=as_int(batch_size, "Batch size"),
-            loops=as_int(loops, "Loops"), strength_schedule=strength_schedule,
-            final_strength=float(final_strength), seed_policy=seed_policy, color_correction=bool(color_correction),
+            image=source_value(image, continue_from, history),
+            prompt=prompt or "",
+            negative_prompt=negative_prompt or "",
+            strength=float(strength),
+            num_inference_steps=as_int(num_inference_steps, "Steps"),
+            guidance_scale=float(guidance_scale),
+            scheduler=scheduler,
+            seed=as_int(seed, "Seed"),
+            batch_size=as_int(batch_size, "Batch size"),
+            loops=as_int(loops, "Loops"),
+            strength_schedule=strength_schedule,
+            final_strength=float(final_strength),
+            seed_policy=seed_policy,
+            color_correction=bool(color_correction),
         )
         shown: list[tuple[str, str]] = []
         seeds: list[int] = []
@@ -107,40 +153,95 @@ def create(ctx: UIContext, run_refine: Refine, outputs: Outputs) -> dict[str, An
     def pick(tree: dict[str, Any], evt: gr.SelectData) -> Any:
         return pick_from_gallery(tree, evt.index, outputs.root)
 
-    inputs = [input_image, prompts.prompt, prompts.negative_prompt, strength, sampling.num_inference_steps,
-              sampling.guidance_scale, sampling.scheduler, sampling.seed, batch_size, loops, strength_schedule,
-              final_strength, seed_policy, color_correction, continue_from, tree]
-    form = [prompts.prompt, prompts.negative_prompt, strength, sampling.num_inference_steps,
-            sampling.guidance_scale, sampling.scheduler, sampling.seed, color_correction, seed_policy, loops,
-            strength_schedule]
+    inputs = [
+        input_image,
+        prompts.prompt,
+        prompts.negative_prompt,
+        strength,
+        sampling.num_inference_steps,
+        sampling.guidance_scale,
+        sampling.scheduler,
+        sampling.seed,
+        batch_size,
+        loops,
+        strength_schedule,
+        final_strength,
+        seed_policy,
+        color_correction,
+        continue_from,
+        tree,
+    ]
+    form = [
+        prompts.prompt,
+        prompts.negative_prompt,
+        strength,
+        sampling.num_inference_steps,
+        sampling.guidance_scale,
+        sampling.scheduler,
+        sampling.seed,
+        color_correction,
+        seed_policy,
+        loops,
+        strength_schedule,
+    ]
     private = {"api_visibility": "private", "queue": False}
 
-    run.click(ctx.gpu(refine), inputs=inputs, outputs=[gallery, seed_used, infotext, tree], api_name="refine",
-              concurrency_id="gpu")
-    tree.change(lambda t: show_tree(History.from_dict(t, outputs.root)), inputs=tree,
-                outputs=[node_pick, history_gallery], api_name="refine_history", queue=False)
-    input_image.upload(lambda path: restore_fields(path, ctx.limits, quiet=True), inputs=input_image, outputs=form,
-                       **private)
+    run.click(
+        ctx.gpu(refine),
+        inputs=inputs,
+        outputs=[gallery, seed_used, infotext, tree],
+        api_name="refine",
+        concurrency_id="gpu",
+    )
+    tree.change(
+        lambda t: show_tree(History.from_dict(t, outputs.root)),
+        inputs=tree,
+        outputs=[node_pick, history_gallery],
+        api_name="refine_history",
+        queue=False,
+    )
+    input_image.upload(
+        lambda path: restore_fields(path, ctx.limits, quiet=True), inputs=input_image, outputs=form, **private
+    )
     history_gallery.select(pick, inputs=tree, outputs=node_pick, **private)
-    continue_button.click(lambda n, t: continue_node(n, t, outputs.root), inputs=[node_pick, tree],
-                          outputs=[input_image, continue_from], **private)
-    compare_button.click(lambda n, t: compare_node(n, t, outputs.root), inputs=[node_pick, tree], outputs=compare,
-                         **private)
-    restore_button.click(lambda n, t: restore_node(n, t, outputs.root, ctx.limits), inputs=[node_pick, tree],
-                         outputs=[*form, input_image, continue_from], **private)
-    download_button.click(lambda n, t: download_branch(n, t, outputs.root), inputs=[node_pick, tree],
-                          outputs=branch_zip, **private)
-    return {"handler": refine, "inputs": inputs, "gallery": gallery, "input_image": input_image,
-            "prompt": prompts.prompt, "tree": tree, "node_pick": node_pick}
+    continue_button.click(
+        lambda n, t: continue_node(n, t, outputs.root),
+        inputs=[node_pick, tree],
+        outputs=[input_image, continue_from],
+        **private,
+    )
+    compare_button.click(
+        lambda n, t: compare_node(n, t, outputs.root), inputs=[node_pick, tree], outputs=compare, **private
+    )
+    restore_button.click(
+        lambda n, t: restore_node(n, t, outputs.root, ctx.limits),
+        inputs=[node_pick, tree],
+        outputs=[*form, input_image, continue_from],
+        **private,
+    )
+    download_button.click(
+        lambda n, t: download_branch(n, t, outputs.root), inputs=[node_pick, tree], outputs=branch_zip, **private
+    )
+    return {
+        "handler": refine,
+        "inputs": inputs,
+        "gallery": gallery,
+        "input_image": input_image,
+        "prompt": prompts.prompt,
+        "tree": tree,
+        "node_pick": node_pick,
+    }
 
 
 # ---- running ------------------------------------------------------------------------------------------------------
-def stream(ctx: UIContext, request: gr.Request | None, progress: gr.Progress,
-           start: Callable[[Job], Iterator[LoopImage]]) -> Iterator[LoopImage]:
+def stream(
+    ctx: UIContext, request: gr.Request | None, progress: gr.Progress, start: Callable[[Job], Iterator[LoopImage]]
+) -> Iterator[LoopImage]:
     """Run a refine for one session with progress and cancel; images already saved stay shown and in history."""
     count = 0
-    with guarded_job(ctx.board, request, progress, desc="Refining", what="Refine", kept=lambda: count,
-                     where=" in the history") as job:
+    with guarded_job(
+        ctx.board, request, progress, desc="Refining", what="Refine", kept=lambda: count, where=" in the history"
+    ) as job:
         for item in start(job):
             count += 1
             yield item
@@ -180,8 +281,14 @@ def persist(demo: gr.Blocks, tree: gr.State, root: Path) -> gr.BrowserState:
     saved = gr.BrowserState(History(root).to_dict(), storage_key=STORAGE_KEY, secret=STORAGE_KEY)
     tree.change(lambda t: t, inputs=tree, outputs=saved, api_visibility="private", queue=False)
     # On load, and when the browser reads its copy back (which may come after the load event): adopt it once.
-    gr.on([demo.load, saved.change], lambda s, t: adopt(s, t, root), inputs=[saved, tree], outputs=tree,
-          api_visibility="private", queue=False)
+    gr.on(
+        [demo.load, saved.change],
+        lambda s, t: adopt(s, t, root),
+        inputs=[saved, tree],
+        outputs=tree,
+        api_visibility="private",
+        queue=False,
+    )
     return saved
 
 

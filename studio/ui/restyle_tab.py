@@ -31,11 +31,19 @@ PREPROCESSOR_CHOICES = [
     ("HED safe (cleaner, fewer texture lines)", "hed_safe"),
     ("None: my image already is an edge map / line sketch", "none"),
 ]
-REPEAT_CHOICES = [("Off", "off"), ("Full drop", "full"), ("Half drop", "half_drop"), ("Brick", "brick"),
-                  ("Horizontal only (x)", "x"), ("Vertical only (y)", "y")]
-SIZE_NOTE = ("**Output size** is what you get; 0 = auto (your image's aspect ratio at the model's native size). "
-             "**Preprocessor resolution** only sets how closely HED looks at your image; pixel perfect matches "
-             "it to the output.")
+REPEAT_CHOICES = [
+    ("Off", "off"),
+    ("Full drop", "full"),
+    ("Half drop", "half_drop"),
+    ("Brick", "brick"),
+    ("Horizontal only (x)", "x"),
+    ("Vertical only (y)", "y"),
+]
+SIZE_NOTE = (
+    "**Output size** is what you get; 0 = auto (your image's aspect ratio at the model's native size). "
+    "**Preprocessor resolution** only sets how closely HED looks at your image; pixel perfect matches "
+    "it to the output."
+)
 
 
 def _optional_size(value: Any, name: str) -> int | None:
@@ -60,19 +68,22 @@ def _use_as_sketch(edge: Image.Image | None) -> tuple[Image.Image, str, bool]:
 def control_panel(ctx: UIContext) -> dict[str, gr.components.Component]:
     """Input, preprocessing and ControlNet settings (the left half of the form)."""
     c: dict[str, gr.components.Component] = {}
-    c["image"] = gr.Image(label="Photo or sketch", type="filepath", image_mode=None, sources=["upload", "clipboard"],
-                          height=320)
+    c["image"] = gr.Image(
+        label="Photo or sketch", type="filepath", image_mode=None, sources=["upload", "clipboard"], height=320
+    )
     c["preprocessor"] = gr.Radio(PREPROCESSOR_CHOICES, value="hed", label="Preprocessor")
     c["invert"] = gr.Checkbox(False, label="Invert (dark lines on light paper)", visible=False)
     with gr.Row():
         c["pixel_perfect"] = gr.Checkbox(True, label="Pixel perfect")
-        c["preprocessor_resolution"] = gr.Slider(64, 2048, value=ctx.native_size, step=64, interactive=False,
-                                                 label="Preprocessor resolution (HED detail)")
+        c["preprocessor_resolution"] = gr.Slider(
+            64, 2048, value=ctx.native_size, step=64, interactive=False, label="Preprocessor resolution (HED detail)"
+        )
     with gr.Row():
         c["preview"] = gr.Button("Preview edges", size="sm")
         c["use_edges"] = gr.Button("Use this edge map as my sketch", size="sm")
-    c["edge_map"] = gr.Image(label="Edge map (what the ControlNet follows)", type="pil", format="png",
-                             interactive=False, height=256)
+    c["edge_map"] = gr.Image(
+        label="Edge map (what the ControlNet follows)", type="pil", format="png", interactive=False, height=256
+    )
     c["edge_note"] = gr.Markdown("")
     with gr.Row():
         c["controlnet_conditioning_scale"] = gr.Slider(0, 2, value=1.0, step=0.05, label="Control weight")
@@ -103,65 +114,170 @@ def create(ctx: UIContext, generate: Generate, detect: Detect) -> dict[str, Any]
         with gr.Column(scale=6, min_width=320):
             gallery, seed_used, infotext = results_block()
 
-    def restyle(image: Any, preprocessor: str, invert: bool, pixel_perfect: bool, preprocessor_resolution: float,
-                controlnet_conditioning_scale: float, control_guidance_start: float, control_guidance_end: float,
-                guess_mode: bool, prompt: str, negative_prompt: str, num_inference_steps: float,
-                guidance_scale: float, scheduler: str, seed: float, batch_size: float, batch_count: float,
-                width: float, height: float, repeat: str, request: gr.Request,
-                progress: gr.Progress = gr.Progress()) -> tuple[list[str], int, str]:  # noqa: B008 (Gradio idiom)
+    def restyle(
+        image: Any,
+        preprocessor: str,
+        invert: bool,
+        pixel_perfect: bool,
+        preprocessor_resolution: float,
+        controlnet_conditioning_scale: float,
+        control_guidance_start: float,
+        control_guidance_end: float,
+        guess_mode: bool,
+        prompt: str,
+        negative_prompt: str,
+        num_inference_steps: float,
+        guidance_scale: float,
+        scheduler: str,
+        seed: float,
+        batch_size: float,
+        batch_count: float,
+        width: float,
+        height: float,
+        repeat: str,
+        request: gr.Request,
+        progress: gr.Progress = gr.Progress(),
+    ) -> tuple[list[str], int, str]:  # noqa: B008 (Gradio idiom)
         if image is None:
             raise gr.Error("Upload a photo or a sketch first (or send a result here from another tab).")
         req = RestyleRequest(
-            image=image, prompt=prompt, negative_prompt=negative_prompt or "", preprocessor=preprocessor,
+            image=image,
+            prompt=prompt,
+            negative_prompt=negative_prompt or "",
+            preprocessor=preprocessor,
             invert=bool(invert) and preprocessor == "none",
             preprocessor_resolution=_resolution(pixel_perfect, preprocessor_resolution),
             controlnet_conditioning_scale=float(controlnet_conditioning_scale),
-            control_guidance_start=float(control_guidance_start), control_guidance_end=float(control_guidance_end),
-            guess_mode=bool(guess_mode), width=_optional_size(width, "Width"),
-            height=_optional_size(height, "Height"), num_inference_steps=as_int(num_inference_steps, "Steps"),
-            guidance_scale=float(guidance_scale), scheduler=scheduler, seed=as_int(seed, "Seed"),
-            batch_size=as_int(batch_size, "Batch size"), batch_count=as_int(batch_count, "Batch count"),
+            control_guidance_start=float(control_guidance_start),
+            control_guidance_end=float(control_guidance_end),
+            guess_mode=bool(guess_mode),
+            width=_optional_size(width, "Width"),
+            height=_optional_size(height, "Height"),
+            num_inference_steps=as_int(num_inference_steps, "Steps"),
+            guidance_scale=float(guidance_scale),
+            scheduler=scheduler,
+            seed=as_int(seed, "Seed"),
+            batch_size=as_int(batch_size, "Batch size"),
+            batch_count=as_int(batch_count, "Batch count"),
             repeat=_repeat(repeat),
         )
         return run_generation(ctx.board, request, progress, lambda job: generate(req, job))
 
-    def preview_edges(image: Any, preprocessor: str, invert: bool, pixel_perfect: bool,
-                      preprocessor_resolution: float, width: float, height: float,
-                      repeat: str) -> tuple[Image.Image, str]:
+    def preview_edges(
+        image: Any,
+        preprocessor: str,
+        invert: bool,
+        pixel_perfect: bool,
+        preprocessor_resolution: float,
+        width: float,
+        height: float,
+        repeat: str,
+    ) -> tuple[Image.Image, str]:
         if image is None:
             raise gr.Error("Upload a photo or a sketch first, then preview its edges.")
         resolution = _resolution(pixel_perfect, preprocessor_resolution)
         invert = bool(invert) and preprocessor == "none"
         try:
-            edge = detect(image, preprocessor, resolution, invert, _optional_size(width, "Width"),
-                          _optional_size(height, "Height"), _repeat(repeat))
+            edge = detect(
+                image,
+                preprocessor,
+                resolution,
+                invert,
+                _optional_size(width, "Width"),
+                _optional_size(height, "Height"),
+                _repeat(repeat),
+            )
         except (RequestError, ModelLoadError) as exc:
             raise gr.Error(str(exc)) from None
         if preprocessor == "none" and not invert and edges.coverage(edge) > 0.5:
             gr.Info("Most of this map is bright. If your sketch is dark lines on light paper, tick Invert.")
-        how = "your own lines" if preprocessor == "none" else \
-            f"HED at {resolution or edges.pixel_perfect(*edge.size)} px{' (pixel perfect)' if pixel_perfect else ''}"
+        how = (
+            "your own lines"
+            if preprocessor == "none"
+            else f"HED at {resolution or edges.pixel_perfect(*edge.size)} px{' (pixel perfect)' if pixel_perfect else ''}"
+        )
         return edge, f"Output {edge.width}x{edge.height}, edges from {how}."
 
-    inputs = [c["image"], c["preprocessor"], c["invert"], c["pixel_perfect"], c["preprocessor_resolution"],
-              c["controlnet_conditioning_scale"], c["control_guidance_start"], c["control_guidance_end"],
-              c["guess_mode"], prompts.prompt, prompts.negative_prompt, sampling.num_inference_steps,
-              sampling.guidance_scale, sampling.scheduler, sampling.seed, batch_size, batch_count, width, height,
-              repeat]
-    preview_inputs = [c["image"], c["preprocessor"], c["invert"], c["pixel_perfect"], c["preprocessor_resolution"],
-                      width, height, repeat]
-    run.click(ctx.gpu(restyle), inputs=inputs, outputs=[gallery, seed_used, infotext], api_name="restyle",
-              concurrency_id="gpu")
-    prompts.prompt.submit(ctx.gpu(restyle), inputs=inputs, outputs=[gallery, seed_used, infotext],
-                          api_visibility="private", concurrency_id="gpu")
-    c["preview"].click(ctx.gpu(preview_edges), inputs=preview_inputs, outputs=[c["edge_map"], c["edge_note"]],
-                       api_name="restyle_edges", concurrency_id="gpu")
-    c["use_edges"].click(_use_as_sketch, inputs=c["edge_map"],
-                         outputs=[c["image"], c["preprocessor"], c["invert"]], api_visibility="private")
-    c["preprocessor"].change(lambda p: gr.Checkbox(visible=p == "none"), inputs=c["preprocessor"],
-                             outputs=c["invert"], queue=False, api_visibility="private")
-    c["pixel_perfect"].change(lambda on: gr.Slider(interactive=not on), inputs=c["pixel_perfect"],
-                              outputs=c["preprocessor_resolution"], queue=False, api_visibility="private")
-    return {"handler": restyle, "inputs": inputs, "gallery": gallery, "input_image": c["image"],
-            "prompt": prompts.prompt, "preview_handler": preview_edges, "preview_inputs": preview_inputs,
-            "edge_map": c["edge_map"]}
+    inputs = [
+        c["image"],
+        c["preprocessor"],
+        c["invert"],
+        c["pixel_perfect"],
+        c["preprocessor_resolution"],
+        c["controlnet_conditioning_scale"],
+        c["control_guidance_start"],
+        c["control_guidance_end"],
+        c["guess_mode"],
+        prompts.prompt,
+        prompts.negative_prompt,
+        sampling.num_inference_steps,
+        sampling.guidance_scale,
+        sampling.scheduler,
+        sampling.seed,
+        batch_size,
+        batch_count,
+        width,
+        height,
+        repeat,
+    ]
+    preview_inputs = [
+        c["image"],
+        c["preprocessor"],
+        c["invert"],
+        c["pixel_perfect"],
+        c["preprocessor_resolution"],
+        width,
+        height,
+        repeat,
+    ]
+    run.click(
+        ctx.gpu(restyle),
+        inputs=inputs,
+        outputs=[gallery, seed_used, infotext],
+        api_name="restyle",
+        concurrency_id="gpu",
+    )
+    prompts.prompt.submit(
+        ctx.gpu(restyle),
+        inputs=inputs,
+        outputs=[gallery, seed_used, infotext],
+        api_visibility="private",
+        concurrency_id="gpu",
+    )
+    c["preview"].click(
+        ctx.gpu(preview_edges),
+        inputs=preview_inputs,
+        outputs=[c["edge_map"], c["edge_note"]],
+        api_name="restyle_edges",
+        concurrency_id="gpu",
+    )
+    c["use_edges"].click(
+        _use_as_sketch,
+        inputs=c["edge_map"],
+        outputs=[c["image"], c["preprocessor"], c["invert"]],
+        api_visibility="private",
+    )
+    c["preprocessor"].change(
+        lambda p: gr.Checkbox(visible=p == "none"),
+        inputs=c["preprocessor"],
+        outputs=c["invert"],
+        queue=False,
+        api_visibility="private",
+    )
+    c["pixel_perfect"].change(
+        lambda on: gr.Slider(interactive=not on),
+        inputs=c["pixel_perfect"],
+        outputs=c["preprocessor_resolution"],
+        queue=False,
+        api_visibility="private",
+    )
+    return {
+        "handler": restyle,
+        "inputs": inputs,
+        "gallery": gallery,
+        "input_image": c["image"],
+        "prompt": prompts.prompt,
+        "preview_handler": preview_edges,
+        "preview_inputs": preview_inputs,
+        "edge_map": c["edge_map"],
+    }

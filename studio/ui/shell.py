@@ -89,8 +89,13 @@ def send_row(source: gr.Gallery, targets: list[TabHandle], tabs: gr.Tabs, exclud
             updates[tabs] = gr.Tabs(selected=target.mode)
             return updates
 
-        button.click(send, inputs=[selected, source], outputs=[target.input_image, tabs, *prompt_fields],
-                     queue=False, api_visibility="private")
+        button.click(
+            send,
+            inputs=[selected, source],
+            outputs=[target.input_image, tabs, *prompt_fields],
+            queue=False,
+            api_visibility="private",
+        )
 
 
 def prompts_of(path: str) -> dict[str, str]:
@@ -111,8 +116,15 @@ def session_results(handles: list[TabHandle], tabs: gr.Tabs) -> None:
     """This browser session's results from every tab, newest first, with parameters, Send to and a zip download."""
     history = gr.State([])  # paths only (per-session, deep-copied by Gradio: keep it small)
     with gr.Accordion("This session's results", open=False):
-        gallery = gr.Gallery(label="Newest first", format="png", type="filepath", columns=6, height=260,
-                             object_fit="contain", interactive=False)
+        gallery = gr.Gallery(
+            label="Newest first",
+            format="png",
+            type="filepath",
+            columns=6,
+            height=260,
+            object_fit="contain",
+            interactive=False,
+        )
         params = gr.Textbox(label="Parameters of the selected result", lines=3, interactive=False)
         send_row(gallery, handles, tabs)
         with gr.Row():
@@ -125,8 +137,13 @@ def session_results(handles: list[TabHandle], tabs: gr.Tabs) -> None:
         return paths, paths
 
     for handle in handles:
-        handle.parts["gallery"].change(add, inputs=[handle.parts["gallery"], history], outputs=[history, gallery],
-                                       queue=False, api_visibility="private")
+        handle.parts["gallery"].change(
+            add,
+            inputs=[handle.parts["gallery"], history],
+            outputs=[history, gallery],
+            queue=False,
+            api_visibility="private",
+        )
     gallery.select(show_parameters, inputs=gallery, outputs=params, queue=False, api_visibility="private")
     zip_button.click(zip_session, inputs=history, outputs=zip_file, queue=False, api_visibility="private")
 

@@ -23,16 +23,27 @@ from studio.ui.widgets import (
 Generate = Callable[[TextileRequest, Job], Result]
 
 NEGATIVE = "text, watermark, signature, frame, border, vignette, photo of a person, blurry, low quality"
-REPEAT_CHOICES = [("Full drop", "full"), ("Half-drop", "half_drop"), ("Brick", "brick"),
-                  ("Horizontal only (border print)", "x"), ("Vertical only", "y")]
+REPEAT_CHOICES = [
+    ("Full drop", "full"),
+    ("Half-drop", "half_drop"),
+    ("Brick", "brick"),
+    ("Horizontal only (border print)", "x"),
+    ("Vertical only", "y"),
+]
 
 
-def describe_print(width: float, height: float, physical_width: float, physical_height: float, unit: str,
-                   dpi: float) -> str:
+def describe_print(
+    width: float, height: float, physical_width: float, physical_height: float, unit: str, dpi: float
+) -> str:
     """One line for the designer: the tile's physical size and the print file's pixels."""
     try:
-        req = TextileRequest("", physical_width=float(physical_width or 0), physical_height=float(physical_height or 0),
-                             unit=unit, dpi=int(dpi or 300))
+        req = TextileRequest(
+            "",
+            physical_width=float(physical_width or 0),
+            physical_height=float(physical_height or 0),
+            unit=unit,
+            dpi=int(dpi or 300),
+        )
         out_w, out_h = print_size(req, int(width), int(height))
     except (RequestError, ValueError, TypeError, ZeroDivisionError) as exc:
         return f"⚠ {exc}"
@@ -46,10 +57,12 @@ def create(ctx: UIContext, generate: Generate) -> dict[str, Any]:
             prompts = prompt_block(ctx, "e.g. seamless floral print, roses and leaves, flat colours", NEGATIVE)
             repeat = gr.Radio(REPEAT_CHOICES, value="full", label="Repeat")
             with gr.Row():
-                width = gr.Slider(64, ctx.limits.max_side, value=max(ctx.native_size, 128), step=64,
-                                  label="Tile width (px)")
-                height = gr.Slider(64, ctx.limits.max_side, value=max(ctx.native_size, 128), step=64,
-                                   label="Tile height (px)")
+                width = gr.Slider(
+                    64, ctx.limits.max_side, value=max(ctx.native_size, 128), step=64, label="Tile width (px)"
+                )
+                height = gr.Slider(
+                    64, ctx.limits.max_side, value=max(ctx.native_size, 128), step=64, label="Tile height (px)"
+                )
             with gr.Accordion("Print size", open=False):
                 with gr.Row():
                     physical_width = gr.Number(0, minimum=0, label="Tile width (0 = tile px at the DPI)")
@@ -57,8 +70,9 @@ def create(ctx: UIContext, generate: Generate) -> dict[str, Any]:
                 with gr.Row():
                     unit = gr.Radio(list(UNITS), value="cm", label="Unit")
                     dpi = gr.Number(300, precision=0, minimum=36, maximum=2400, label="DPI")
-                print_info = gr.Markdown(describe_print(max(ctx.native_size, 128), max(ctx.native_size, 128), 0, 0,
-                                                        "cm", 300))
+                print_info = gr.Markdown(
+                    describe_print(max(ctx.native_size, 128), max(ctx.native_size, 128), 0, 0, "cm", 300)
+                )
                 colors = gr.Slider(0, MAX_COLORS, value=0, step=1, label="Colourway: spot colours (0 = off)")
             with gr.Accordion("Make an existing swatch seamless", open=False):
                 image = gr.Image(label="Swatch (fabric photo)", type="filepath", sources=["upload", "clipboard"])
@@ -72,24 +86,49 @@ def create(ctx: UIContext, generate: Generate) -> dict[str, Any]:
             preview = gr.Image(label="Repeat preview", format="png", type="filepath", interactive=False)
             gallery, seed_used, infotext = results_block("Tiles")
             with gr.Row():
-                palette_image = gr.Image(label="Palette", format="png", type="filepath", interactive=False,
-                                         height=80)
+                palette_image = gr.Image(label="Palette", format="png", type="filepath", interactive=False, height=80)
                 palette_hex = gr.Textbox(label="Palette (hex)", interactive=False, buttons=["copy"])
             files = gr.File(label="Downloads", file_count="multiple", interactive=False)
 
-    def textile(prompt: str, negative_prompt: str, repeat: str, width: float, height: float,
-                num_inference_steps: float, guidance_scale: float, scheduler: str, seed: float, batch_size: float,
-                image: str | None, strength: float, physical_width: float, physical_height: float, unit: str,
-                dpi: float, colors: float, request: gr.Request,
-                progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio injects progress through this default)
-                ) -> tuple[list[str], str | None, str | None, str, list[str], int, str]:
+    def textile(
+        prompt: str,
+        negative_prompt: str,
+        repeat: str,
+        width: float,
+        height: float,
+        num_inference_steps: float,
+        guidance_scale: float,
+        scheduler: str,
+        seed: float,
+        batch_size: float,
+        image: str | None,
+        strength: float,
+        physical_width: float,
+        physical_height: float,
+        unit: str,
+        dpi: float,
+        colors: float,
+        request: gr.Request,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio injects progress through this default)
+    ) -> tuple[list[str], str | None, str | None, str, list[str], int, str]:
         req = TextileRequest(
-            prompt=prompt, negative_prompt=negative_prompt or "", repeat=repeat, width=as_int(width, "Tile width"),
-            height=as_int(height, "Tile height"), num_inference_steps=as_int(num_inference_steps, "Steps"),
-            guidance_scale=float(guidance_scale), scheduler=scheduler, seed=as_int(seed, "Seed"),
-            batch_size=as_int(batch_size, "Tiles per run"), image=image or None, strength=float(strength),
-            physical_width=float(physical_width or 0), physical_height=float(physical_height or 0), unit=unit,
-            dpi=as_int(dpi, "DPI"), colors=as_int(colors, "Colours"),
+            prompt=prompt,
+            negative_prompt=negative_prompt or "",
+            repeat=repeat,
+            width=as_int(width, "Tile width"),
+            height=as_int(height, "Tile height"),
+            num_inference_steps=as_int(num_inference_steps, "Steps"),
+            guidance_scale=float(guidance_scale),
+            scheduler=scheduler,
+            seed=as_int(seed, "Seed"),
+            batch_size=as_int(batch_size, "Tiles per run"),
+            image=image or None,
+            strength=float(strength),
+            physical_width=float(physical_width or 0),
+            physical_height=float(physical_height or 0),
+            unit=unit,
+            dpi=as_int(dpi, "DPI"),
+            colors=as_int(colors, "Colours"),
         )
         done: list[Result] = []
 
@@ -100,17 +139,31 @@ def create(ctx: UIContext, generate: Generate) -> dict[str, Any]:
         tiles, seed_out, info = run_generation(ctx.board, request, progress, run_once)
         return (tiles, *export_outputs(done[0] if done else None), seed_out, info)
 
-    inputs = [prompts.prompt, prompts.negative_prompt, repeat, width, height, sampling.num_inference_steps,
-              sampling.guidance_scale, sampling.scheduler, sampling.seed, batch_size, image, strength,
-              physical_width, physical_height, unit, dpi, colors]
+    inputs = [
+        prompts.prompt,
+        prompts.negative_prompt,
+        repeat,
+        width,
+        height,
+        sampling.num_inference_steps,
+        sampling.guidance_scale,
+        sampling.scheduler,
+        sampling.seed,
+        batch_size,
+        image,
+        strength,
+        physical_width,
+        physical_height,
+        unit,
+        dpi,
+        colors,
+    ]
     outputs = [gallery, preview, palette_image, palette_hex, files, seed_used, infotext]
     size_inputs = [width, height, physical_width, physical_height, unit, dpi]
     for component in size_inputs:
-        component.change(describe_print, inputs=size_inputs, outputs=print_info, queue=False,
-                         api_visibility="private")
+        component.change(describe_print, inputs=size_inputs, outputs=print_info, queue=False, api_visibility="private")
     run.click(ctx.gpu(textile), inputs=inputs, outputs=outputs, api_name="textile", concurrency_id="gpu")
-    return {"handler": textile, "inputs": inputs, "gallery": gallery, "prompt": prompts.prompt,
-            "input_image": image}
+    return {"handler": textile, "inputs": inputs, "gallery": gallery, "prompt": prompts.prompt, "input_image": image}
 
 
 def export_outputs(result: Result | None) -> tuple[str | None, str | None, str, list[str]]:
@@ -119,7 +172,11 @@ def export_outputs(result: Result | None) -> tuple[str | None, str | None, str, 
     if not exports:
         return None, None, "", []
     first = exports[0]
-    files = [str(p) for e in exports for p in (e.tile.path, e.print_file, e.preview, e.colourway, e.palette_image,
-                                               e.palette_text) if p is not None]
+    files = [
+        str(p)
+        for e in exports
+        for p in (e.tile.path, e.print_file, e.preview, e.colourway, e.palette_image, e.palette_text)
+        if p is not None
+    ]
     palette = str(first.palette_image) if first.palette_image else None
     return str(first.preview), palette, " ".join(first.palette), list(dict.fromkeys(files))

@@ -40,8 +40,9 @@ class DraftActions:
     render: Callable[[DraftChoice, Txt2ImgRequest, Job], Result]
 
 
-def create(ctx: UIContext, generate: Generate, concurrency: int = 1,
-           drafts: DraftActions | None = None) -> dict[str, gr.components.Component]:
+def create(
+    ctx: UIContext, generate: Generate, concurrency: int = 1, drafts: DraftActions | None = None
+) -> dict[str, gr.components.Component]:
     """`concurrency` > 1: that many txt2img calls may wait at once, so a batcher can merge them into one UNet batch
     (studio.batching); the GPU lock still serialises GPU work with every other mode."""
     with gr.Row(equal_height=False):
@@ -62,34 +63,74 @@ def create(ctx: UIContext, generate: Generate, concurrency: int = 1,
             preview = gr.Image(label="Live preview", visible=False, interactive=False, height=256)
             gallery, seed_used, infotext = results_block()
 
-    def txt2img(prompt: str, negative_prompt: str, num_inference_steps: float, guidance_scale: float,
-                width: float, height: float, scheduler: str, seed: float, batch_size: float, batch_count: float,
-                request: gr.Request,
-                progress: gr.Progress = gr.Progress()) -> tuple[list[str], int, str]:  # noqa: B008 (Gradio idiom)
+    def txt2img(
+        prompt: str,
+        negative_prompt: str,
+        num_inference_steps: float,
+        guidance_scale: float,
+        width: float,
+        height: float,
+        scheduler: str,
+        seed: float,
+        batch_size: float,
+        batch_count: float,
+        request: gr.Request,
+        progress: gr.Progress = gr.Progress(),
+    ) -> tuple[list[str], int, str]:  # noqa: B008 (Gradio idiom)
         req = Txt2ImgRequest(
-            prompt=prompt, negative_prompt=negative_prompt or "",
-            num_inference_steps=as_int(num_inference_steps, "Steps"), guidance_scale=float(guidance_scale),
-            width=as_int(width, "Width"), height=as_int(height, "Height"), scheduler=scheduler,
-            seed=as_int(seed, "Seed"), batch_size=as_int(batch_size, "Batch size"),
+            prompt=prompt,
+            negative_prompt=negative_prompt or "",
+            num_inference_steps=as_int(num_inference_steps, "Steps"),
+            guidance_scale=float(guidance_scale),
+            width=as_int(width, "Width"),
+            height=as_int(height, "Height"),
+            scheduler=scheduler,
+            seed=as_int(seed, "Seed"),
+            batch_size=as_int(batch_size, "Batch size"),
             batch_count=as_int(batch_count, "Batch count"),
         )
         return run_generation(ctx.board, request, progress, lambda job: generate(req, job))
 
-    inputs = [prompts.prompt, prompts.negative_prompt, sampling.num_inference_steps, sampling.guidance_scale,
-              width, height, sampling.scheduler, sampling.seed, batch_size, batch_count]
-    queue: dict = {"concurrency_id": "txt2img", "concurrency_limit": concurrency} if concurrency > 1 else \
-        {"concurrency_id": "gpu"}
+    inputs = [
+        prompts.prompt,
+        prompts.negative_prompt,
+        sampling.num_inference_steps,
+        sampling.guidance_scale,
+        width,
+        height,
+        sampling.scheduler,
+        sampling.seed,
+        batch_size,
+        batch_count,
+    ]
+    queue: dict = (
+        {"concurrency_id": "txt2img", "concurrency_limit": concurrency}
+        if concurrency > 1
+        else {"concurrency_id": "gpu"}
+    )
     outputs = [gallery, seed_used, infotext]
     # The browser watches the image develop (a generator twin with one more output, the preview); the /txt2img API
     # is the plain handler on an event of its own, so clients still get exactly (gallery, seed, infotext).
-    gr.on([run.click, prompts.prompt.submit], ctx.gpu(live(txt2img, ctx.preview_every)), inputs=inputs,
-          outputs=[*outputs, preview], api_name="txt2img_live", api_visibility="private", **queue)
+    gr.on(
+        [run.click, prompts.prompt.submit],
+        ctx.gpu(live(txt2img, ctx.preview_every)),
+        inputs=inputs,
+        outputs=[*outputs, preview],
+        api_name="txt2img_live",
+        api_visibility="private",
+        **queue,
+    )
     gr.on([], ctx.gpu(txt2img), inputs=inputs, outputs=outputs, api_name="txt2img", **queue)
     if drafts is not None and draft_ui is not None:
-        wire_drafts(ctx, drafts, draft_ui, [prompts.prompt, prompts.negative_prompt, width, height, sampling.seed,
-                                            batch_size, batch_count],
-                    [sampling.num_inference_steps, sampling.guidance_scale, sampling.scheduler],
-                    [gallery, seed_used, infotext], [run.click, prompts.prompt.submit])
+        wire_drafts(
+            ctx,
+            drafts,
+            draft_ui,
+            [prompts.prompt, prompts.negative_prompt, width, height, sampling.seed, batch_size, batch_count],
+            [sampling.num_inference_steps, sampling.guidance_scale, sampling.scheduler],
+            [gallery, seed_used, infotext],
+            [run.click, prompts.prompt.submit],
+        )
     return {"handler": txt2img, "inputs": inputs, "gallery": gallery, "prompt": prompts.prompt, "preview": preview}
 
 
@@ -112,26 +153,49 @@ def draft_controls() -> DraftControls:
         with gr.Row():
             steps = gr.Slider(1, MAX_DRAFT_STEPS, value=DRAFT_STEPS, step=1, label="Draft steps")
             guidance = gr.Slider(1, MAX_DRAFT_GUIDANCE, value=DRAFT_GUIDANCE, step=0.1, label="Draft CFG")
-        gr.Markdown("Drafts sample with LCM-LoRA in a few steps at low CFG (1 = no negative prompt). Click a draft "
-                    "in the results, then **Render this draft**: its seed and prompt, at the Steps, Sampler and "
-                    "CFG above.")
+        gr.Markdown(
+            "Drafts sample with LCM-LoRA in a few steps at low CFG (1 = no negative prompt). Click a draft "
+            "in the results, then **Render this draft**: its seed and prompt, at the Steps, Sampler and "
+            "CFG above."
+        )
     return DraftControls(draft, render, steps, guidance, gr.State([]), gr.State(None))
 
 
-def wire_drafts(ctx: UIContext, actions: DraftActions, ui: DraftControls, form: list[gr.components.Component],
-                full: list[gr.components.Component], results: list[gr.components.Component],
-                generate_triggers: list[object]) -> None:
+def wire_drafts(
+    ctx: UIContext,
+    actions: DraftActions,
+    ui: DraftControls,
+    form: list[gr.components.Component],
+    full: list[gr.components.Component],
+    results: list[gr.components.Component],
+    generate_triggers: list[object],
+) -> None:
     """`form`: prompt, negative prompt, width, height, seed, batch size, batch count; `full`: the form's steps,
     CFG and sampler for the full render; `results`: gallery, seed used, infotext."""
 
-    def draft(prompt: str, negative_prompt: str, num_inference_steps: float, guidance_scale: float, width: float,
-              height: float, seed: float, batch_size: float, batch_count: float, request: gr.Request,
-              progress: gr.Progress = gr.Progress()) -> tuple[object, ...]:  # noqa: B008 (Gradio idiom)
+    def draft(
+        prompt: str,
+        negative_prompt: str,
+        num_inference_steps: float,
+        guidance_scale: float,
+        width: float,
+        height: float,
+        seed: float,
+        batch_size: float,
+        batch_count: float,
+        request: gr.Request,
+        progress: gr.Progress = gr.Progress(),
+    ) -> tuple[object, ...]:  # noqa: B008 (Gradio idiom)
         req = DraftRequest(
-            prompt=prompt, negative_prompt=negative_prompt or "",
-            num_inference_steps=as_int(num_inference_steps, "Draft steps"), guidance_scale=float(guidance_scale),
-            width=as_int(width, "Width"), height=as_int(height, "Height"), seed=as_int(seed, "Seed"),
-            batch_size=as_int(batch_size, "Batch size"), batch_count=as_int(batch_count, "Batch count"),
+            prompt=prompt,
+            negative_prompt=negative_prompt or "",
+            num_inference_steps=as_int(num_inference_steps, "Draft steps"),
+            guidance_scale=float(guidance_scale),
+            width=as_int(width, "Width"),
+            height=as_int(height, "Height"),
+            seed=as_int(seed, "Seed"),
+            batch_size=as_int(batch_size, "Batch size"),
+            batch_count=as_int(batch_count, "Batch count"),
         )
         done: list[Result] = []
 
@@ -143,14 +207,24 @@ def wire_drafts(ctx: UIContext, actions: DraftActions, ui: DraftControls, form: 
         choices = [asdict(choice) for choice in draft_choices(done[0])] if done else []  # none when cancelled
         return (*shown, choices, None)
 
-    def render(choices: list[dict], chosen: int | None, num_inference_steps: float, guidance_scale: float,
-               scheduler: str, request: gr.Request,
-               progress: gr.Progress = gr.Progress()) -> tuple[object, ...]:  # noqa: B008 (Gradio idiom)
+    def render(
+        choices: list[dict],
+        chosen: int | None,
+        num_inference_steps: float,
+        guidance_scale: float,
+        scheduler: str,
+        request: gr.Request,
+        progress: gr.Progress = gr.Progress(),
+    ) -> tuple[object, ...]:  # noqa: B008 (Gradio idiom)
         if not choices:
             raise gr.Error("No draft to render: press Draft first, then click the draft you like in the results.")
         choice = DraftChoice(**choices[chosen if chosen is not None and 0 <= chosen < len(choices) else 0])
-        req = Txt2ImgRequest(prompt=choice.prompt, num_inference_steps=as_int(num_inference_steps, "Steps"),
-                             guidance_scale=float(guidance_scale), scheduler=scheduler)
+        req = Txt2ImgRequest(
+            prompt=choice.prompt,
+            num_inference_steps=as_int(num_inference_steps, "Steps"),
+            guidance_scale=float(guidance_scale),
+            scheduler=scheduler,
+        )
         return (*run_generation(ctx.board, request, progress, lambda job: actions.render(choice, req, job)), [], None)
 
     def pick(event: gr.SelectData) -> int:
@@ -159,10 +233,16 @@ def wire_drafts(ctx: UIContext, actions: DraftActions, ui: DraftControls, form: 
     prompt, negative_prompt, width, height, seed, batch_size, batch_count = form
     states = [ui.choices, ui.chosen]
     draft_inputs = [prompt, negative_prompt, ui.steps, ui.guidance, width, height, seed, batch_size, batch_count]
-    ui.draft.click(ctx.gpu(draft), inputs=draft_inputs, outputs=[*results, *states], api_name="draft",
-                   concurrency_id="gpu")
-    ui.render.click(ctx.gpu(render), inputs=[*states, *full], outputs=[*results, *states], api_visibility="private",
-                    concurrency_id="gpu")
+    ui.draft.click(
+        ctx.gpu(draft), inputs=draft_inputs, outputs=[*results, *states], api_name="draft", concurrency_id="gpu"
+    )
+    ui.render.click(
+        ctx.gpu(render),
+        inputs=[*states, *full],
+        outputs=[*results, *states],
+        api_visibility="private",
+        concurrency_id="gpu",
+    )
     results[0].select(pick, outputs=ui.chosen, queue=False, api_visibility="private")
     # txt2img results replace the drafts in the gallery: forget them, so Render never picks a stale seed
     gr.on(generate_triggers, lambda: ([], None), outputs=states, queue=False, api_visibility="private")

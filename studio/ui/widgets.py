@@ -72,16 +72,16 @@ def sampling_block(ctx: UIContext, steps: int = 25, guidance: float = 7.0) -> Sa
     with gr.Row():
         # min_width: on a phone the pair wraps, so "DPM++ 2M Karras" is not written over its arrow
         scheduler = gr.Dropdown(list(SAMPLERS), value=DEFAULT_SAMPLER, label="Sampler", min_width=200)
-        seed = gr.Number(value=-1, precision=0, minimum=-1, maximum=MAX_SEED, label="Seed (-1 = random)",
-                         min_width=200)
+        seed = gr.Number(value=-1, precision=0, minimum=-1, maximum=MAX_SEED, label="Seed (-1 = random)", min_width=200)
     return SamplingBlock(num_inference_steps, guidance_scale, scheduler, seed)
 
 
 def results_block(label: str = "Results") -> tuple[gr.Gallery, gr.Number, gr.Textbox]:
     # interactive=False: results are not an upload box, and only a static Gallery fires .change when a handler
     # fills it (Gradio 6.31), which the shell's session results and Send-to reset listen to.
-    gallery = gr.Gallery(label=label, format="png", type="filepath", columns=2, height="auto",
-                         object_fit="contain", interactive=False)
+    gallery = gr.Gallery(
+        label=label, format="png", type="filepath", columns=2, height="auto", object_fit="contain", interactive=False
+    )
     with gr.Row():
         seed_used = gr.Number(label="Seed used", value=None, precision=0, interactive=False)
     infotext = gr.Textbox(label="Parameters", lines=3, interactive=False, buttons=["copy"])
@@ -89,8 +89,16 @@ def results_block(label: str = "Results") -> tuple[gr.Gallery, gr.Number, gr.Tex
 
 
 @contextlib.contextmanager
-def guarded_job(board: JobBoard, request: gr.Request | None, progress: gr.Progress, *, desc: str = "Denoising",
-                what: str = "Generation", kept: Callable[[], int] = lambda: 0, where: str = "") -> Iterator[Job]:
+def guarded_job(
+    board: JobBoard,
+    request: gr.Request | None,
+    progress: gr.Progress,
+    *,
+    desc: str = "Denoising",
+    what: str = "Generation",
+    kept: Callable[[], int] = lambda: 0,
+    where: str = "",
+) -> Iterator[Job]:
     """The session's job for one run, with per-step progress and Cancel; failures become words for the designer.
 
     A cancel ends the block quietly (with a toast saying how many finished images, `kept()`, were kept `where`);
@@ -106,18 +114,20 @@ def guarded_job(board: JobBoard, request: gr.Request | None, progress: gr.Progre
         raise gr.Error(str(exc)) from None
     except torch.OutOfMemoryError:
         torch.cuda.empty_cache()
-        raise gr.Error("The GPU ran out of memory. Try a smaller size or batch; the studio is still running.") \
-            from None
+        raise gr.Error("The GPU ran out of memory. Try a smaller size or batch; the studio is still running.") from None
     except Exception:
         log.exception("%s failed", what)
-        raise gr.Error(f"{what} failed unexpectedly (details in the server log). Finished images are kept{where}; "
-                       "try again, or with other settings.") from None
+        raise gr.Error(
+            f"{what} failed unexpectedly (details in the server log). Finished images are kept{where}; "
+            "try again, or with other settings."
+        ) from None
     finally:
         board.finish(session, job)
 
 
-def run_generation(board: JobBoard, request: gr.Request | None, progress: gr.Progress,
-                   run: Callable[[Job], Result]) -> tuple[list[str], int, str]:
+def run_generation(
+    board: JobBoard, request: gr.Request | None, progress: gr.Progress, run: Callable[[Job], Result]
+) -> tuple[list[str], int, str]:
     """Run an engine call for one session (`guarded_job`); returns (image paths, seed, infotext).
 
     After a cancel, the images finished before it are still shown."""
@@ -129,8 +139,11 @@ def run_generation(board: JobBoard, request: gr.Request | None, progress: gr.Pro
             sink.job, job.on_preview, job.preview_every = job, sink.put, sink.every
         result = run(job)
         return [str(p) for p in result.paths], result.seed, result.images[0].infotext if result.images else ""
-    return [str(g.path) for g in produced], produced[0].seed if produced else -1, \
-        produced[0].infotext if produced else ""
+    return (
+        [str(g.path) for g in produced],
+        produced[0].seed if produced else -1,
+        produced[0].infotext if produced else "",
+    )
 
 
 # ---- live preview: a generator twin of a tab handler ----------------------------------------------------------
@@ -187,8 +200,9 @@ def live(handler: Callable[..., tuple[Any, ...]], every: int, outputs: int = 3) 
     return stream
 
 
-def _run_with_sink(sink: PreviewSink, handler: Callable[..., Any], args: tuple[Any, ...],
-                   kwargs: dict[str, Any]) -> Any:
+def _run_with_sink(
+    sink: PreviewSink, handler: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     _PREVIEW_SINK.set(sink)  # inside the worker's own context copy: no other run sees it
     return handler(*args, **kwargs)
 
