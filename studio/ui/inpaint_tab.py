@@ -114,7 +114,7 @@ def create(ctx: UIContext, generate: Generate) -> dict[str, Any]:
         batch_count: float,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),
-    ) -> tuple[list[str], int, str]:  # noqa: B008 (Gradio idiom)
+    ) -> tuple[list[str], int, str]:
         req = InpaintRequest(
             image=image_value(editor, image),
             mask_image=mask_image,

@@ -121,7 +121,7 @@ def create(ctx: UIContext, run_refine: Refine, outputs: Outputs) -> dict[str, An
         continue_from: int | None,
         tree: dict[str, Any],
         request: gr.Request,
-        progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio injects it)
+        progress: gr.Progress = gr.Progress(),
     ) -> Iterator[tuple[list[tuple[str, str]], int, str, dict]]:
         history = History.from_dict(tree, outputs.root)
         req = RefineRequest(

@@ -137,7 +137,7 @@ def create(ctx: UIContext, generate: Generate, detect: Detect) -> dict[str, Any]
         repeat: str,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),
-    ) -> tuple[list[str], int, str]:  # noqa: B008 (Gradio idiom)
+    ) -> tuple[list[str], int, str]:
         if image is None:
             raise gr.Error("Upload a photo or a sketch first (or send a result here from another tab).")
         req = RestyleRequest(
@@ -194,7 +194,8 @@ def create(ctx: UIContext, generate: Generate, detect: Detect) -> dict[str, Any]
         how = (
             "your own lines"
             if preprocessor == "none"
-            else f"HED at {resolution or edges.pixel_perfect(*edge.size)} px{' (pixel perfect)' if pixel_perfect else ''}"
+            else f"HED at {resolution or edges.pixel_perfect(*edge.size)} px"
+            + (" (pixel perfect)" if pixel_perfect else "")
         )
         return edge, f"Output {edge.width}x{edge.height}, edges from {how}."
 

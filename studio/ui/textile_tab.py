@@ -109,7 +109,7 @@ def create(ctx: UIContext, generate: Generate) -> dict[str, Any]:
         dpi: float,
         colors: float,
         request: gr.Request,
-        progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio injects progress through this default)
+        progress: gr.Progress = gr.Progress(),
     ) -> tuple[list[str], str | None, str | None, str, list[str], int, str]:
         req = TextileRequest(
             prompt=prompt,

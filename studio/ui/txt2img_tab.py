@@ -76,7 +76,7 @@ def create(
         batch_count: float,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),
-    ) -> tuple[list[str], int, str]:  # noqa: B008 (Gradio idiom)
+    ) -> tuple[list[str], int, str]:
         req = Txt2ImgRequest(
             prompt=prompt,
             negative_prompt=negative_prompt or "",
@@ -185,7 +185,7 @@ def wire_drafts(
         batch_count: float,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),
-    ) -> tuple[object, ...]:  # noqa: B008 (Gradio idiom)
+    ) -> tuple[object, ...]:
         req = DraftRequest(
             prompt=prompt,
             negative_prompt=negative_prompt or "",
@@ -215,7 +215,7 @@ def wire_drafts(
         scheduler: str,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),
-    ) -> tuple[object, ...]:  # noqa: B008 (Gradio idiom)
+    ) -> tuple[object, ...]:
         if not choices:
             raise gr.Error("No draft to render: press Draft first, then click the draft you like in the results.")
         choice = DraftChoice(**choices[chosen if chosen is not None and 0 <= chosen < len(choices) else 0])
