@@ -140,8 +140,9 @@ def load_mask(value: Any, size: tuple[int, int], max_pixels: int) -> Image.Image
     image = _upright(_open(value, "mask", None))
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         alpha = image.convert("RGBA").getchannel("A")
+        lowest = alpha.getextrema()[0]  # one band, so (min, max) numbers rather than a tuple per band
         # A brush layer: its alpha is the mask, whatever the brush colour. An opaque RGBA mask: its luminance.
-        mask = alpha if alpha.getextrema()[0] < 255 else to_rgb(image).convert("L")
+        mask = alpha if isinstance(lowest, int | float) and lowest < 255 else to_rgb(image).convert("L")
     else:
         mask = to_rgb(image).convert("L")
     if mask.width * mask.height > max_pixels * 4:

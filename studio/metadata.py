@@ -81,7 +81,7 @@ def read_parameters(image: Image.Image) -> str | None:
     """The `parameters` text of a PNG opened with PIL, if any."""
     text = image.info.get("parameters")
     if text is None and hasattr(image, "text"):
-        text = image.text.get("parameters")  # type: ignore[union-attr]
+        text = image.text.get("parameters")
     return text if isinstance(text, str) else None
 
 

@@ -165,7 +165,8 @@ def colourway(tile: Image.Image, colors: int) -> Colourway:
     reduced = rgb.quantize(colors=colors, method=Image.Quantize.MEDIANCUT, kmeans=4, dither=Image.Dither.NONE)
     raw = reduced.getpalette() or []
     counts = sorted(reduced.getcolors(colors) or [], reverse=True)  # (count, palette index), most used first
-    palette = [(raw[3 * i], raw[3 * i + 1], raw[3 * i + 2]) for _, i in counts]
+    # A "P" image's colours are palette indices (ints); PIL types getcolors for every mode at once.
+    palette = [(raw[3 * i], raw[3 * i + 1], raw[3 * i + 2]) for _, i in counts if isinstance(i, int)]
     return Colourway(image=reduced.convert("RGB"), palette=palette)
 
 

@@ -6,7 +6,7 @@ A fresh scheduler per run means no request ever mutates the shared pipeline's sc
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from diffusers import (
     DDIMScheduler,
@@ -16,13 +16,17 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
+if TYPE_CHECKING:
+    # Where `from_config` is defined: every diffusers scheduler is a ConfigMixin.
+    from diffusers.configuration_utils import ConfigMixin
+
 
 @dataclass(frozen=True)
 class Sampler:
     name: str  # what the UI shows and the API takes
     a1111_sampler: str  # infotext `Sampler:`
     schedule_type: str | None  # infotext `Schedule type:`
-    cls: type
+    cls: type[ConfigMixin]
     options: tuple[tuple[str, Any], ...] = ()
 
     def build(self, config: Any) -> Any:

@@ -77,7 +77,7 @@ class Settings:
         values: dict[str, object] = space_defaults() if env.get("SPACE_ID") else {}
         if _parse("zero_gpu", env.get("SPACES_ZERO_GPU", "")):
             values.update(zero_gpu_defaults())
-        limit_values: dict[str, object] = {}
+        limit_values: dict[str, int] = {}
         for f in dataclasses.fields(cls):
             if f.name == "limits":
                 continue
@@ -94,7 +94,7 @@ class Settings:
                 values[key] = Path(str(value)).expanduser() if key in path_fields else value
         if limit_values:
             values["limits"] = dataclasses.replace(Limits(), **limit_values)
-        settings = cls(**values)  # type: ignore[arg-type]
+        settings = cls(**values)  # type: ignore[arg-type]  # mixed field types, each parsed per its field
         settings.validate()
         return settings
 

@@ -18,8 +18,13 @@ import shutil
 import tempfile
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, ControlNetModel, PNDMScheduler
+    from transformers import CLIPTextModel
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +122,7 @@ def write_tokenizer(folder: Path) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
 
 
-def _text_encoder():
+def _text_encoder() -> CLIPTextModel:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     config = CLIPTextConfig(
@@ -137,7 +142,7 @@ def _text_encoder():
     return CLIPTextModel(config)
 
 
-def _vae():
+def _vae() -> AutoencoderKL:
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
@@ -154,7 +159,7 @@ def _vae():
     )
 
 
-def _scheduler():
+def _scheduler() -> PNDMScheduler:
     from diffusers import PNDMScheduler
 
     # SD1.5's own scheduler config.
@@ -169,7 +174,7 @@ def _scheduler():
     )
 
 
-def _randomize_zero_convs(controlnet: torch.nn.Module, generator: torch.Generator) -> None:
+def _randomize_zero_convs(controlnet: ControlNetModel, generator: torch.Generator) -> None:
     """A fresh ControlNet's output convs are zero ("zero convs") and would change nothing; randomise them."""
     zero_convs = [
         *controlnet.controlnet_down_blocks,
@@ -260,6 +265,8 @@ def write_lcm_lora(folder: Path, rank: int = 4) -> None:
         if not name.endswith(LCM_LORA_TARGETS) or not isinstance(module, torch.nn.Linear | torch.nn.Conv2d):
             continue
         key = "lora_unet_" + name.replace(".", "_")
+        down_shape: tuple[int, ...]
+        up_shape: tuple[int, ...]
         if isinstance(module, torch.nn.Linear):
             down_shape, up_shape = (rank, module.in_features), (module.out_features, rank)
         else:
