@@ -22,22 +22,18 @@ spaces_module()  # `spaces` (when installed) must be imported before anything to
 
 import gradio as gr
 
-from studio.batching import Txt2ImgBatcher
 from studio.cache import ModelCache
-from studio.engine.common import Studio
-from studio.engine.draft import draft, render_draft
-from studio.engine.inpaint import inpaint
-from studio.engine.refine import refine
-from studio.engine.restyle import detect_edges, restyle
-from studio.engine.textile import textile
+from studio.engine.contract import Studio
+from studio.engine.models import model_status, switch_model
 from studio.jobs import JobBoard
+from studio.modes import BUILTIN, Mode, bind, by_name
 from studio.outputs import Outputs
 from studio.presets import load_presets
 from studio.prompts import TokenCounter
 from studio.registry import resolve
-from studio.restore import restore_from_png
+from studio.restore import Restorer
 from studio.settings import Settings, parse_args
-from studio.ui import inpaint_tab, refine_tab, restyle_tab, shell, textile_tab, txt2img_tab
+from studio.ui import shell
 from studio.ui.widgets import UIContext
 
 log = logging.getLogger("atelier")
@@ -62,9 +58,12 @@ def native_size_hint(settings: Settings) -> int:
     return native_size(resolve(settings.model, settings.tiny_dir))
 
 
-def build_demo(studio: Studio) -> gr.Blocks:
+def build_demo(studio: Studio, modes: Sequence[Mode] = BUILTIN, presets_dir: Path = REPO / "presets") -> gr.Blocks:
+    """The studio's page: one tab and one API endpoint per mode, and the shell around them (model switcher, Send
+    to, this session's results, PNG restore), all computed from `modes`."""
     settings = studio.cache.settings
-    presets = load_presets(REPO / "presets", settings.limits)  # a broken preset stops startup, naming file and key
+    by_name(modes)  # names are unique
+    presets = load_presets(presets_dir, settings.limits, modes)  # a broken preset stops startup, naming file and key
     ctx = UIContext(
         native_size=native_size_hint(settings),
         limits=settings.limits,
@@ -72,50 +71,47 @@ def build_demo(studio: Studio) -> gr.Blocks:
         default_negative_prompt=settings.default_negative_prompt,
         preview_every=settings.preview_every,
         gpu=gpu_section(settings),
-        board=JobBoard(shared=settings.zero_gpu),
-    )  # on ZeroGPU, Cancel reaches the forked worker
-    batcher = Txt2ImgBatcher(studio)  # concurrent txt2img requests share a UNet batch (settings.batch_window_ms)
-    drafts = txt2img_tab.DraftActions(
-        lambda req, job: draft(studio, req, job), lambda choice, req, job: render_draft(studio, choice, req, job)
+        board=JobBoard(shared=settings.zero_gpu),  # on ZeroGPU, Cancel reaches the forked worker
+        outputs_root=studio.outputs.root,
+        restore=Restorer(modes, settings.limits).from_png,
     )
-    modes = {
-        "txt2img": (
-            "txt2img",
-            lambda: txt2img_tab.create(ctx, batcher, concurrency=batcher.concurrency, drafts=drafts),
-        ),
-        "refine": ("Refine", lambda: refine_tab.create(ctx, lambda req, job: refine(studio, req, job), studio.outputs)),
-        "textile": ("Textile", lambda: textile_tab.create(ctx, lambda req, job: textile(studio, req, job))),
-        "inpaint": ("Inpaint", lambda: inpaint_tab.create(ctx, lambda req, job: inpaint(studio, req, job))),
-        "restyle": (
-            "Restyle",
-            lambda: restyle_tab.create(
-                ctx, lambda req, job: restyle(studio, req, job), lambda *args: detect_edges(studio, *args)
-            ),
-        ),
-    }
     with gr.Blocks(title="Atelier") as demo:
         with gr.Row(equal_height=True, elem_id="header"):
             gr.Markdown("## Atelier — diffusion design studio")
-            shell.model_switcher(studio)
+            shell.model_switcher(model_switch(studio, modes))
         handles: list[shell.TabHandle] = []
-        tab_blocks: list[gr.Tab] = []
+        blocks: list[gr.Tab] = []
         with gr.Tabs() as tabs:
-            for mode, (label, create) in modes.items():
-                with gr.Tab(label, id=mode, elem_id=f"tab-{mode}") as tab:
-                    picker = shell.preset_picker(presets.get(mode, []))
-                    handle = shell.TabHandle(mode, label, create())
-                    shell.wire_presets(picker, presets.get(mode, []), handle)
-                    shell.examples_for(handle)
+            for mode in modes:
+                with gr.Tab(mode.label, id=mode.name, elem_id=f"tab-{mode.name}") as tab_block:
+                    picker = shell.preset_picker(presets[mode.name])
+                    handle = shell.TabHandle(mode.name, mode.label, mode.tab(ctx, bind(mode, studio)))
+                    shell.wire_presets(picker, presets[mode.name], handle)
+                    shell.examples_for(handle, mode.example)
                 handles.append(handle)
-                tab_blocks.append(tab)
-        for tab, handle in zip(tab_blocks, handles, strict=True):
-            with tab:  # "Send to" rows under each tab's results, once every target exists
-                shell.send_row(handle.parts["gallery"], handles, tabs, exclude=handle.mode)
+                blocks.append(tab_block)
+        for tab_block, handle in zip(blocks, handles, strict=True):
+            with tab_block:  # "Send to" rows under each tab's results, once every target exists
+                shell.send_row(handle.tab.gallery, handles, tabs, exclude=handle.mode)
         shell.session_results(handles, tabs)
-        shell.restorer(handles, tabs, lambda path: restore_from_png(path, settings.limits))
-        refine_handle = next(h for h in handles if h.mode == "refine")
-        refine_tab.persist(demo, refine_handle.parts["tree"], studio.outputs.root)  # the Refine tree survives a reload
+        shell.restorer(handles, tabs, ctx.restore)
+        for mode, handle in zip(modes, handles, strict=True):
+            if mode.on_page is not None:  # page-level wiring of a mode (Refine's tree survives a reload)
+                mode.on_page(demo, handle.tab, ctx)
     return demo
+
+
+def model_switch(studio: Studio, modes: Sequence[Mode]) -> shell.ModelSwitch:
+    """The model switcher's calls: on ZeroGPU a switch also preloads every companion the modes use."""
+    settings = studio.cache.settings
+    companions = [name for mode in modes for name in mode.companions]
+    after = (lambda: preload_everything(studio, companions)) if settings.zero_gpu else None
+    return shell.ModelSwitch(
+        choices=list(dict.fromkeys([settings.model, *settings.model_choices])),
+        current=lambda: studio.cache.current,
+        load=lambda name: switch_model(studio, name, after),
+        status=lambda: model_status(studio),
+    )
 
 
 def launch(demo: gr.Blocks, settings: Settings, **kwargs: object) -> object:
@@ -142,12 +138,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     launch(demo, settings, inbrowser=settings.open_browser)
 
 
-def start_preload(studio: Studio) -> None:
+def start_preload(studio: Studio, modes: Sequence[Mode] = BUILTIN) -> None:
     """On ZeroGPU, load every model now, before serving: forked GPU workers inherit only what this process loaded.
     Elsewhere, with preload on, load the base in the background while the UI is already served."""
     settings = studio.cache.settings
     if settings.zero_gpu:
-        log.info("ZeroGPU: resident before serving: %s", ", ".join(preload_everything(studio)))
+        log.info(
+            "ZeroGPU: resident before serving: %s",
+            ", ".join(preload_everything(studio, [c for m in modes for c in m.companions])),
+        )
     elif settings.preload:
         threading.Thread(target=_preload, args=(studio,), daemon=True).start()
 

@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from studio.batching import Txt2ImgBatcher  # noqa: E402
 from studio.cache import ModelCache  # noqa: E402
-from studio.engine.common import Studio  # noqa: E402
+from studio.engine.contract import Studio  # noqa: E402
 from studio.engine.txt2img import Txt2ImgRequest  # noqa: E402
 from studio.outputs import Outputs  # noqa: E402
 from studio.settings import Settings  # noqa: E402

@@ -60,7 +60,7 @@ def sketch(size: tuple[int, int]) -> Image.Image:
 
 def bench_tiny(steps: int, repeats: int, device: str) -> tuple[float, float]:
     from studio.cache import ModelCache
-    from studio.engine.common import Job, Studio
+    from studio.engine.contract import Job, Studio
     from studio.engine.restyle import RestyleRequest, restyle
     from studio.engine.txt2img import Txt2ImgRequest, txt2img
     from studio.outputs import Outputs

@@ -57,7 +57,8 @@ from diffusers import (  # noqa: E402
 
 from studio.cache import ModelCache  # noqa: E402
 from studio.engine import inpaint as inpaint_engine  # noqa: E402
-from studio.engine.common import Job, Studio, generators  # noqa: E402
+from studio.engine.batches import generators  # noqa: E402
+from studio.engine.contract import Job, Studio  # noqa: E402
 from studio.engine.inpaint import InpaintRequest, inpaint  # noqa: E402
 from studio.engine.refine import RefineRequest, refine  # noqa: E402
 from studio.engine.restyle import RestyleRequest, restyle  # noqa: E402
@@ -422,7 +423,7 @@ def mode_runs(studio: Studio, size: int, steps: int) -> dict[str, Runner]:
     picture = photo(size)
     return {
         "txt2img": lambda tick: txt2img(studio, Txt2ImgRequest(width=size, height=size, **same), job(tick)),
-        "refine": lambda tick: list(refine(studio, RefineRequest(image=picture, **same), job(tick))),
+        "refine": lambda tick: refine(studio, RefineRequest(image=picture, **same), job(tick)).images,
         "textile": lambda tick: textile(studio, TextileRequest(width=size, height=size, **same), job(tick)),
         "inpaint": lambda tick: inpaint(
             studio, InpaintRequest(image=picture, mask_image=mask(size), **same), job(tick)

@@ -52,7 +52,7 @@ def bench_tiny(size: int, steps: int, repeats: int, device: str) -> None:
     from diffusers import StableDiffusionPipeline
 
     from studio.cache import ModelCache
-    from studio.engine.common import Studio
+    from studio.engine.contract import Studio
     from studio.engine.textile import TextileRequest, textile
     from studio.engine.txt2img import Txt2ImgRequest, txt2img
     from studio.outputs import Outputs

@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 from diffusers import StableDiffusionPipeline  # noqa: E402
 
 from studio.cache import ModelCache  # noqa: E402
-from studio.engine.common import Job, Studio  # noqa: E402
+from studio.engine.contract import Job, Studio  # noqa: E402
 from studio.engine.txt2img import Txt2ImgRequest, txt2img  # noqa: E402
 from studio.outputs import Outputs  # noqa: E402
 from studio.schedulers import get_sampler  # noqa: E402

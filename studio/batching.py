@@ -26,7 +26,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from studio.engine.common import Job, Result, Studio, check_common, clean_prompts
+from studio.engine.checks import check_common, clean_prompts
+from studio.engine.contract import Job, Result, Studio
 from studio.engine.txt2img import (
     OWN_FIELDS,
     SHARED_FIELDS,

@@ -23,16 +23,13 @@ from typing import Any
 import torch
 
 from studio import fastpath, registry
+from studio.errors import ModelLoadError
 from studio.registry import Checkpoint
 from studio.schedulers import get_sampler
 from studio.settings import Settings
 from studio.tensors import adapter_param_bytes, shared_copy, unique_param_bytes
 
 log = logging.getLogger(__name__)
-
-
-class ModelLoadError(RuntimeError):
-    """A model could not be loaded. The message names the model, the reason and the fix."""
 
 
 @dataclass
@@ -100,14 +97,13 @@ class ModelCache:
     # ---- base checkpoints -----------------------------------------------------------------------------------
     def checkpoint(self, ref: str | None = None) -> Checkpoint:
         ref = ref or self.current
-        if ref == "tiny":
-            from studio import tiny
-
-            tiny.write_all(self.settings.tiny_dir)
         try:
-            return registry.resolve(ref, self.settings.tiny_dir)
+            ckpt = registry.resolve(ref, self.settings.tiny_dir)
         except registry.UnknownModelError as exc:
             raise ModelLoadError(str(exc)) from None
+        if ckpt.prepare is not None:
+            ckpt.prepare()
+        return ckpt
 
     def base(self, ref: str | None = None) -> Any:
         """The resident base pipeline of `ref` (default: the current model), loading it if needed."""
@@ -178,19 +174,17 @@ class ModelCache:
 
     # ---- companion slots --------------------------------------------------------------------------------------
     def companion_source(self, slot: str) -> str:
+        """Where a companion slot loads from: the operator's setting (a source, or the name of a checkpoint whose
+        companion to use, e.g. `tiny`), else the current checkpoint's own companion."""
         configured = {
             "controlnet": self.settings.controlnet_model,
             "annotator": self.settings.annotator_model,
             "inpaint_unet": self.settings.inpaint_model,
         }[slot]
         key = "inpaint" if slot == "inpaint_unet" else slot
-        if configured == "tiny":  # the tiny twin of this companion
-            return registry.companion_sources(registry.resolve("tiny", self.settings.tiny_dir), self.settings.tiny_dir)[
-                key
-            ]
-        if configured:
-            return configured
-        return registry.companion_sources(self.checkpoint(), self.settings.tiny_dir)[key]
+        if configured and configured in registry.named(self.settings.tiny_dir):
+            return self.checkpoint(configured).companions[key]
+        return configured or self.checkpoint().companions[key]
 
     def slot(self, name: str) -> Any:
         """ControlNet, annotator or inpainting UNet: loaded once, on first use, kept until the base changes."""
@@ -214,6 +208,11 @@ class ModelCache:
                 self.loading = None
             self._slots[name], self._slot_sources[name] = module, source
             return module
+
+    def companion(self, name: str) -> Any:
+        """Any companion by name: a slot (`controlnet`, `annotator`, `inpaint_unet`) or a LoRA adapter's draft UNet
+        (`lcm_lora`). Modes declare theirs by these names (`Mode.companions`)."""
+        return self.draft_unet(name) if name in ADAPTER_NAMES else self.slot(name)
 
     def _load_controlnet(self, source: str) -> Any:
         from diffusers import ControlNetModel
@@ -242,11 +241,7 @@ class ModelCache:
         setting = self.settings.preview_decoder
         if setting == "latent":
             return None
-        source = (
-            registry.companion_sources(self.checkpoint(), self.settings.tiny_dir)["taesd"]
-            if setting == "auto"
-            else setting
-        )
+        source = self.checkpoint().companions["taesd"] if setting == "auto" else setting
         with self._lock:
             if self._slot_sources.get(PREVIEW_SLOT) == source:
                 return self._slots[PREVIEW_SLOT]
@@ -294,7 +289,7 @@ class ModelCache:
 
     def adapter_source(self, slot: str = "lcm_lora", ref: str | None = None) -> str:
         """Where the LoRA of `slot` comes from for a checkpoint: its hub id, or the tiny twin's folder."""
-        return registry.companion_sources(self.checkpoint(ref), self.settings.tiny_dir)[slot]
+        return self.checkpoint(ref).companions[slot]
 
     def _adapter_rows(self) -> list[Resident]:
         return [

@@ -15,7 +15,7 @@ import threading
 import weakref
 from pathlib import Path
 
-from studio.engine.common import Job
+from studio.engine.contract import Job
 
 
 class FileFlag:

@@ -5,41 +5,40 @@ A preset file holds exactly these keys (`description` may be left out):
     {"name": "Dreamlike refinement", "mode": "refine", "description": "...",
      "values": {"strength": 0.75, "guidance_scale": 7.5, "negative_prompt": "..."}}
 
-`mode` is the tab it belongs to (txt2img, refine, textile, inpaint, restyle) or "any": a negative-prompt set that
-holds only `negative_prompt` and is offered in every tab. The keys of `values` are the mode's request field names
-(as diffusers names them, see `MODE_FIELDS`); a preset fills only the fields it names and the designer can still
-edit everything. An unknown key, an unknown mode, a value of the wrong type or out of range, bad JSON or a duplicate
-name is a `PresetError` naming the file and the key: the studio refuses to start rather than ship a broken preset.
+`mode` is the tab it belongs to (a mode's name: txt2img, refine, textile, inpaint, restyle, ...) or "any": a
+negative-prompt set that holds only `negative_prompt` and is offered in every tab. The keys of `values` are the
+mode's request field names (as diffusers names them; each `Mode.fields` declares them with their checks); a preset
+fills only the fields it names and the designer can still edit everything. An unknown key, an unknown mode, a value
+of the wrong type or out of range, bad JSON or a duplicate name is a `PresetError` naming the file and the key: the
+studio refuses to start rather than ship a broken preset.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from studio import edges, patterns, tiling
-from studio.engine.common import MAX_SEED
-from studio.engine.inpaint import INPAINT_AREA, MASKED_CONTENT, MAX_MASK_BLUR, MAX_PADDING
-from studio.engine.refine import MAX_LOOPS, SCHEDULES, SEED_POLICIES
-from studio.engine.textile import MAX_COLORS
-from studio.schedulers import SAMPLERS
+from studio.errors import StudioError
+from studio.fields import Check, is_number, prompt_fields
 from studio.settings import Limits
+
+if TYPE_CHECKING:
+    from studio.modes import Mode
 
 log = logging.getLogger(__name__)
 
-MODES = ("txt2img", "refine", "textile", "inpaint", "restyle")
 ANY = "any"  # negative-prompt sets: only `negative_prompt`, listed in every mode
 TOP_KEYS = {"name": True, "mode": True, "description": False, "values": True}  # key -> required
 MAX_NAME_CHARS = 80
 
-Check = Callable[[Any], str | None]  # returns what is wrong with a value, or None
+FieldTable = dict[str, dict[str, Check]]  # mode name (or ANY) -> request field -> its check
 
 
-class PresetError(ValueError):
+class PresetError(StudioError, ValueError):
     """A preset file that cannot be used; the message names the file and the key."""
 
     def __init__(self, path: Path, key: str | None, problem: str) -> None:
@@ -48,133 +47,17 @@ class PresetError(ValueError):
         super().__init__(where + problem)
 
 
-# ---- value checks -----------------------------------------------------------------------------------------------
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def number(low: float, high: float) -> Check:
-    def check(value: Any) -> str | None:
-        if not _is_number(value):
-            return f"must be a number; got {value!r}"
-        return None if low <= value <= high else f"must be between {low:g} and {high:g}; got {value:g}"
-
-    return check
-
-
-def integer(low: int, high: int, multiple: int = 1) -> Check:
-    def check(value: Any) -> str | None:
-        if not isinstance(value, int) or isinstance(value, bool):
-            return f"must be a whole number; got {value!r}"
-        if not low <= value <= high:
-            return f"must be between {low} and {high}; got {value}"
-        return None if value % multiple == 0 else f"must be a multiple of {multiple}; got {value}"
-
-    return check
-
-
-def choice(options: tuple[Any, ...]) -> Check:
-    def check(value: Any) -> str | None:
-        return None if value in options else f"must be one of {', '.join(map(repr, options))}; got {value!r}"
-
-    return check
-
-
-def text(max_chars: int) -> Check:
-    def check(value: Any) -> str | None:
-        if not isinstance(value, str):
-            return f"must be a string; got {value!r}"
-        return None if len(value) <= max_chars else f"is {len(value)} characters long; at most {max_chars}"
-
-    return check
-
-
-def flag(value: Any) -> str | None:
-    return None if isinstance(value, bool) else f"must be true or false; got {value!r}"
-
-
-def optional(inner: Check) -> Check:
-    def check(value: Any) -> str | None:
-        return None if value is None else inner(value)
-
-    return check
-
-
-def without(fields: dict[str, Check], *names: str) -> dict[str, Check]:
-    return {key: check for key, check in fields.items() if key not in names}
-
-
-# ---- the one table: allowed keys per mode ---------------------------------------------------------------------
-def mode_fields(limits: Limits) -> dict[str, dict[str, Check]]:
-    """Every key a preset (or a restored PNG) may set, per mode, with its check. Keys are request field names."""
-    size = optional(integer(64, limits.max_side, multiple=8))
-    common: dict[str, Check] = {
-        "prompt": text(limits.max_prompt_chars),
-        "negative_prompt": text(limits.max_prompt_chars),
-        "num_inference_steps": integer(1, limits.max_steps),
-        "guidance_scale": number(0, 30),
-        "scheduler": choice(tuple(SAMPLERS)),
-        "seed": integer(-1, MAX_SEED),
-        "batch_size": integer(1, limits.max_batch_size),
-        "batch_count": integer(1, limits.max_batch_count),
-    }
-    strength = number(0.01, 1)
+def field_table(modes: Sequence[Mode], limits: Limits) -> FieldTable:
+    """Every key a preset (or a restored PNG) may set, per mode, with its check; computed from the modes."""
     return {
-        "txt2img": {**common, "width": size, "height": size},
-        "refine": {
-            **without(common, "batch_count"),
-            "strength": strength,
-            "loops": integer(1, MAX_LOOPS),
-            "strength_schedule": choice(SCHEDULES),
-            "final_strength": optional(strength),
-            "seed_policy": choice(SEED_POLICIES),
-            "color_correction": flag,
-        },
-        "textile": {
-            **common,
-            "width": size,
-            "height": size,
-            "repeat": choice(tiling.REPEATS),
-            "strength": strength,
-            "dpi": integer(36, 2400),
-            "physical_width": number(0, 1000),
-            "physical_height": number(0, 1000),
-            "unit": choice(patterns.UNITS),
-            "colors": choice((0, *range(2, MAX_COLORS + 1))),
-        },
-        "inpaint": {
-            **common,
-            "strength": strength,
-            "mask_blur": integer(0, MAX_MASK_BLUR),
-            "invert_mask": flag,
-            "masked_content": choice(tuple(MASKED_CONTENT)),
-            "inpaint_area": choice(tuple(INPAINT_AREA)),
-            "padding": integer(0, MAX_PADDING),
-        },
-        "restyle": {
-            **common,
-            "width": size,
-            "height": size,
-            "preprocessor": choice(edges.PREPROCESSORS),
-            "invert": flag,
-            "preprocessor_resolution": optional(integer(64, 2048)),
-            "controlnet_conditioning_scale": number(0, 2),
-            "control_guidance_start": number(0, 1),
-            "control_guidance_end": number(0, 1),
-            "guess_mode": flag,
-            "repeat": optional(choice(tiling.REPEATS)),
-        },
-        ANY: {"negative_prompt": common["negative_prompt"]},
+        **{m.name: m.fields(limits) for m in modes},
+        ANY: {"negative_prompt": prompt_fields(limits)["negative_prompt"]},
     }
 
 
-MODE_FIELDS = mode_fields(Limits())
-
-
-def check_values(mode: str, values: Mapping[str, Any], limits: Limits | None = None) -> dict[str, str]:
+def check_values(table: FieldTable, mode: str, values: Mapping[str, Any]) -> dict[str, str]:
     """What is wrong with each bad value of `values` for `mode` ({} when all are fine), including unknown keys."""
-    fields = MODE_FIELDS if limits is None else mode_fields(limits)
-    allowed = fields[mode]
+    allowed = table[mode]
     problems = {}
     for key, value in values.items():
         if key not in allowed:
@@ -182,7 +65,7 @@ def check_values(mode: str, values: Mapping[str, Any], limits: Limits | None = N
         elif (problem := allowed[key](value)) is not None:
             problems[key] = problem
     start, end = values.get("control_guidance_start"), values.get("control_guidance_end")
-    if _is_number(start) and _is_number(end) and start >= end:
+    if is_number(start) and is_number(end) and start >= end:
         problems["control_guidance_end"] = f"must be after control_guidance_start ({start:g}); got {end:g}"
     return problems
 
@@ -191,7 +74,7 @@ def check_values(mode: str, values: Mapping[str, Any], limits: Limits | None = N
 @dataclass(frozen=True)
 class Preset:
     name: str
-    mode: str  # one of MODES, or ANY
+    mode: str  # a mode's name, or ANY
     values: dict[str, Any]
     description: str = ""
     path: Path | None = field(default=None, compare=False)
@@ -204,7 +87,7 @@ class Preset:
         return {**form, **self.values}
 
 
-def read_preset(path: Path, limits: Limits | None = None) -> Preset:
+def read_preset(path: Path, table: FieldTable) -> Preset:
     """One preset file, checked strictly; `PresetError` names the file and the offending key."""
     path = Path(path)
     try:
@@ -224,25 +107,27 @@ def read_preset(path: Path, limits: Limits | None = None) -> Preset:
     name, mode, description, values = data["name"], data["mode"], data.get("description", ""), data["values"]
     if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_CHARS:
         raise PresetError(path, "name", f"must be a non-empty string of at most {MAX_NAME_CHARS} characters")
-    if mode not in (*MODES, ANY):
-        raise PresetError(path, "mode", f"unknown mode {mode!r}; use one of {', '.join((*MODES, ANY))}")
+    if not isinstance(mode, str) or mode not in table:
+        raise PresetError(path, "mode", f"unknown mode {mode!r}; use one of {', '.join(table)}")
     if not isinstance(description, str):
         raise PresetError(path, "description", "must be a string")
     if not isinstance(values, dict) or not values:
         raise PresetError(path, "values", "must be a non-empty object of request fields")
-    problems = check_values(mode, values, limits)
+    problems = check_values(table, mode, values)
     if problems:
         key, problem = next(iter(problems.items()))
         raise PresetError(path, f"values.{key}", problem)
     return Preset(name=name.strip(), mode=mode, values=dict(values), description=description, path=path)
 
 
-def load_presets(folder: Path, limits: Limits | None = None) -> dict[str, list[Preset]]:
+def load_presets(folder: Path, limits: Limits, modes: Sequence[Mode]) -> dict[str, list[Preset]]:
     """Every `*.json` in `folder`, by mode (sorted by name); "any" presets follow each mode's own. Fails fast."""
+    table = field_table(modes, limits)
     presets = sorted(
-        (read_preset(path, limits) for path in sorted(Path(folder).glob("*.json"))), key=lambda p: p.name.casefold()
+        (read_preset(path, table) for path in sorted(Path(folder).glob("*.json"))), key=lambda p: p.name.casefold()
     )
-    by_mode = {mode: [p for p in presets if p.mode == mode] + [p for p in presets if p.mode == ANY] for mode in MODES}
+    names = [m.name for m in modes]
+    by_mode = {mode: [p for p in presets if p.mode == mode] + [p for p in presets if p.mode == ANY] for mode in names}
     for mode, listed in by_mode.items():
         seen: dict[str, Preset] = {}
         for preset in listed:

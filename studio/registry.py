@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]{0,95}/[\w.\-]{1,95}$")
@@ -27,11 +28,32 @@ class Checkpoint:
     kind: str
     label: str
     note: str = ""
+    native: int = 512  # px; used only until the UNet config can be read (e.g. not yet downloaded)
+    # Where each companion (controlnet, annotator, inpaint, lcm_lora, taesd) comes from; the SD1.5 family's hub
+    # repositories unless the entry ships its own.
+    companions: Mapping[str, str] = field(default_factory=lambda: dict(SD15_COMPANIONS))
+    # Makes the files exist before loading (a checkpoint the studio writes itself); None: nothing to do.
+    prepare: Callable[[], object] | None = field(default=None, compare=False)
 
     @property
     def is_local(self) -> bool:
         return self.kind in ("folder", "file")
 
+
+SD15_COMPANIONS = {
+    "controlnet": HED_CONTROLNET,
+    "annotator": ANNOTATORS_REPO,
+    "inpaint": SD15_INPAINTING,
+    "lcm_lora": LCM_LORA,
+    "taesd": TAESD,
+}
+TINY_FOLDERS = {
+    "controlnet": "controlnet",
+    "annotator": "annotator",
+    "inpaint": "inpaint",
+    "lcm_lora": "lcm_lora",
+    "taesd": "taesd",
+}
 
 REGISTRY: dict[str, Checkpoint] = {
     "dreamlike-photoreal-2.0": Checkpoint(
@@ -39,6 +61,7 @@ REGISTRY: dict[str, Checkpoint] = {
         source="dreamlike-art/dreamlike-photoreal-2.0",
         kind="hub",
         label="Dreamlike Photoreal 2.0 (768 px)",
+        native=768,
         note="SD1.5 fine-tune trained at 768x768; add 'photo' to prompts. Its licence restricts commercial hosting.",
     ),
     "sd15": Checkpoint(
@@ -60,6 +83,31 @@ class UnknownModelError(ValueError):
     pass
 
 
+def tiny(tiny_dir: Path) -> Checkpoint:
+    """The offline test model: real SD1.5-family architectures at tiny size, written by `studio.tiny` on first use
+    into `tiny_dir`, with a tiny twin of every companion beside it."""
+
+    def write() -> object:
+        from studio import tiny as writer  # torch-heavy: only when the tiny model is really used
+
+        return writer.write_all(tiny_dir)
+
+    return Checkpoint(
+        "tiny",
+        str(tiny_dir / "base"),
+        "folder",
+        "Tiny offline test model (64 px)",
+        native=64,
+        companions={slot: str(tiny_dir / folder) for slot, folder in TINY_FOLDERS.items()},
+        prepare=write,
+    )
+
+
+def named(tiny_dir: Path) -> dict[str, Checkpoint]:
+    """Every checkpoint known by name (the tiny model's folder follows the settings)."""
+    return {**REGISTRY, "tiny": tiny(tiny_dir)}
+
+
 def resolve(ref: str, tiny_dir: Path) -> Checkpoint:
     """Turn what an operator typed (flag, env var, settings choice) into a Checkpoint.
 
@@ -68,10 +116,9 @@ def resolve(ref: str, tiny_dir: Path) -> Checkpoint:
     """
     ref = ref.strip()
     name = ALIASES.get(ref, ref)
-    if name in REGISTRY:
-        return REGISTRY[name]
-    if name == "tiny":
-        return Checkpoint("tiny", str(tiny_dir / "base"), "folder", "Tiny offline test model (64 px)")
+    known = named(tiny_dir)
+    if name in known:
+        return known[name]
     path = Path(ref).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
@@ -84,7 +131,7 @@ def resolve(ref: str, tiny_dir: Path) -> Checkpoint:
     if HUB_ID.match(ref):
         return Checkpoint(ref, ref, "hub", ref)
     raise UnknownModelError(
-        f"Model {ref!r} is not a known name ({', '.join(sorted(REGISTRY))}, tiny), an existing diffusers "
+        f"Model {ref!r} is not a known name ({', '.join(sorted(known))}), an existing diffusers "
         "folder, a .safetensors/.ckpt file, or a Hugging Face hub id (owner/name)."
     )
 
@@ -103,26 +150,4 @@ def native_size(ckpt: Checkpoint) -> int:
         config = found if isinstance(found, str) else None
     if config and Path(config).is_file():
         return int(json.loads(Path(config).read_text())["sample_size"]) * 8
-    return KNOWN_NATIVE.get(ckpt.name, 512)
-
-
-KNOWN_NATIVE = {"dreamlike-photoreal-2.0": 768, "sd15": 512, "tiny": 64}
-
-
-def companion_sources(base: Checkpoint, tiny_dir: Path) -> dict[str, str]:
-    """Default ControlNet, annotator, inpainting and draft LoRA sources that fit a base checkpoint's family."""
-    if base.name == "tiny":
-        return {
-            "controlnet": str(tiny_dir / "controlnet"),
-            "annotator": str(tiny_dir / "annotator"),
-            "inpaint": str(tiny_dir / "inpaint"),
-            "lcm_lora": str(tiny_dir / "lcm_lora"),
-            "taesd": str(tiny_dir / "taesd"),
-        }
-    return {
-        "controlnet": HED_CONTROLNET,
-        "annotator": ANNOTATORS_REPO,
-        "inpaint": SD15_INPAINTING,
-        "lcm_lora": LCM_LORA,
-        "taesd": TAESD,
-    }
+    return ckpt.native

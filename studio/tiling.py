@@ -26,7 +26,15 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.downsampling import Downsample2D
 
-REPEATS = ("full", "half_drop", "brick", "x", "y")
+# The industry's repeats, by the name requests use -> how a designer reads it (the one table; UIs and messages use it)
+REPEAT_LABELS = {
+    "full": "full drop",
+    "half_drop": "half-drop",
+    "brick": "brick",
+    "x": "horizontal only (border print)",
+    "y": "vertical only",
+}
+REPEATS = tuple(REPEAT_LABELS)
 _MARK = "_atelier_repeat"  # instance attribute present only while a conv is wrapped
 
 Pads = tuple[int, int, int, int]  # (left, right, top, bottom), as F.pad takes them

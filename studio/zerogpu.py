@@ -9,9 +9,10 @@ itself. The studio meets that contract like this:
   event is wired. The marked functions are the tab handlers: their arguments are form values, `gr.Request` and
   `gr.Progress` (all picklable; `spaces` relays progress and toasts back to the page), and they return file paths
   and text. The engine, the cache and the closures stay in memory, inherited by the fork.
-- `preload_everything` loads every model any mode uses (base, ControlNet, HED annotator, inpainting UNet, LCM-LoRA,
-  TAESD) in the main process before serving, on `cuda`, which `spaces` records there and moves into each worker.
-  So no GPU section ever loads weights (which would be lost, and paid again on every call).
+- `preload_everything` loads every model any mode uses (the base, each mode's `companions` — ControlNet, HED
+  annotator, inpainting UNet, LCM-LoRA — and TAESD) in the main process before serving, on `cuda`, which `spaces`
+  records there and moves into each worker. So no GPU section ever loads weights (which would be lost, and paid
+  again on every call).
 - Settings turn batching of concurrent txt2img requests off (each call is its own process: there is nothing to
   merge), and cancel crosses the process boundary through `studio.jobs.JobBoard` flag files.
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from studio.settings import Settings
@@ -52,19 +53,16 @@ def gpu_section(settings: Settings, spaces: Any | None = None) -> Callable[[F], 
     return spaces.GPU(duration=settings.zero_gpu_duration)
 
 
-def preload_everything(studio: Any) -> list[str]:
-    """Load, in this process, every model a mode may use, so forked GPU workers inherit them all; returns what
-    is resident. A companion that fails to load is reported and left to fail its mode in words, as elsewhere."""
+def preload_everything(studio: Any, companions: Iterable[str]) -> list[str]:
+    """Load, in this process, the base and every companion the modes use (`Mode.companions`), and TAESD when at
+    hand, so forked GPU workers inherit them all; returns what is resident. A companion that fails to load is
+    reported and left to fail its mode in words, as elsewhere."""
     cache = studio.cache
     cache.base()
-    for slot in ("controlnet", "annotator", "inpaint_unet"):
+    for name in dict.fromkeys(companions):
         try:
-            cache.slot(slot)
-        except Exception as exc:  # the base still serves txt2img, refine and textile
+            cache.companion(name)
+        except Exception as exc:  # the base still serves the modes that need no companion
             log.error("ZeroGPU preload: %s", exc)
-    try:
-        cache.draft_unet("lcm_lora")
-    except Exception as exc:
-        log.error("ZeroGPU preload: %s", exc)
     cache.preview_decoder()  # TAESD when at hand (None otherwise: previews then need no weights)
     return [row.name for row in cache.resident()]

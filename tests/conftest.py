@@ -19,7 +19,7 @@ from PIL import Image
 
 from studio import tiny
 from studio.cache import ModelCache
-from studio.engine.common import Studio
+from studio.engine.contract import Studio
 from studio.outputs import Outputs
 from studio.settings import Settings
 

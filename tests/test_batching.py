@@ -16,7 +16,7 @@ from PIL import Image
 
 from studio.batching import Txt2ImgBatcher
 from studio.cache import ModelCache
-from studio.engine.common import Cancelled, Job, Result, Studio
+from studio.engine.contract import Cancelled, Job, Result, Studio
 from studio.engine.txt2img import Txt2ImgRequest, txt2img
 from studio.metadata import parse_infotext, read_parameters
 from studio.outputs import Outputs

@@ -28,7 +28,7 @@ LOAD_BY_HUB_ID = textwrap.dedent("""
     from pathlib import Path
     import numpy as np
     from studio.cache import ModelCache, ModelLoadError
-    from studio.engine.common import Studio
+    from studio.engine.contract import Studio
     from studio.engine.txt2img import Txt2ImgRequest, txt2img
     from studio.outputs import Outputs
     from studio.settings import Settings

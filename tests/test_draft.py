@@ -21,7 +21,8 @@ from gradio_client import Client
 from safetensors.torch import load_file
 
 from studio.cache import ModelCache
-from studio.engine.common import Cancelled, Job, RequestError, Studio
+from studio.engine.checks import RequestError
+from studio.engine.contract import Cancelled, Job, Studio
 from studio.engine.draft import DraftRequest, draft, draft_choices, render_draft
 from studio.engine.txt2img import Txt2ImgRequest, txt2img
 from studio.metadata import parse_infotext
@@ -192,7 +193,7 @@ def test_bad_draft_requests_say_what_to_do(studio, field, value, message):
 LOAD_BY_HUB_ID = textwrap.dedent("""
     import json, sys
     from studio.cache import ModelCache
-    from studio.engine.common import Studio
+    from studio.engine.contract import Studio
     from studio.engine.draft import DraftRequest, draft
     from studio.outputs import Outputs
     from studio.settings import Settings

@@ -16,7 +16,7 @@ from torch._dynamo.testing import CompileCounter, CompileCounterWithBackend
 
 from studio import fastpath
 from studio.cache import ModelCache
-from studio.engine.common import Studio
+from studio.engine.contract import Studio
 from studio.engine.refine import RefineRequest, refine
 from studio.engine.textile import TextileRequest, textile
 from studio.engine.txt2img import Txt2ImgRequest, txt2img

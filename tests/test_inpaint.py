@@ -19,7 +19,8 @@ from PIL import Image
 
 from studio import masks
 from studio.cache import ModelCache
-from studio.engine.common import RequestError, Studio
+from studio.engine.checks import RequestError
+from studio.engine.contract import Studio
 from studio.engine.inpaint import InpaintRequest, inpaint, load_inputs, pipeline
 from studio.images import load_image
 from studio.metadata import parse_infotext, read_parameters

@@ -6,27 +6,21 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from studio import presets
-from studio.engine import inpaint, refine, restyle, textile
-from studio.engine.common import check_common
-from studio.engine.txt2img import Txt2ImgRequest
-from studio.presets import ANY, MODE_FIELDS, MODES, Preset, PresetError, load_presets, read_preset
+from studio.engine import refine
+from studio.modes import BUILTIN, by_name
+from studio.presets import ANY, Preset, PresetError, field_table
 from studio.settings import Limits
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "presets"
-REQUESTS = {
-    "txt2img": Txt2ImgRequest,
-    "refine": refine.RefineRequest,
-    "textile": textile.TextileRequest,
-    "inpaint": inpaint.InpaintRequest,
-    "restyle": restyle.RestyleRequest,
-}
+MODES = [mode.name for mode in BUILTIN]
+MODE_FIELDS = field_table(BUILTIN, Limits())
+REQUESTS = {mode.name: mode.request for mode in BUILTIN}
 REQUIRED = {
     "txt2img": {"prompt": "a coat"},
     "refine": {"image": None},
@@ -36,21 +30,18 @@ REQUIRED = {
 }
 
 
+def read_preset(path: Path, limits: Limits | None = None) -> Preset:
+    return presets.read_preset(path, field_table(BUILTIN, limits or Limits()))
+
+
+def load_presets(folder: Path, limits: Limits | None = None) -> dict[str, list[Preset]]:
+    return presets.load_presets(folder, limits or Limits(), BUILTIN)
+
+
 def engine_check(mode: str, values: dict[str, Any]) -> None:
     """The mode's own request validation, as the engine runs it before any GPU work."""
-    limits = Limits()
     req = REQUESTS[mode](**{**REQUIRED[mode], **values})
-    if mode == "txt2img":
-        check_common(req, limits)
-    elif mode == "refine":
-        refine.check_refine(req, limits)
-    elif mode == "textile":
-        textile.check_request(req, SimpleNamespace(limits=limits))  # type: ignore[arg-type]
-    elif mode == "inpaint":
-        inpaint.check_request(req, limits)
-    else:
-        check_common(req, limits)
-        restyle.check_control(req)
+    by_name(BUILTIN)[mode].check(req, Limits())
 
 
 def write(folder: Path, name: str, data: object) -> Path:

@@ -12,8 +12,11 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from studio.cache import PREVIEW_SLOT, ModelCache
-from studio.engine.common import Job, Studio, generators, previewer, step_callback
+from studio.engine.batches import generators
+from studio.engine.contract import Job, Studio
+from studio.engine.steps import previewer, step_callback
 from studio.engine.txt2img import Txt2ImgRequest, txt2img
+from studio.modes import TXT2IMG, bind
 from studio.outputs import Outputs
 from studio.preview import PREVIEW_SCALE, SD15_LATENT_RGB, latents_to_rgb, preview_due, preview_image
 from studio.prompts import prompt_kwargs
@@ -94,11 +97,11 @@ def test_previews_do_not_change_the_final_image_bit_for_bit(studio):
 def build_tab(studio, every: int):
     ctx = UIContext(native_size=64, limits=studio.limits, count_tokens=lambda text: "", preview_every=every)
     with gr.Blocks() as demo:
-        parts = txt2img_tab.create(ctx, lambda req, job: txt2img(studio, req, job))
+        parts = txt2img_tab.create(ctx, bind(TXT2IMG, studio))
     live = next(
         dep.fn
         for dep in demo.fns.values()
-        if inspect.isgeneratorfunction(dep.fn) and getattr(dep.fn, "__wrapped__", None) is parts["handler"]
+        if inspect.isgeneratorfunction(dep.fn) and getattr(dep.fn, "__wrapped__", None) is parts.handler
     )
     api = next(dep for dep in demo.fns.values() if dep.api_name == "txt2img")
     return parts, live, api
@@ -122,9 +125,9 @@ def form(**values: object) -> dict[str, object]:
 
 def test_the_browser_handler_streams_previews_then_the_api_handlers_final_outputs(studio):
     parts, live, api = build_tab(studio, every=2)
-    assert api.fn is parts["handler"] and api.api_visibility == "public"
+    assert api.fn is parts.handler and api.api_visibility == "public"
     assert len(api.outputs) == 3  # the API answers (gallery, seed, infotext) only
-    assert list(inspect.signature(live).parameters) == list(inspect.signature(parts["handler"]).parameters)
+    assert list(inspect.signature(live).parameters) == list(inspect.signature(parts.handler).parameters)
     updates = list(live(**form(), request=None, progress=gr.Progress()))
     previews, final = updates[:-1], updates[-1]
     assert len(previews) == 2  # steps 2 and 4 of 5
@@ -132,7 +135,7 @@ def test_the_browser_handler_streams_previews_then_the_api_handlers_final_output
         assert all(part == gr.skip() for part in update[:3])  # gallery untouched: no .change, no session entry
         assert isinstance(update[3]["value"], Image.Image) and update[3]["visible"] is True
     assert final[3] == gr.update(value=None, visible=False)
-    gallery, seed, infotext = parts["handler"](**form(), request=None, progress=gr.Progress())
+    gallery, seed, infotext = parts.handler(**form(), request=None, progress=gr.Progress())
     assert final[1:3] == (seed, infotext) and seed == 21
     assert np.array_equal(pixels(final[0][0]), pixels(gallery[0]))
 

@@ -15,13 +15,16 @@ from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image
 
 from studio.color import mean_delta_e, palette_delta_e
-from studio.engine.common import Cancelled, Job, RequestError
+from studio.engine.checks import RequestError
+from studio.engine.contract import Cancelled, Job
 from studio.engine.refine import RefineRequest, load_source, refine
 from studio.history import History
 from studio.metadata import parse_infotext, pnginfo, read_parameters
-from studio.restore import restore_from_png
+from studio.modes import BUILTIN
+from studio.restore import Restorer
 from studio.schedulers import get_sampler
 from studio.ui import refine_tab
+from studio.ui.tab import ModeCalls
 from studio.ui.widgets import UIContext
 from tests.conftest import free_port, pixels
 
@@ -42,7 +45,7 @@ def params_of(path: Path) -> dict[str, str]:
 def run(studio, **fields) -> list:
     """Loops without classifier-free guidance unless asked (half the UNet work; the properties do not need it)."""
     defaults = {"image": colourful(), "prompt": PROMPT, "guidance_scale": 1.0}
-    return list(refine(studio, RefineRequest(**{**defaults, **fields})))
+    return refine(studio, RefineRequest(**{**defaults, **fields})).images
 
 
 # ---- one loop is plain diffusers -------------------------------------------------------------------------------
@@ -68,24 +71,22 @@ def test_one_loop_equals_plain_img2img_pixel_for_pixel(studio, plain_components,
         negative_prompt=RefineRequest(image=None).negative_prompt,
         generator=torch.Generator("cpu").manual_seed(1234),
     ).images[0]
-    assert np.array_equal(pixels(item.generated.path), pixels(expected))
+    assert np.array_equal(pixels(item.path), pixels(expected))
     assert np.array_equal(pixels(item.parent), pixels(colourful()))  # the source copy in outputs is lossless
 
 
 @pytest.mark.parametrize(("steps", "strength"), [(4, 0.5), (5, 0.3), (2, 1.0)])
 def test_strength_s_with_n_steps_runs_int_n_times_s_denoising_steps(studio, steps, strength):
     reports: list[tuple[int, int]] = []
-    items = list(
-        refine(
-            studio,
-            RefineRequest(image=colourful(), prompt=PROMPT, strength=strength, num_inference_steps=steps, seed=3),
-            Job(on_step=lambda step, total: reports.append((step, total))),
-        )
-    )
+    items = refine(
+        studio,
+        RefineRequest(image=colourful(), prompt=PROMPT, strength=strength, num_inference_steps=steps, seed=3),
+        Job(on_step=lambda step, total: reports.append((step, total))),
+    ).images
     expected = int(steps * strength)
     assert [step for step, _ in reports] == list(range(1, expected + 1))
     assert {total for _, total in reports} == {expected}
-    assert params_of(items[0].generated.path)["Denoising strength"] == str(strength)
+    assert params_of(items[0].path)["Denoising strength"] == str(strength)
 
 
 # ---- loops --------------------------------------------------------------------------------------------------------
@@ -102,8 +103,8 @@ def test_n_loops_make_n_chained_nodes_with_schedule_strengths_and_policy_seeds(s
         seed=1000,
     )
     assert [i.loop for i in items] == [1, 2, 3]
-    assert [i.parent for i in items[1:]] == [i.generated.path for i in items[:-1]]
-    recorded = [params_of(i.generated.path) for i in items]
+    assert [i.parent for i in items[1:]] == [i.path for i in items[:-1]]
+    recorded = [params_of(i.path) for i in items]
     assert [float(p["Denoising strength"]) for p in recorded] == [0.9, 0.7, 0.5]
     seeds = [int(p["Seed"]) for p in recorded]
     assert seeds == [i.seed for i in items] and seeds[0] == 1000
@@ -115,7 +116,7 @@ def test_n_loops_make_n_chained_nodes_with_schedule_strengths_and_policy_seeds(s
     assert [p["Loop"] for p in recorded] == ["1/3", "2/3", "3/3"] and recorded[0]["Seed policy"] == policy
 
     history = History(studio.outputs.root)
-    ids = [history.add(i.generated.path, i.parent, loop=i.loop, seed=i.seed, strength=i.strength) for i in items]
+    ids = [history.add(i.path, i.parent, loop=i.loop, seed=i.seed, strength=i.strength) for i in items]
     assert len(history.nodes) == 4  # the source, then one node per loop
     assert history.lineage(ids[-1]) == [1, *ids] and all(history.nodes[i].children == [i + 1] for i in (1, *ids[:-1]))
 
@@ -125,7 +126,7 @@ def test_colour_correction_reduces_drift_over_8_loops(studio):
     drift = {}
     for corrected in (False, True):
         final = run(studio, loops=8, strength=0.5, num_inference_steps=2, seed=21, color_correction=corrected)[-1]
-        image = Image.open(final.generated.path)
+        image = Image.open(final.path)
         drift[corrected] = (palette_delta_e(image, source), mean_delta_e(image, source))
     print(
         f"\nΔE2000 of the mean colour after 8 loops: {drift[False][0]:.2f} without correction, "
@@ -138,10 +139,10 @@ def test_colour_correction_reduces_drift_over_8_loops(studio):
 def test_branching_from_a_middle_node_grows_a_sibling_subtree_and_the_zip_holds_exactly_the_branch(studio, tmp_path):
     history = History(studio.outputs.root)
     trunk = run(studio, loops=3, strength=0.5, num_inference_steps=2, seed=5, color_correction=True)
-    middle = trunk[1].generated.path
+    middle = trunk[1].path
     twig = run(studio, image=middle, loops=1, strength=0.5, num_inference_steps=2, seed=6)
     for item in trunk + twig:
-        history.add(item.generated.path, item.parent, loop=item.loop, seed=item.seed, strength=item.strength)
+        history.add(item.path, item.parent, loop=item.loop, seed=item.seed, strength=item.strength)
     assert twig[0].parent == middle  # an outputs file is its own source: no copy, no new root
     assert history.node(3).children == [4, 5] and len(history.nodes) == 5
     with zipfile.ZipFile(history.export_branch(5, tmp_path / "branch.zip")) as archive:
@@ -161,10 +162,10 @@ def test_rerunning_a_node_with_its_recorded_recipe_and_parent_reproduces_it_exac
         scheduler="Euler a",
     )
     node = trunk[2]
-    recipe = restore_from_png(node.generated.path, studio.limits).values  # what "Restore recipe" puts in the form
+    recipe = Restorer(BUILTIN, studio.limits).from_png(node.path).values  # what "Restore recipe" puts in the form
     assert recipe["seed"] == node.seed and recipe["strength"] == 0.6 and recipe["color_correction"] is True
-    [again] = list(refine(studio, RefineRequest(image=node.parent, **recipe)))
-    assert np.array_equal(pixels(again.generated.path), pixels(node.generated.path))
+    [again] = refine(studio, RefineRequest(image=node.parent, **recipe)).images
+    assert np.array_equal(pixels(again.path), pixels(node.path))
     assert again.parent == node.parent
 
 
@@ -175,7 +176,11 @@ def test_an_a1111_or_atelier_png_restores_its_parameters(studio, tmp_path):
     )
     Image.new("RGB", (64, 64)).save(tmp_path / "a1111.png", pnginfo=pnginfo(a1111))
     restored = dict(
-        zip(refine_tab.RESTORED, refine_tab.restore_fields(tmp_path / "a1111.png", studio.limits), strict=True)
+        zip(
+            refine_tab.RESTORED,
+            refine_tab.restore_fields(tmp_path / "a1111.png", Restorer(BUILTIN, studio.limits).from_png),
+            strict=True,
+        )
     )
     assert restored == {
         "prompt": "tweed jacket, photo",
@@ -192,7 +197,11 @@ def test_an_a1111_or_atelier_png_restores_its_parameters(studio, tmp_path):
     }  # unstated: the form keeps its own
     [item] = run(studio, strength=0.5, num_inference_steps=2, seed=77, seed_policy="increment")
     restored = dict(
-        zip(refine_tab.RESTORED, refine_tab.restore_fields(item.generated.path, studio.limits), strict=True)
+        zip(
+            refine_tab.RESTORED,
+            refine_tab.restore_fields(item.path, Restorer(BUILTIN, studio.limits).from_png),
+            strict=True,
+        )
     )
     assert (restored["prompt"], restored["seed"], restored["strength"], restored["seed_policy"]) == (
         PROMPT,
@@ -202,7 +211,9 @@ def test_an_a1111_or_atelier_png_restores_its_parameters(studio, tmp_path):
     )
     photo = tmp_path / "photo.png"
     colourful().save(photo)
-    assert set(map(str, refine_tab.restore_fields(photo, studio.limits, quiet=True))) == {str(gr.skip())}
+    assert set(map(str, refine_tab.restore_fields(photo, Restorer(BUILTIN, studio.limits).from_png, quiet=True))) == {
+        str(gr.skip())
+    }
 
 
 # ---- bad inputs ---------------------------------------------------------------------------------------------------
@@ -231,16 +242,18 @@ def test_bad_inputs_are_converted_or_refused_in_words(studio, tmp_path):
 # ---- the tab ---------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tab(studio):
-    ctx = UIContext(native_size=64, limits=studio.limits, count_tokens=lambda text: "")
+    ctx = UIContext(
+        native_size=64, limits=studio.limits, count_tokens=lambda text: "", outputs_root=studio.outputs.root
+    )
     with gr.Blocks() as demo:
-        parts = refine_tab.create(ctx, lambda req, job: refine(studio, req, job), studio.outputs)
+        parts = refine_tab.create(ctx, ModeCalls("refine", lambda req, job: refine(studio, req, job)))
     return demo, parts
 
 
 def test_handler_parameters_match_the_tab_inputs(tab):
     _, parts = tab
-    names = [p for p in inspect.signature(parts["handler"]).parameters if p not in ("request", "progress")]
-    assert len(names) == len(parts["inputs"])
+    names = [p for p in inspect.signature(parts.handler).parameters if p not in ("request", "progress")]
+    assert len(names) == len(parts.inputs)
     assert names[:8] == [
         "image",
         "prompt",
@@ -265,7 +278,7 @@ def test_bad_input_in_the_tab_is_an_error_in_words_and_the_history_is_unchanged(
     before = History.from_dict(tree, studio.outputs.root).to_dict()
     Image.new("1", (7100, 7000)).save(tmp_path / "huge.png")
     for image in (None, str(tmp_path / "huge.png")):
-        outputs = parts["handler"](
+        outputs = parts.handler(
             image, PROMPT, "", 0.75, 2, 7.5, "Euler", 1, 1, 2, "constant", 0.5, "fixed", True, None, tree, None
         )
         with pytest.raises(gr.Error) as error:
@@ -333,9 +346,10 @@ def test_a_cancel_stops_after_the_current_step_and_finished_loops_stay(studio):
             job.cancel.set()
 
     job.on_step = on_step
-    items = []
+    items: list = []
+    job.on_image = items.append
     with pytest.raises(Cancelled):
-        for item in refine(
+        refine(
             studio,
             RefineRequest(
                 image=colourful(),
@@ -347,19 +361,20 @@ def test_a_cancel_stops_after_the_current_step_and_finished_loops_stay(studio):
                 guidance_scale=1.0,
             ),
             job,
-        ):
-            items.append(item)
+        )
     assert [i.loop for i in items] == [1]  # loop 1 landed and was saved
     assert reported == [1, 2, 3]  # progress counts across loops; no step ran after the one Cancel came in
-    assert items[0].generated.path.is_file()
+    assert items[0].path.is_file()
 
 
 def test_a_cancel_in_the_tab_keeps_every_finished_loop_in_the_history(studio, tmp_path):
-    ctx = UIContext(native_size=64, limits=studio.limits, count_tokens=lambda text: "")
+    ctx = UIContext(
+        native_size=64, limits=studio.limits, count_tokens=lambda text: "", outputs_root=studio.outputs.root
+    )
     with gr.Blocks():
-        parts = refine_tab.create(ctx, lambda req, job: refine(studio, req, job), studio.outputs)
+        parts = refine_tab.create(ctx, ModeCalls("refine", lambda req, job: refine(studio, req, job)))
     colourful().save(tmp_path / "look.png")
-    run = parts["handler"](
+    run = parts.handler(
         str(tmp_path / "look.png"),
         PROMPT,
         "",

@@ -16,7 +16,7 @@ import torch
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from studio.engine.common import Job
+from studio.engine.contract import Job
 from studio.engine.restyle import RestyleRequest, restyle
 from studio.engine.txt2img import Txt2ImgRequest, txt2img
 from studio.images import ImageInputError, load_image

@@ -9,11 +9,13 @@ import pytest
 from PIL import Image
 
 from studio.engine import inpaint, refine, restyle, textile
-from studio.engine.common import Studio, base_params
+from studio.engine.contract import Studio
+from studio.engine.saving import base_params
 from studio.engine.txt2img import Txt2ImgRequest, txt2img
 from studio.metadata import format_infotext, pnginfo
-from studio.presets import MODE_FIELDS
-from studio.restore import RestoreError, restore_from_png, restore_from_text
+from studio.modes import BUILTIN
+from studio.presets import field_table
+from studio.restore import Restored, RestoreError, Restorer
 from studio.settings import Limits
 
 A1111 = (
@@ -22,6 +24,17 @@ A1111 = (
     "Steps: 30, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 123, Size: 512x768, "
     "Model hash: 3fb7c5ab4c, Model: dreamlike-photoreal-2.0"
 )
+MODE_FIELDS = field_table(BUILTIN, Limits())
+
+
+def restore_from_text(text: str, limits: Limits | None = None) -> Restored:
+    return Restorer(BUILTIN, limits).from_text(text)
+
+
+def restore_from_png(source: object, limits: Limits | None = None) -> Restored:
+    return Restorer(BUILTIN, limits).from_png(source)  # type: ignore[arg-type]
+
+
 NOT_RECORDED = {"batch_size", "batch_count"}  # how many images were made is not a property of one image
 
 
@@ -135,13 +148,13 @@ def test_an_atelier_refine_png_restores_the_loop_that_made_it(studio: Studio) ->
         seed_policy="increment",
         color_correction=True,
     )
-    second = list(refine.refine(studio, req))[-1]
-    restored = restore_from_png(second.generated.path)
+    second = refine.refine(studio, req).images[-1]
+    restored = restore_from_png(second.path)
     assert restored.mode == "refine" and restored.ignored == []
     assert "Loop 2/2" in restored.note
     again = dataclasses.replace(req, image=Image.open(second.parent), **restored.values)
-    assert again.loops == 1 and again.seed == second.generated.seed and again.strength == second.strength
-    assert list(refine.refine(studio, again))[0].generated.image.tobytes() == second.generated.image.tobytes()
+    assert again.loops == 1 and again.seed == second.seed and again.strength == second.strength
+    assert refine.refine(studio, again).images[0].image.tobytes() == second.image.tobytes()
 
 
 def test_an_atelier_inpaint_png_restores_its_request(studio: Studio) -> None:

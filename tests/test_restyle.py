@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from pathlib import Path
 
@@ -14,12 +15,14 @@ from diffusers import ControlNetModel
 from PIL import Image, ImageDraw
 
 from studio import edges
-from studio.engine.common import RequestError, Result, Studio
+from studio.engine.checks import RequestError
+from studio.engine.contract import Result, Studio
 from studio.engine.restyle import RestyleRequest, detect_edges, restyle, zero_residuals
 from studio.engine.txt2img import Txt2ImgRequest, txt2img
 from studio.metadata import parse_infotext, read_parameters
 from studio.registry import HED_ANNOTATOR_FILE
 from studio.tensors import unique_param_bytes
+from studio.ui.tab import ModeCalls, Tab, inputs_for
 from tests.conftest import pixels
 
 PROMPT = "fashion illustration of a long coat, watercolour"
@@ -292,7 +295,7 @@ def test_repeat_mode_is_shift_equivariant_and_restores_the_models(studio: Studio
 
 
 # ---- the tab ----------------------------------------------------------------------------------------------------
-def build_tab(studio: Studio, seen: list[RestyleRequest]) -> dict[str, object]:
+def build_tab(studio: Studio, seen: list[RestyleRequest]) -> Tab:
     from studio.ui import restyle_tab
     from studio.ui.widgets import UIContext
 
@@ -302,22 +305,23 @@ def build_tab(studio: Studio, seen: list[RestyleRequest]) -> dict[str, object]:
 
     ctx = UIContext(native_size=64, limits=studio.limits, count_tokens=lambda text: "")
     with gr.Blocks():
-        return restyle_tab.create(ctx, fake_generate, lambda *args: detect_edges(studio, *args))
+        calls = ModeCalls("restyle", fake_generate, {"detect_edges": functools.partial(detect_edges, studio)})
+        return restyle_tab.create(ctx, calls)
 
 
 def test_tab_inputs_match_the_handler_and_the_request(studio: Studio) -> None:
     parts = build_tab(studio, [])
-    names = [n for n in inspect.signature(parts["handler"]).parameters if n not in ("request", "progress")]
-    assert len(names) == len(parts["inputs"])
+    names = [n for n in inspect.signature(parts.handler).parameters if n not in ("request", "progress")]
+    assert len(names) == len(parts.inputs)
     request_fields = set(RestyleRequest.__dataclass_fields__)
     assert set(names) - request_fields == {"pixel_perfect"}  # every other input is named as the request names it
-    preview = [n for n in inspect.signature(parts["preview_handler"]).parameters]
-    assert len(preview) == len(parts["preview_inputs"])
+    preview = [n for n in inspect.signature(parts.extras["preview_handler"]).parameters]
+    assert len(preview) == len(inputs_for(parts.extras["preview_handler"], parts.fields))
 
 
 def test_tab_turns_widget_values_into_the_request(studio: Studio) -> None:
     seen: list[RestyleRequest] = []
-    handler = build_tab(studio, seen)["handler"]
+    handler = build_tab(studio, seen).handler
     common = {
         "image": silhouette(),
         "controlnet_conditioning_scale": 0.5,
@@ -373,7 +377,7 @@ def test_tab_turns_widget_values_into_the_request(studio: Studio) -> None:
 
 
 def test_preview_shows_the_edge_map_restyle_will_use(studio: Studio) -> None:
-    preview = build_tab(studio, [])["preview_handler"]
+    preview = build_tab(studio, []).extras["preview_handler"]
     edge, note = preview(silhouette((48, 72)), "hed", False, True, 512, 0, 0, "off")
     size = edges.auto_size((48, 72), studio.cache.native_size())
     assert edge.size == size and f"{size[0]}x{size[1]}" in note and "pixel perfect" in note

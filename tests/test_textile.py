@@ -18,11 +18,13 @@ import torch
 from PIL import Image
 
 from studio import patterns, tiling
-from studio.engine.common import RequestError, Result, Studio
+from studio.engine.checks import RequestError
+from studio.engine.contract import Result, Studio
 from studio.engine.restyle import RestyleRequest, restyle
 from studio.engine.textile import TextileRequest, textile, tile_size
 from studio.engine.txt2img import Txt2ImgRequest, txt2img
 from studio.metadata import parse_infotext, read_parameters
+from studio.ui.tab import ModeCalls
 from tests.conftest import pixels
 
 PROMPT = "a seamless floral chintz print, roses and leaves"
@@ -284,19 +286,19 @@ def build_tab(seen: list[TextileRequest], studio: Studio) -> dict[str, object]:
 
     ctx = UIContext(native_size=64, limits=studio.limits, count_tokens=lambda text: "")
     with gr.Blocks():
-        return textile_tab.create(ctx, fake_generate)
+        return textile_tab.create(ctx, ModeCalls("textile", fake_generate))
 
 
 def test_tab_inputs_match_the_handler_and_the_request(studio: Studio) -> None:
     parts = build_tab([], studio)
-    names = [n for n in inspect.signature(parts["handler"]).parameters if n not in ("request", "progress")]
-    assert len(names) == len(parts["inputs"])
+    names = [n for n in inspect.signature(parts.handler).parameters if n not in ("request", "progress")]
+    assert len(names) == len(parts.inputs)
     assert set(names) <= set(TextileRequest.__dataclass_fields__) | {"preset"}
 
 
 def test_tab_turns_widget_values_into_a_request_and_shows_the_exports(studio: Studio, tmp_path: Path) -> None:
     seen: list[TextileRequest] = []
-    handler = build_tab(seen, studio)["handler"]
+    handler = build_tab(seen, studio).handler
     Image.fromarray(swatch((96, 64))).save(tmp_path / "swatch.png")
     values = {
         "preset": "Florals",

@@ -8,7 +8,8 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from studio.engine.common import Cancelled, Job, RequestError
+from studio.engine.checks import RequestError
+from studio.engine.contract import Cancelled, Job
 from studio.engine.txt2img import Txt2ImgRequest, txt2img
 from studio.metadata import parse_infotext, read_parameters
 from studio.schedulers import get_sampler

@@ -16,12 +16,13 @@ from PIL import Image
 import app
 from studio import zerogpu
 from studio.jobs import JobBoard
+from studio.modes import BUILTIN, gpu_endpoints
 from studio.settings import Settings
 from tests.conftest import REPO, free_port, make_settings
 from tests.fake_zerogpu import FakeSpaces
 
 pytestmark = pytest.mark.slow
-GPU_ENDPOINTS = {"txt2img", "draft", "refine", "textile", "inpaint", "restyle", "restyle_edges"}
+GPU_ENDPOINTS = gpu_endpoints(BUILTIN)  # from the mode records: each mode, drafts, the edge preview
 
 
 @pytest.fixture(scope="module")

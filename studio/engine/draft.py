@@ -16,18 +16,9 @@ from typing import Any
 
 from diffusers import LCMScheduler, StableDiffusionPipeline
 
-from studio.engine.common import (
-    MAX_SEED,
-    Job,
-    RequestError,
-    Result,
-    Studio,
-    check_range,
-    check_size,
-    clean_prompts,
-    resolve_seed,
-    run_batches,
-)
+from studio.engine.batches import resolve_seed, run_batches
+from studio.engine.checks import RequestError, check_common, check_size, clean_prompts
+from studio.engine.contract import Job, Result, Studio
 from studio.engine.txt2img import Txt2ImgRequest, txt2img
 from studio.hashing import file_sha256
 from studio.registry import HUB_ID, LCM_LORA_FILE
@@ -66,9 +57,6 @@ class DraftChoice:
 
 
 def check_draft(req: DraftRequest, studio: Studio) -> None:
-    limits = studio.limits
-    if not (req.prompt or "").strip():
-        raise RequestError("The prompt is empty: describe the garment or look you want.")
     if not 1 <= req.num_inference_steps <= MAX_DRAFT_STEPS:
         raise RequestError(
             f"Drafts take 1 to {MAX_DRAFT_STEPS} steps (LCM); got {req.num_inference_steps}. "
@@ -79,9 +67,7 @@ def check_draft(req: DraftRequest, studio: Studio) -> None:
             f"Draft guidance (CFG) must be between 1 and {MAX_DRAFT_GUIDANCE:g}: LCM needs low "
             f"guidance; got {req.guidance_scale:g}."
         )
-    check_range("seed", req.seed, -1, MAX_SEED)
-    check_range("batch_size", req.batch_size, 1, limits.max_batch_size)
-    check_range("batch_count", req.batch_count, 1, limits.max_batch_count)
+    check_common(req, studio.limits, steps=(1, MAX_DRAFT_STEPS), guidance=(1, MAX_DRAFT_GUIDANCE))
 
 
 def draft(studio: Studio, req: DraftRequest, job: Job | None = None) -> Result:
@@ -99,12 +85,12 @@ def draft(studio: Studio, req: DraftRequest, job: Job | None = None) -> Result:
             studio,
             pipe,
             req,
-            prompts,
-            job,
-            (width, height),
-            seed,
-            lambda s: draft_params(studio, req, s, width, height),
-            "draft",
+            prompts=prompts,
+            job=job,
+            size=(width, height),
+            seed=seed,
+            params=lambda s: draft_params(studio, req, s, width, height),
+            prefix="draft",
         )
     return Result(images=images, seed=seed, params={**prompts, **draft_params(studio, req, seed, width, height)})
 

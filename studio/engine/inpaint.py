@@ -22,22 +22,11 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from studio import masks
-from studio.engine.common import (
-    Job,
-    Preview,
-    RequestError,
-    Result,
-    Studio,
-    base_params,
-    check_common,
-    check_range,
-    clean_prompts,
-    generators,
-    previewer,
-    resolve_seed,
-    save_image,
-    step_callback,
-)
+from studio.engine.batches import generators, resolve_seed, seed_batches
+from studio.engine.checks import RequestError, check_common, check_range, clean_prompts
+from studio.engine.contract import Job, Result, Studio
+from studio.engine.saving import base_params, save_image
+from studio.engine.steps import PreviewFn, previewer, step_callback
 from studio.images import ImageInputError, load_alpha, load_image, load_mask
 from studio.preview import preview_image
 from studio.prompts import prompt_kwargs
@@ -172,7 +161,7 @@ def denoise(
     work: Work,
     seeds: list[int],
     job: Job | None,
-    preview: Preview = preview_image,
+    preview: PreviewFn = preview_image,
 ) -> list[Image.Image]:
     gens = generators(seeds)
     width, height = work.image.size
@@ -226,8 +215,7 @@ def inpaint(studio: Studio, req: InpaintRequest, job: Job | None = None) -> Resu
         work = plan(image, alpha, req, native, studio.limits)
         seed = resolve_seed(req.seed)
         results = []
-        for batch in range(req.batch_count):
-            seeds = [seed + batch * req.batch_size + i for i in range(req.batch_size)]
+        for seeds in seed_batches(seed, req.batch_size, req.batch_count):
             painted = denoise(pipe, req, prompts, work, seeds, job, previewer(studio))
             for generated, image_seed in zip(painted, seeds, strict=True):
                 final = masks.paste_back(image, generated, alpha, work.box)

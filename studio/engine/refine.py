@@ -1,10 +1,11 @@
 """Refine: img2img in loops, each output becoming the next input (A1111's "Loopback", done the way designers ask).
 
-A run takes a source image and yields one `LoopImage` per loop and chain as soon as it is saved, so a caller can
-show each result as it lands. Per loop: the strength comes from a schedule (constant, or linear to a final
-strength), the seed from a policy (fixed, +1 per loop, random), and optional colour correction matches the output's
-Lab histograms to that loop's own input, which holds the source palette over any number of loops (each output
-inherits its input's colour distribution) and keeps every node reproducible from its parent alone.
+A run takes a source image and reports one `LoopImage` per loop and chain to `job.on_image` as soon as it is saved,
+so a caller can show each result as it lands; it returns them all in a `RefineResult`. Per loop: the strength comes
+from a schedule (constant, or linear to a final strength), the seed from a policy (fixed, +1 per loop, random), and
+optional colour correction matches the output's Lab histograms to that loop's own input, which holds the source
+palette over any number of loops (each output inherits its input's colour distribution) and keeps every node
+reproducible from its parent alone.
 
 `batch_size` runs that many independent chains side by side; chain i uses the loop's seed + i. Each chain image is
 its own pipeline call (batch of one), so re-running any node with its recorded seed and parent reproduces it
@@ -23,26 +24,15 @@ from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image
 
 from studio.color import match_palette
-from studio.engine.common import (
-    MAX_SEED,
-    Cancelled,
-    Generated,
-    Job,
-    RequestError,
-    Studio,
-    base_params,
-    check_range,
-    clean_prompts,
-    generators,
-    previewer,
-    resolve_seed,
-    save_image,
-    step_callback,
-)
+from studio.engine.batches import generators, resolve_seed
+from studio.engine.checks import MAX_SEED, RequestError, check_common, check_range, clean_prompts
+from studio.engine.contract import Cancelled, Generated, Job, Result, Studio
+from studio.engine.saving import base_params, save_image
+from studio.engine.steps import previewer, step_callback
 from studio.images import ImageInputError, load_image
 from studio.metadata import format_infotext, read_parameters
 from studio.prompts import prompt_kwargs
-from studio.schedulers import DEFAULT_SAMPLER, SAMPLERS
+from studio.schedulers import DEFAULT_SAMPLER
 from studio.settings import Limits
 
 log = logging.getLogger(__name__)
@@ -74,19 +64,19 @@ class RefineRequest:
     color_correction: bool = False
 
 
-@dataclass(frozen=True)
-class LoopImage:
-    """One saved result: the file, the file it was refined from, and what was used."""
+@dataclass(kw_only=True)
+class LoopImage(Generated):
+    """One saved result, with the file it was refined from and what was used."""
 
-    generated: Generated
     parent: Path
     loop: int  # 1-based
     chain: int  # 0-based index within the batch
     strength: float
 
-    @property
-    def seed(self) -> int:
-        return self.generated.seed
+
+@dataclass
+class RefineResult(Result):
+    images: list[LoopImage]  # type: ignore[assignment]  # every loop of every chain, in the order they landed
 
 
 @dataclass(frozen=True)
@@ -98,14 +88,9 @@ class Source:
 
 # ---- checks and schedules ---------------------------------------------------------------------------------------
 def check_refine(req: RefineRequest, limits: Limits) -> None:
+    check_common(req, limits, prompt_required=False)
     check_range("strength", req.strength, 0, 1)
-    check_range("num_inference_steps", req.num_inference_steps, 1, limits.max_steps)
-    check_range("guidance_scale", req.guidance_scale, 0, 30)
-    check_range("seed", req.seed, -1, MAX_SEED)
-    check_range("batch_size", req.batch_size, 1, limits.max_batch_size)
     check_range("loops", req.loops, 1, MAX_LOOPS)
-    if req.scheduler not in SAMPLERS:
-        raise RequestError(f"Unknown scheduler {req.scheduler!r}. Choose one of: {', '.join(SAMPLERS)}.")
     if req.strength_schedule not in SCHEDULES:
         raise RequestError(f"Unknown strength schedule {req.strength_schedule!r}; use constant or linear.")
     if req.seed_policy not in SEED_POLICIES:
@@ -181,8 +166,9 @@ def save_source(studio: Studio, source: Source) -> Path:
 
 
 # ---- the run --------------------------------------------------------------------------------------------------------
-def refine(studio: Studio, req: RefineRequest, job: Job | None = None) -> Iterator[LoopImage]:
-    """Validate now (errors before anything runs or is saved), then yield each loop's images as they are saved."""
+def refine(studio: Studio, req: RefineRequest, job: Job | None = None) -> RefineResult:
+    """Validate (errors before anything runs or is saved), then run every loop; each loop image goes to
+    `job.on_image` as soon as it is saved, so a caller shows it (and grows its history) as it lands."""
     check_refine(req, studio.limits)
     prompts = clean_prompts(req, studio.limits)
     strengths = schedule_strengths(req)
@@ -193,13 +179,22 @@ def refine(studio: Studio, req: RefineRequest, job: Job | None = None) -> Iterat
                 "raise the strength or the number of steps."
             )
     source = load_source(studio, req.image)
-    return _loops(studio, req, prompts, source, strengths, job)
+    first = resolve_seed(req.seed)
+    images = list(_loops(studio, req, prompts, source, strengths, first, job))
+    params = {**prompts, **base_params(studio, req, first, source.image.width, source.image.height, "refine")}
+    return RefineResult(images=images, seed=first, params=params)
 
 
 def _loops(
-    studio: Studio, req: RefineRequest, prompts: dict[str, str], source: Source, strengths: list[float], job: Job | None
+    studio: Studio,
+    req: RefineRequest,
+    prompts: dict[str, str],
+    source: Source,
+    strengths: list[float],
+    first: int,
+    job: Job | None,
 ) -> Iterator[LoopImage]:
-    seeds = loop_seeds(req.seed_policy, resolve_seed(req.seed), req.loops, req.batch_size)
+    seeds = loop_seeds(req.seed_policy, first, req.loops, req.batch_size)
     total = req.batch_size * sum(denoising_steps(req.num_inference_steps, s) for s in strengths)
     done = 0
     root = source.path or save_source(studio, source)
@@ -222,9 +217,12 @@ def _loops(
                 "Seed policy": req.seed_policy,
                 "Color correction": req.color_correction,
             }
-            generated = save_image(studio, image, prompts, params, "refine", job)
-            chains[chain] = (generated.path, image)
-            yield LoopImage(generated=generated, parent=parent, loop=loop, chain=chain, strength=strength)
+            saved = save_image(studio, image, prompts, params, "refine", None)
+            item = LoopImage(**vars(saved), parent=parent, loop=loop, chain=chain, strength=strength)
+            if job is not None and job.on_image is not None:
+                job.on_image(item)
+            chains[chain] = (item.path, image)
+            yield item
 
 
 def _offset_job(job: Job | None, done: int, total: int) -> Job | None:

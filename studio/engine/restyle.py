@@ -20,19 +20,10 @@ from diffusers import MultiControlNetModel, StableDiffusionControlNetPipeline
 from PIL import Image
 
 from studio import edges, tiling
-from studio.engine.common import (
-    Job,
-    RequestError,
-    Result,
-    Studio,
-    base_params,
-    check_common,
-    check_range,
-    check_size,
-    clean_prompts,
-    resolve_seed,
-    run_batches,
-)
+from studio.engine.batches import resolve_seed, run_batches
+from studio.engine.checks import RequestError, check_common, check_latents, check_range, check_size, clean_prompts
+from studio.engine.contract import Job, Result, Studio
+from studio.engine.saving import base_params
 from studio.images import ImageInputError, load_image
 from studio.schedulers import DEFAULT_SAMPLER
 
@@ -131,18 +122,6 @@ def check_control(req: RestyleRequest) -> None:
         raise RequestError(
             f"Guidance start ({req.control_guidance_start:g}) must be before guidance end "
             f"({req.control_guidance_end:g}); e.g. start 0, end 1 guides every step."
-        )
-
-
-def check_latents(studio: Studio, latents: torch.Tensor | None, batch_size: int, width: int, height: int) -> None:
-    if latents is None:
-        return
-    base = studio.cache.base()
-    factor = base.vae_scale_factor
-    expected = (batch_size, base.unet.config.in_channels, height // factor, width // factor)
-    if tuple(latents.shape) != expected:
-        raise RequestError(
-            f"latents have shape {tuple(latents.shape)}; a {width}x{height} batch of {batch_size} needs {expected}."
         )
 
 
@@ -267,12 +246,12 @@ def restyle(studio: Studio, req: RestyleRequest, job: Job | None = None, latents
                 studio,
                 pipe,
                 req,
-                prompts,
-                job,
-                (width, height),
-                seed,
-                lambda s: {**base_params(studio, req, s, width, height, "restyle"), **extra},
-                "restyle",
+                prompts=prompts,
+                job=job,
+                size=(width, height),
+                seed=seed,
+                params=lambda s: {**base_params(studio, req, s, width, height, "restyle"), **extra},
+                prefix="restyle",
                 **control_kwargs(req, control),
                 latents=latents,
             )

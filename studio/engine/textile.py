@@ -8,8 +8,6 @@ optional N-colour colourway (palette swatches + hex list).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,43 +18,25 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image, ImageOps
 
 from studio import patterns, tiling
-from studio.engine.common import (
-    Generated,
-    Job,
-    Preview,
-    RequestError,
-    Result,
-    Studio,
-    base_params,
-    check_common,
-    check_range,
-    check_size,
-    clean_prompts,
-    generators,
-    previewer,
-    resolve_seed,
-    save_image,
-    step_callback,
-)
+from studio.engine.batches import generators, resolve_seed, seed_batches
+from studio.engine.checks import RequestError, check_common, check_latents, check_range, check_size, clean_prompts
+from studio.engine.contract import Generated, Job, Result, Studio
+from studio.engine.saving import base_params, save_image
+from studio.engine.steps import PreviewFn, previewer, step_callback
 from studio.images import ImageInputError, load_image
 from studio.preview import preview_image
 from studio.prompts import prompt_kwargs
 from studio.schedulers import DEFAULT_SAMPLER
+from studio.settings import Limits
 
 MAX_COLORS = 64
-REPEAT_LABELS = {
-    "full": "full drop",
-    "half_drop": "half-drop",
-    "brick": "brick",
-    "x": "horizontal-only",
-    "y": "vertical-only",
-}
+DEFAULT_NEGATIVE = "text, watermark, signature, frame, border, vignette, photo of a person, blurry, low quality"
 
 
 @dataclass(frozen=True)
 class TextileRequest:
     prompt: str
-    negative_prompt: str = ""
+    negative_prompt: str = DEFAULT_NEGATIVE
     repeat: str = "full"  # one of studio.tiling.REPEATS
     width: int | None = None  # tile size in px; None: the model's native size, rounded up to the repeat's granule
     height: int | None = None
@@ -113,8 +93,8 @@ class SwatchPipeline(StableDiffusionImg2ImgPipeline):
 
 
 # ---- checks -------------------------------------------------------------------------------------------------------
-def check_request(req: TextileRequest, studio: Studio) -> None:
-    check_common(req, studio.limits)
+def check_request(req: TextileRequest, limits: Limits) -> None:
+    check_common(req, limits)
     if req.repeat not in tiling.REPEATS:
         raise RequestError(f"Unknown repeat {req.repeat!r}. Choose one of: {', '.join(tiling.REPEATS)}.")
     check_range("dpi", req.dpi, 36, 2400)
@@ -145,7 +125,7 @@ def tile_size(studio: Studio, req: TextileRequest) -> tuple[int, int]:
     if width % step_w or height % step_h:
         fix = f"{-(-width // step_w) * step_w}x{-(-height // step_h) * step_h}"
         raise RequestError(
-            f"A {REPEAT_LABELS[req.repeat]} repeat on this model needs a tile width that is a "
+            f"A {tiling.REPEAT_LABELS[req.repeat]} repeat on this model needs a tile width that is a "
             f"multiple of {step_w} px and a height that is a multiple of {step_h} px "
             f"(got {width}x{height}); try {fix}."
         )
@@ -181,18 +161,6 @@ def load_swatch(studio: Studio, value: Any) -> Image.Image:
         raise RequestError(str(exc)) from None
 
 
-def check_latents(studio: Studio, latents: torch.Tensor | None, batch_size: int, width: int, height: int) -> None:
-    if latents is None:
-        return
-    base = studio.cache.base()
-    factor = base.vae_scale_factor
-    expected = (batch_size, 4, height // factor, width // factor)
-    if tuple(latents.shape) != expected:
-        raise RequestError(
-            f"latents have shape {tuple(latents.shape)}; a {width}x{height} batch of {batch_size} needs {expected}."
-        )
-
-
 # ---- generation ---------------------------------------------------------------------------------------------------
 def textile(
     studio: Studio, req: TextileRequest, job: Job | None = None, latents: torch.Tensor | None = None
@@ -202,7 +170,7 @@ def textile(
     `latents` (tests, scripts) replaces the seeded starting noise of every batch; with a swatch it is the noise
     added to the swatch's latents.
     """
-    check_request(req, studio)
+    check_request(req, studio.limits)
     prompts = clean_prompts(req, studio.limits)
     swatch = load_swatch(studio, req.image) if req.image is not None else None
     with studio.cache.gpu():
@@ -214,8 +182,7 @@ def textile(
         fitted = None if swatch is None else ImageOps.fit(swatch, (width, height), Image.Resampling.LANCZOS)
         seed = resolve_seed(req.seed)
         tiles: list[tuple[Generated, dict[str, Any]]] = []
-        for batch in range(req.batch_count):
-            seeds = [seed + batch * req.batch_size + i for i in range(req.batch_size)]
+        for seeds in seed_batches(seed, req.batch_size, req.batch_count):
             images = denoise(pipe, req, prompts, seeds, (width, height), fitted, latents, job, previewer(studio))
             for image, image_seed in zip(images, seeds, strict=True):
                 params = tile_params(studio, req, image_seed, (width, height), out_size)
@@ -235,7 +202,7 @@ def denoise(
     swatch: Image.Image | None,
     latents: torch.Tensor | None,
     job: Job | None,
-    preview: Preview = preview_image,
+    preview: PreviewFn = preview_image,
 ) -> list[Image.Image]:
     """One batch with the UNet and the VAE wrapped by the repeat (restored when this returns or raises)."""
     steps = req.num_inference_steps if swatch is None else int(req.num_inference_steps * req.strength)
@@ -322,22 +289,10 @@ def export(
         done.palette_image = save_image(
             studio, patterns.swatches(way.palette), prompts, {**extra, "Export": "palette"}, "textile-palette", None
         ).path
-        done.palette_text = write_text(done.palette_image.with_suffix(".txt"), palette_listing(way))
+        done.palette_text = studio.outputs.write_text(done.palette_image.with_suffix(".txt"), palette_listing(way))
         done.palette = way.hex
     return done
 
 
 def palette_listing(way: patterns.Colourway) -> str:
     return "".join(f"{code}  rgb({r}, {g}, {b})\n" for code, (r, g, b) in zip(way.hex, way.palette, strict=True))
-
-
-def write_text(path: Path, text: str) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

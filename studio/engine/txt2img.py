@@ -10,23 +10,11 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from studio.engine.common import (
-    Cancelled,
-    Job,
-    Preview,
-    RequestError,
-    Result,
-    Studio,
-    base_params,
-    check_common,
-    check_size,
-    clean_prompts,
-    generators,
-    previewer,
-    resolve_seed,
-    run_batches,
-    save_image,
-)
+from studio.engine.batches import generators, resolve_seed, run_batches
+from studio.engine.checks import RequestError, check_common, check_size, clean_prompts
+from studio.engine.contract import Cancelled, Job, Result, Studio
+from studio.engine.saving import base_params, save_image
+from studio.engine.steps import PreviewFn, previewer
 from studio.preview import preview_due, preview_image
 from studio.prompts import prompt_kwargs
 from studio.schedulers import DEFAULT_SAMPLER
@@ -59,12 +47,12 @@ def txt2img(studio: Studio, req: Txt2ImgRequest, job: Job | None = None) -> Resu
             studio,
             pipe,
             req,
-            prompts,
-            job,
-            (width, height),
-            seed,
-            lambda s: base_params(studio, req, s, width, height, "txt2img"),
-            "txt2img",
+            prompts=prompts,
+            job=job,
+            size=(width, height),
+            seed=seed,
+            params=lambda s: base_params(studio, req, s, width, height, "txt2img"),
+            prefix="txt2img",
         )
     return Result(
         images=images, seed=seed, params={**prompts, **base_params(studio, req, seed, width, height, "txt2img")}
@@ -134,7 +122,7 @@ class _Group:
     requests: Sequence[Txt2ImgRequest]
     jobs: Sequence[Job | None]
     on_done: Callable[[int, Outcome], None] | None
-    preview: Preview = preview_image
+    preview: PreviewFn = preview_image
     outcomes: list[Outcome | None] = field(init=False)
 
     def __post_init__(self) -> None:

@@ -9,24 +9,22 @@ Two ways in, both on the one `/inpaint` endpoint:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
 
-from studio.engine.common import Job, Result
 from studio.engine.inpaint import MAX_MASK_BLUR, MAX_PADDING, InpaintRequest
+from studio.ui.tab import ModeCalls, Tab, inputs_for
 from studio.ui.widgets import (
     UIContext,
-    as_int,
     cancel_button,
+    field_components,
+    form_request,
     prompt_block,
     results_block,
     run_generation,
     sampling_block,
 )
-
-Generate = Callable[[InpaintRequest, Job], Result]
 
 MASKED_CONTENT_CHOICES = [
     ("Original (keep the shape, change the look)", "original"),
@@ -79,7 +77,7 @@ def mask_panel(ctx: UIContext) -> dict[str, gr.components.Component]:
     return c
 
 
-def create(ctx: UIContext, generate: Generate) -> dict[str, Any]:
+def create(ctx: UIContext, calls: ModeCalls) -> Tab:
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=320):
             c = mask_panel(ctx)
@@ -93,6 +91,9 @@ def create(ctx: UIContext, generate: Generate) -> dict[str, Any]:
                 cancel_button(ctx.board)
         with gr.Column(scale=6, min_width=320):
             gallery, seed_used, infotext = results_block()
+
+    fields = {**c, **field_components(prompts), **field_components(sampling), "batch_size": batch_size,
+              "batch_count": batch_count}  # fmt: skip
 
     def inpaint(
         editor: dict[str, Any] | None,
@@ -115,56 +116,14 @@ def create(ctx: UIContext, generate: Generate) -> dict[str, Any]:
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),
     ) -> tuple[list[str], int, str]:
-        req = InpaintRequest(
-            image=image_value(editor, image),
-            mask_image=mask_image,
-            prompt=prompt or "",
-            negative_prompt=negative_prompt or "",
-            strength=float(strength),
-            num_inference_steps=as_int(num_inference_steps, "Steps"),
-            guidance_scale=float(guidance_scale),
-            scheduler=scheduler,
-            seed=as_int(seed, "Seed"),
-            batch_size=as_int(batch_size, "Batch size"),
-            batch_count=as_int(batch_count, "Batch count"),
-            mask_blur=as_int(mask_blur, "Mask blur"),
-            invert_mask=bool(invert_mask),
-            masked_content=masked_content,
-            inpaint_area=inpaint_area,
-            padding=as_int(padding, "Padding"),
-        )
-        return run_generation(ctx.board, request, progress, lambda job: generate(req, job))
+        req = form_request(InpaintRequest, {**locals(), "image": image_value(editor, image)})
+        return run_generation(ctx.board, request, progress, lambda job: calls.run(req, job))
 
-    inputs = [
-        c["editor"],
-        c["image"],
-        c["mask_image"],
-        prompts.prompt,
-        prompts.negative_prompt,
-        c["invert_mask"],
-        c["mask_blur"],
-        c["masked_content"],
-        c["inpaint_area"],
-        c["padding"],
-        c["strength"],
-        sampling.num_inference_steps,
-        sampling.guidance_scale,
-        sampling.scheduler,
-        sampling.seed,
-        batch_size,
-        batch_count,
-    ]
     run.click(
         ctx.gpu(inpaint),
-        inputs=inputs,
+        inputs=inputs_for(inpaint, fields),
         outputs=[gallery, seed_used, infotext],
-        api_name="inpaint",
+        api_name=calls.name,
         concurrency_id="gpu",
     )
-    return {
-        "handler": inpaint,
-        "inputs": inputs,
-        "gallery": gallery,
-        "prompt": prompts.prompt,
-        "input_image": c["editor"],
-    }
+    return Tab(inpaint, fields, gallery, prompt=prompts.prompt, input_image=c["editor"])

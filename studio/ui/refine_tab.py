@@ -18,23 +18,24 @@ from typing import Any
 
 import gradio as gr
 
-from studio.engine.common import Job
+from studio.engine.contract import Job, Progress, Saved, events
 from studio.engine.refine import DEFAULT_NEGATIVE, MAX_LOOPS, SCHEDULES, SEED_POLICIES, LoopImage, RefineRequest
+from studio.errors import RestoreError
 from studio.history import History, HistoryError
-from studio.outputs import Outputs
-from studio.restore import RestoreError, restore_from_png
-from studio.settings import Limits
+from studio.restore import Restored
+from studio.ui.tab import ModeCalls, Tab, inputs_for
 from studio.ui.widgets import (
     UIContext,
-    as_int,
     cancel_button,
+    field_components,
+    form_request,
     guarded_job,
     prompt_block,
     results_block,
     sampling_block,
 )
 
-Refine = Callable[[RefineRequest, Job], Iterator[LoopImage]]
+Restore = Callable[[str | Path], Restored]
 STORAGE_KEY = "atelier-refine-history"
 # The form fields a restored PNG fills, in this order (request field names; see studio.restore).
 RESTORED = (
@@ -52,7 +53,8 @@ RESTORED = (
 )
 
 
-def create(ctx: UIContext, run_refine: Refine, outputs: Outputs) -> dict[str, Any]:
+def create(ctx: UIContext, calls: ModeCalls) -> Tab:
+    root = ctx.outputs_root
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=320):
             input_image = gr.Image(
@@ -100,7 +102,7 @@ def create(ctx: UIContext, run_refine: Refine, outputs: Outputs) -> dict[str, An
                     download_button = gr.Button("Download branch", size="sm")
                 compare = gr.ImageSlider(label="Parent ↔ node", type="filepath", format="png", max_height=420)
                 branch_zip = gr.File(label="Branch (zip of PNGs + tree.json)", interactive=False)
-    tree = gr.State(History(outputs.root).to_dict())
+    tree = gr.State(History(root).to_dict())
     continue_from = gr.State(None)
 
     def refine(
@@ -123,128 +125,92 @@ def create(ctx: UIContext, run_refine: Refine, outputs: Outputs) -> dict[str, An
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),
     ) -> Iterator[tuple[list[tuple[str, str]], int, str, dict]]:
-        history = History.from_dict(tree, outputs.root)
-        req = RefineRequest(
-            image=source_value(image, continue_from, history),
-            prompt=prompt or "",
-            negative_prompt=negative_prompt or "",
-            strength=float(strength),
-            num_inference_steps=as_int(num_inference_steps, "Steps"),
-            guidance_scale=float(guidance_scale),
-            scheduler=scheduler,
-            seed=as_int(seed, "Seed"),
-            batch_size=as_int(batch_size, "Batch size"),
-            loops=as_int(loops, "Loops"),
-            strength_schedule=strength_schedule,
-            final_strength=float(final_strength),
-            seed_policy=seed_policy,
-            color_correction=bool(color_correction),
-        )
+        history = History.from_dict(tree, root)
+        req = form_request(RefineRequest, {**locals(), "image": source_value(image, continue_from, history)})
         shown: list[tuple[str, str]] = []
         seeds: list[int] = []
-        for item in stream(ctx, request, progress, lambda job: run_refine(req, job)):
-            history.add(item.generated.path, item.parent, loop=item.loop, seed=item.seed, strength=item.strength)
-            shown.append((str(item.generated.path), f"loop {item.loop} · chain {item.chain + 1} · seed {item.seed}"))
+        for item in stream(ctx, request, progress, lambda job: calls.run(req, job)):
+            history.add(item.path, item.parent, loop=item.loop, seed=item.seed, strength=item.strength)
+            shown.append((str(item.path), f"loop {item.loop} · chain {item.chain + 1} · seed {item.seed}"))
             seeds.append(item.seed)
-            yield shown, seeds[0], item.generated.infotext, history.to_dict()
+            yield shown, seeds[0], item.infotext, history.to_dict()
         if not shown:  # cancelled before the first image: leave every output as it was
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
 
     def pick(tree: dict[str, Any], evt: gr.SelectData) -> Any:
-        return pick_from_gallery(tree, evt.index, outputs.root)
+        return pick_from_gallery(tree, evt.index, root)
 
-    inputs = [
-        input_image,
-        prompts.prompt,
-        prompts.negative_prompt,
-        strength,
-        sampling.num_inference_steps,
-        sampling.guidance_scale,
-        sampling.scheduler,
-        sampling.seed,
-        batch_size,
-        loops,
-        strength_schedule,
-        final_strength,
-        seed_policy,
-        color_correction,
-        continue_from,
-        tree,
-    ]
-    form = [
-        prompts.prompt,
-        prompts.negative_prompt,
-        strength,
-        sampling.num_inference_steps,
-        sampling.guidance_scale,
-        sampling.scheduler,
-        sampling.seed,
-        color_correction,
-        seed_policy,
-        loops,
-        strength_schedule,
-    ]
+    fields = {
+        **field_components(prompts),
+        **field_components(sampling),
+        "image": input_image,
+        "strength": strength,
+        "batch_size": batch_size,
+        "loops": loops,
+        "strength_schedule": strength_schedule,
+        "final_strength": final_strength,
+        "seed_policy": seed_policy,
+        "color_correction": color_correction,
+        "continue_from": continue_from,
+        "tree": tree,
+    }
+    form = [fields[name] for name in RESTORED]
     private = {"api_visibility": "private", "queue": False}
 
     run.click(
         ctx.gpu(refine),
-        inputs=inputs,
+        inputs=inputs_for(refine, fields),
         outputs=[gallery, seed_used, infotext, tree],
-        api_name="refine",
+        api_name=calls.name,
         concurrency_id="gpu",
     )
     tree.change(
-        lambda t: show_tree(History.from_dict(t, outputs.root)),
+        lambda t: show_tree(History.from_dict(t, root)),
         inputs=tree,
         outputs=[node_pick, history_gallery],
         api_name="refine_history",
         queue=False,
     )
     input_image.upload(
-        lambda path: restore_fields(path, ctx.limits, quiet=True), inputs=input_image, outputs=form, **private
+        lambda path: restore_fields(path, ctx.restore, quiet=True), inputs=input_image, outputs=form, **private
     )
     history_gallery.select(pick, inputs=tree, outputs=node_pick, **private)
     continue_button.click(
-        lambda n, t: continue_node(n, t, outputs.root),
+        lambda n, t: continue_node(n, t, root),
         inputs=[node_pick, tree],
         outputs=[input_image, continue_from],
         **private,
     )
-    compare_button.click(
-        lambda n, t: compare_node(n, t, outputs.root), inputs=[node_pick, tree], outputs=compare, **private
-    )
+    compare_button.click(lambda n, t: compare_node(n, t, root), inputs=[node_pick, tree], outputs=compare, **private)
     restore_button.click(
-        lambda n, t: restore_node(n, t, outputs.root, ctx.limits),
+        lambda n, t: restore_node(n, t, root, ctx.restore),
         inputs=[node_pick, tree],
         outputs=[*form, input_image, continue_from],
         **private,
     )
     download_button.click(
-        lambda n, t: download_branch(n, t, outputs.root), inputs=[node_pick, tree], outputs=branch_zip, **private
+        lambda n, t: download_branch(n, t, root), inputs=[node_pick, tree], outputs=branch_zip, **private
     )
-    return {
-        "handler": refine,
-        "inputs": inputs,
-        "gallery": gallery,
-        "input_image": input_image,
-        "prompt": prompts.prompt,
-        "tree": tree,
-        "node_pick": node_pick,
-    }
+    return Tab(refine, fields, gallery, prompt=prompts.prompt, input_image=input_image,
+               extras={"tree": tree, "node_pick": node_pick})  # fmt: skip
 
 
 # ---- running ------------------------------------------------------------------------------------------------------
 def stream(
-    ctx: UIContext, request: gr.Request | None, progress: gr.Progress, start: Callable[[Job], Iterator[LoopImage]]
+    ctx: UIContext, request: gr.Request | None, progress: gr.Progress, start: Callable[[Job], Any]
 ) -> Iterator[LoopImage]:
-    """Run a refine for one session with progress and cancel; images already saved stay shown and in history."""
+    """Run a refine for one session with progress and cancel, through the engine contract's events; each loop
+    image is yielded as soon as it is saved, and images already saved stay shown and in history."""
     count = 0
     with guarded_job(
         ctx.board, request, progress, desc="Refining", what="Refine", kept=lambda: count, where=" in the history"
     ) as job:
-        for item in start(job):
-            count += 1
-            yield item
+        for event in events(start, job):
+            if isinstance(event, Progress):
+                progress((event.step, event.total), desc="Refining", unit="steps")
+            elif isinstance(event, Saved) and isinstance(event.generated, LoopImage):
+                count += 1
+                yield event.generated
 
 
 def source_value(image: str | None, continue_from: int | None, history: History) -> Any:
@@ -330,10 +296,10 @@ def compare_node(node_id: Any, tree: dict[str, Any], root: Path) -> Any:
     return str(history.path(parent)), str(history.path(node))
 
 
-def restore_node(node_id: Any, tree: dict[str, Any], root: Path, limits: Limits) -> tuple[Any, ...]:
+def restore_node(node_id: Any, tree: dict[str, Any], root: Path, restore: Restore | None) -> tuple[Any, ...]:
     """The node's recipe into the form (one loop) and its parent as input: Refine then reproduces the node."""
     history, node = _node(node_id, tree, root)
-    fields = restore_fields(history.path(node), limits)
+    fields = restore_fields(history.path(node), restore)
     parent = history.nodes[node].parent
     if parent is None:
         return (*fields, gr.skip(), gr.skip())
@@ -347,15 +313,15 @@ def download_branch(node_id: Any, tree: dict[str, Any], root: Path) -> str:
     return str(history.export_branch(node, folder / f"atelier-branch-{node}.zip"))
 
 
-def restore_fields(path: str | Path | None, limits: Limits, quiet: bool = False) -> tuple[Any, ...]:
+def restore_fields(path: str | Path | None, restore: Restore | None, quiet: bool = False) -> tuple[Any, ...]:
     """Form values in `RESTORED` order from a PNG's parameters; what it does not state is left as it is.
 
     `quiet`: an upload without parameters (a photo) is the normal case, not worth a warning."""
     skip = tuple(gr.skip() for _ in RESTORED)
-    if path is None:
+    if path is None or restore is None:
         return skip
     try:
-        restored = restore_from_png(path, limits)
+        restored = restore(path)
     except RestoreError as exc:
         if not quiet:
             gr.Warning(str(exc))

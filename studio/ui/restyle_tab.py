@@ -2,43 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
 from PIL import Image
 
 from studio import edges
-from studio.cache import ModelLoadError
-from studio.engine.common import Job, RequestError, Result
 from studio.engine.restyle import RestyleRequest
+from studio.errors import StudioError
+from studio.tiling import REPEAT_LABELS
+from studio.ui.tab import ModeCalls, Tab, inputs_for
 from studio.ui.widgets import (
     UIContext,
     as_int,
     cancel_button,
+    field_components,
+    form_request,
     prompt_block,
     results_block,
     run_generation,
     sampling_block,
 )
 
-Generate = Callable[[RestyleRequest, Job], Result]
-# (image, preprocessor, resolution or None, invert, width or None, height or None, repeat or None) -> edge map
-Detect = Callable[[Any, str, int | None, bool, int | None, int | None, str | None], Image.Image]
-
 PREPROCESSOR_CHOICES = [
     ("HED soft edges (photo)", "hed"),
     ("HED safe (cleaner, fewer texture lines)", "hed_safe"),
     ("None: my image already is an edge map / line sketch", "none"),
 ]
-REPEAT_CHOICES = [
-    ("Off", "off"),
-    ("Full drop", "full"),
-    ("Half drop", "half_drop"),
-    ("Brick", "brick"),
-    ("Horizontal only (x)", "x"),
-    ("Vertical only (y)", "y"),
-]
+REPEAT_CHOICES = [("Off", "off"), *((label.capitalize(), repeat) for repeat, label in REPEAT_LABELS.items())]
 SIZE_NOTE = (
     "**Output size** is what you get; 0 = auto (your image's aspect ratio at the model's native size). "
     "**Preprocessor resolution** only sets how closely HED looks at your image; pixel perfect matches "
@@ -94,7 +85,7 @@ def control_panel(ctx: UIContext) -> dict[str, gr.components.Component]:
     return c
 
 
-def create(ctx: UIContext, generate: Generate, detect: Detect) -> dict[str, Any]:
+def create(ctx: UIContext, calls: ModeCalls) -> Tab:
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=320):
             c = control_panel(ctx)
@@ -113,6 +104,10 @@ def create(ctx: UIContext, generate: Generate, detect: Detect) -> dict[str, Any]
                 cancel_button(ctx.board)
         with gr.Column(scale=6, min_width=320):
             gallery, seed_used, infotext = results_block()
+
+    controls = {name: c[name] for name in c if name not in ("preview", "use_edges", "edge_map", "edge_note")}
+    fields = {**controls, **field_components(prompts), **field_components(sampling), "batch_size": batch_size,
+              "batch_count": batch_count, "width": width, "height": height, "repeat": repeat}  # fmt: skip
 
     def restyle(
         image: Any,
@@ -140,28 +135,14 @@ def create(ctx: UIContext, generate: Generate, detect: Detect) -> dict[str, Any]
     ) -> tuple[list[str], int, str]:
         if image is None:
             raise gr.Error("Upload a photo or a sketch first (or send a result here from another tab).")
-        req = RestyleRequest(
-            image=image,
-            prompt=prompt,
-            negative_prompt=negative_prompt or "",
-            preprocessor=preprocessor,
-            invert=bool(invert) and preprocessor == "none",
-            preprocessor_resolution=_resolution(pixel_perfect, preprocessor_resolution),
-            controlnet_conditioning_scale=float(controlnet_conditioning_scale),
-            control_guidance_start=float(control_guidance_start),
-            control_guidance_end=float(control_guidance_end),
-            guess_mode=bool(guess_mode),
-            width=_optional_size(width, "Width"),
-            height=_optional_size(height, "Height"),
-            num_inference_steps=as_int(num_inference_steps, "Steps"),
-            guidance_scale=float(guidance_scale),
-            scheduler=scheduler,
-            seed=as_int(seed, "Seed"),
-            batch_size=as_int(batch_size, "Batch size"),
-            batch_count=as_int(batch_count, "Batch count"),
-            repeat=_repeat(repeat),
-        )
-        return run_generation(ctx.board, request, progress, lambda job: generate(req, job))
+        form = {
+            **locals(),
+            "invert": bool(invert) and preprocessor == "none",
+            "preprocessor_resolution": _resolution(pixel_perfect, preprocessor_resolution),
+            "repeat": _repeat(repeat),
+        }
+        req = form_request(RestyleRequest, form)
+        return run_generation(ctx.board, request, progress, lambda job: calls.run(req, job))
 
     def preview_edges(
         image: Any,
@@ -178,7 +159,7 @@ def create(ctx: UIContext, generate: Generate, detect: Detect) -> dict[str, Any]
         resolution = _resolution(pixel_perfect, preprocessor_resolution)
         invert = bool(invert) and preprocessor == "none"
         try:
-            edge = detect(
+            edge = calls.actions["detect_edges"](
                 image,
                 preprocessor,
                 resolution,
@@ -187,7 +168,7 @@ def create(ctx: UIContext, generate: Generate, detect: Detect) -> dict[str, Any]
                 _optional_size(height, "Height"),
                 _repeat(repeat),
             )
-        except (RequestError, ModelLoadError) as exc:
+        except StudioError as exc:
             raise gr.Error(str(exc)) from None
         if preprocessor == "none" and not invert and edges.coverage(edge) > 0.5:
             gr.Info("Most of this map is bright. If your sketch is dark lines on light paper, tick Invert.")
@@ -199,43 +180,13 @@ def create(ctx: UIContext, generate: Generate, detect: Detect) -> dict[str, Any]
         )
         return edge, f"Output {edge.width}x{edge.height}, edges from {how}."
 
-    inputs = [
-        c["image"],
-        c["preprocessor"],
-        c["invert"],
-        c["pixel_perfect"],
-        c["preprocessor_resolution"],
-        c["controlnet_conditioning_scale"],
-        c["control_guidance_start"],
-        c["control_guidance_end"],
-        c["guess_mode"],
-        prompts.prompt,
-        prompts.negative_prompt,
-        sampling.num_inference_steps,
-        sampling.guidance_scale,
-        sampling.scheduler,
-        sampling.seed,
-        batch_size,
-        batch_count,
-        width,
-        height,
-        repeat,
-    ]
-    preview_inputs = [
-        c["image"],
-        c["preprocessor"],
-        c["invert"],
-        c["pixel_perfect"],
-        c["preprocessor_resolution"],
-        width,
-        height,
-        repeat,
-    ]
+    inputs = inputs_for(restyle, fields)
+    preview_inputs = inputs_for(preview_edges, fields)
     run.click(
         ctx.gpu(restyle),
         inputs=inputs,
         outputs=[gallery, seed_used, infotext],
-        api_name="restyle",
+        api_name=calls.name,
         concurrency_id="gpu",
     )
     prompts.prompt.submit(
@@ -272,13 +223,5 @@ def create(ctx: UIContext, generate: Generate, detect: Detect) -> dict[str, Any]
         queue=False,
         api_visibility="private",
     )
-    return {
-        "handler": restyle,
-        "inputs": inputs,
-        "gallery": gallery,
-        "input_image": c["image"],
-        "prompt": prompts.prompt,
-        "preview_handler": preview_edges,
-        "preview_inputs": preview_inputs,
-        "edge_map": c["edge_map"],
-    }
+    return Tab(restyle, fields, gallery, prompt=prompts.prompt, input_image=c["image"],
+               extras={"preview_handler": preview_edges, "edge_map": c["edge_map"]})  # fmt: skip

@@ -1,45 +1,51 @@
 """The studio around the tabs: "Send to" between modes, this session's results, model switcher, PNG restore.
 
-Tabs stay independent: each `create()` returns its handler, its inputs and its gallery (and `input_image` when it
-takes one); the shell maps a handler's parameter names (diffusers names) to its input components, so PNG restore
-and presets fill forms by field name without knowing any tab's layout.
+Tabs stay independent: each builds a `Tab` (its handler, its form components by field name, its gallery and the
+image input it takes, if any); the shell fills forms by field name, so PNG restore, presets and Send to need no
+tab's layout. Which modes exist comes from the mode records (`studio.modes`), never from a list here.
 """
 
 from __future__ import annotations
 
-import inspect
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from studio.cache import ModelLoadError
-from studio.engine.common import Studio
-from studio.zerogpu import preload_everything
+from studio.errors import StudioError
+from studio.ui.tab import Tab
 
-NON_API = ("request", "progress")
 MAX_SESSION_RESULTS = 200
 
 
-@dataclass
+@dataclass(frozen=True)
 class TabHandle:
-    mode: str
+    mode: str  # the mode's name (tab id)
     label: str
-    parts: dict[str, Any]
+    tab: Tab
 
     @property
     def fields(self) -> dict[str, gr.components.Component]:
         """Handler parameter name → input component (the API's own names)."""
-        names = [p for p in inspect.signature(self.parts["handler"]).parameters if p not in NON_API]
-        return dict(zip(names, self.parts["inputs"], strict=True))
+        return self.tab.fields
 
     @property
     def input_image(self) -> gr.components.Component | None:
-        return self.parts.get("input_image")
+        return self.tab.input_image
+
+
+@dataclass(frozen=True)
+class ModelSwitch:
+    """What the model switcher calls: the engine side of switching models, bound to the studio."""
+
+    choices: Sequence[str]  # the operator's configured checkpoints; the browser picks among them only
+    current: Callable[[], str]
+    load: Callable[[str], None]  # raises StudioError (e.g. ModelLoadError) and keeps the previous model
+    status: Callable[[], tuple[str, bool]]  # (status line, keep watching: something loads or nothing is resident)
 
 
 def gallery_paths(value: Any) -> list[str]:
@@ -137,9 +143,9 @@ def session_results(handles: list[TabHandle], tabs: gr.Tabs) -> None:
         return paths, paths
 
     for handle in handles:
-        handle.parts["gallery"].change(
+        handle.tab.gallery.change(
             add,
-            inputs=[handle.parts["gallery"], history],
+            inputs=[handle.tab.gallery, history],
             outputs=[history, gallery],
             queue=False,
             api_visibility="private",
@@ -172,21 +178,20 @@ def zip_session(paths: list[str]) -> str:
     return str(target)
 
 
-def model_switcher(studio: Studio) -> None:
+def model_switcher(models: ModelSwitch) -> None:
     """Choose the checkpoint among the operator's configured choices; a failed switch keeps the previous one.
 
     The status line follows loads as they happen (a background preload, a first request's lazy load, a switch):
     a timer refreshes it every second while something loads or nothing is resident yet, and stops after."""
-    settings = studio.cache.settings
-    choices = list(dict.fromkeys([settings.model, *settings.model_choices]))
+    choices = list(models.choices)
     with gr.Row(equal_height=True):
-        choice = gr.Dropdown(choices, value=settings.model, label="Model", scale=3, min_width=200)
+        choice = gr.Dropdown(choices, value=models.current(), label="Model", scale=3, min_width=200)
         load = gr.Button("Load model", size="sm", scale=1, min_width=100)
-        status = gr.Markdown(lambda: status_line(studio)[0], every=None, elem_id="model-status")
+        status = gr.Markdown(models.status()[0], elem_id="model-status")  # the timer keeps it current
     timer = gr.Timer(1.0)
 
     def refresh() -> tuple[str, gr.Timer]:
-        text, watching = status_line(studio)
+        text, watching = models.status()
         return text, gr.Timer(active=watching)
 
     def switch(model: str) -> Iterator[tuple[str, gr.Timer]]:
@@ -194,30 +199,13 @@ def model_switcher(studio: Studio) -> None:
             raise gr.Error("Choose one of the listed models.")
         yield f"Loading **{model}**…", gr.Timer(active=True)
         try:
-            studio.cache.switch(model)
-            if settings.zero_gpu:  # forked GPU workers inherit only what this process loaded
-                preload_everything(studio)
-        except ModelLoadError as exc:
-            raise gr.Error(f"{exc} Still using {studio.cache.current}.") from None
+            models.load(model)
+        except StudioError as exc:
+            raise gr.Error(f"{exc} Still using {models.current()}.") from None
         yield refresh()
 
     timer.tick(refresh, outputs=[status, timer], queue=False, api_visibility="private")
     load.click(switch, inputs=choice, outputs=[status, timer], concurrency_id="gpu", api_visibility="private")
-
-
-def status_line(studio: Studio) -> tuple[str, bool]:
-    """The switcher's status text, and whether to keep watching (a load under way, or nothing resident yet).
-
-    `loading` is read before `resident()`: a load holds the cache lock, and `resident()` would wait for the whole
-    load to finish before the line could say that it is loading."""
-    loading = studio.cache.loading
-    if loading:
-        return f"Loading {loading}…", True
-    rows = studio.cache.resident()
-    if not rows:
-        return f"Model **{studio.cache.current}** loads on first use.", True
-    parts = [f"{r.name} ({r.param_bytes / 2**20:,.0f} MiB)" for r in rows]
-    return f"Current: **{studio.cache.current}** · resident: {', '.join(parts)}", False
 
 
 def fill(handle: TabHandle, values: dict[str, Any]) -> dict[gr.components.Component, Any]:
@@ -227,11 +215,14 @@ def fill(handle: TabHandle, values: dict[str, Any]) -> dict[gr.components.Compon
 
 
 def restorer(handles: list[TabHandle], tabs: gr.Tabs, restore: Callable[[str], Any]) -> None:
-    """Drop an Atelier or A1111 PNG: the right tab's form is filled from its metadata."""
+    """Drop an Atelier or A1111 PNG: the right tab's form is filled from its metadata. The same reading is the
+    `/restore` API: a PNG in; the mode, its request fields (JSON) and the note out."""
     by_mode = {h.mode: h for h in handles}
     with gr.Accordion("Restore parameters from a PNG", open=False):
         upload = gr.File(label="Atelier or A1111 PNG", file_types=[".png"], type="filepath")
         note = gr.Markdown()
+        restored_mode = gr.Textbox(label="Mode", visible=False)
+        restored_values = gr.JSON(label="Request fields", visible=False)
     outputs: list[Any] = [tabs, note, *{c for h in handles for c in h.fields.values()}]
 
     def apply(path: str | None) -> dict[Any, Any]:
@@ -239,15 +230,26 @@ def restorer(handles: list[TabHandle], tabs: gr.Tabs, restore: Callable[[str], A
             return {}
         try:
             restored = restore(path)
-        except ValueError as exc:
+        except StudioError as exc:
             raise gr.Error(str(exc)) from None
-        handle = by_mode.get(restored.mode) or by_mode["txt2img"]
+        handle = by_mode.get(restored.mode) or handles[0]
         updates = fill(handle, restored.values)
         updates[tabs] = gr.Tabs(selected=handle.mode)
         updates[note] = restored.note
         return updates
 
+    def read_png(png: str | None) -> tuple[str, dict[str, Any], str]:
+        """The tab (mode name) and request fields a PNG's `parameters` metadata restores, with the note."""
+        if not png:
+            raise gr.Error("Send a PNG file (Atelier or AUTOMATIC1111) as `png`.")
+        try:
+            restored = restore(png)
+        except StudioError as exc:
+            raise gr.Error(str(exc)) from None
+        return restored.mode, restored.values, restored.note
+
     upload.upload(apply, inputs=upload, outputs=outputs, queue=False, api_visibility="private")
+    gr.on([], read_png, inputs=upload, outputs=[restored_mode, restored_values, note], api_name="restore")
 
 
 def preset_picker(presets: list[Any]) -> tuple[gr.Dropdown, gr.Markdown] | None:
@@ -278,14 +280,10 @@ def wire_presets(picker: tuple[gr.Dropdown, gr.Markdown] | None, presets: list[A
     dropdown.change(apply, inputs=dropdown, outputs=outputs, queue=False, api_visibility="private")
 
 
-EXAMPLE_ASSETS = {"refine": "flatlay", "restyle": "sketch", "textile": "swatch"}
-
-
-def examples_for(handle: TabHandle) -> None:
-    """Example inputs drawn by the project itself (assets/), for the tabs that take an image."""
+def examples_for(handle: TabHandle, example: str | None) -> None:
+    """An example input drawn by the project itself (`assets/`), for a tab that takes an image."""
     from studio import assets
 
-    name = EXAMPLE_ASSETS.get(handle.mode)
-    if name is None or handle.input_image is None:
+    if example is None or handle.input_image is None:
         return
-    gr.Examples([[str(assets.path(name))]], inputs=[handle.input_image], label="Example input")
+    gr.Examples([[str(assets.path(example))]], inputs=[handle.input_image], label="Example input")

@@ -2,34 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import gradio as gr
 
-from studio.engine.common import Job, RequestError, Result
-from studio.engine.textile import MAX_COLORS, TextileRequest, TextileResult, print_size
+from studio.engine.contract import Job, Result
+from studio.engine.textile import DEFAULT_NEGATIVE, MAX_COLORS, TextileRequest, TextileResult, print_size
+from studio.errors import StudioError
 from studio.patterns import UNITS, physical_length
+from studio.tiling import REPEAT_LABELS
+from studio.ui.tab import ModeCalls, Tab, inputs_for
 from studio.ui.widgets import (
     UIContext,
-    as_int,
     cancel_button,
+    field_components,
+    form_request,
     prompt_block,
     results_block,
     run_generation,
     sampling_block,
 )
 
-Generate = Callable[[TextileRequest, Job], Result]
-
-NEGATIVE = "text, watermark, signature, frame, border, vignette, photo of a person, blurry, low quality"
-REPEAT_CHOICES = [
-    ("Full drop", "full"),
-    ("Half-drop", "half_drop"),
-    ("Brick", "brick"),
-    ("Horizontal only (border print)", "x"),
-    ("Vertical only", "y"),
-]
+REPEAT_CHOICES = [(label.capitalize(), repeat) for repeat, label in REPEAT_LABELS.items()]
 
 
 def describe_print(
@@ -45,16 +37,16 @@ def describe_print(
             dpi=int(dpi or 300),
         )
         out_w, out_h = print_size(req, int(width), int(height))
-    except (RequestError, ValueError, TypeError, ZeroDivisionError) as exc:
+    except (StudioError, ValueError, TypeError, ZeroDivisionError) as exc:
         return f"⚠ {exc}"
     size = " x ".join(f"{physical_length(px, unit, req.dpi):.2f}" for px in (out_w, out_h))
     return f"One tile prints at **{size} {unit}**: print file {out_w} x {out_h} px at {req.dpi} DPI."
 
 
-def create(ctx: UIContext, generate: Generate) -> dict[str, Any]:
+def create(ctx: UIContext, calls: ModeCalls) -> Tab:
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=320):
-            prompts = prompt_block(ctx, "e.g. seamless floral print, roses and leaves, flat colours", NEGATIVE)
+            prompts = prompt_block(ctx, "e.g. seamless floral print, roses and leaves, flat colours", DEFAULT_NEGATIVE)
             repeat = gr.Radio(REPEAT_CHOICES, value="full", label="Repeat")
             with gr.Row():
                 width = gr.Slider(
@@ -90,6 +82,22 @@ def create(ctx: UIContext, generate: Generate) -> dict[str, Any]:
                 palette_hex = gr.Textbox(label="Palette (hex)", interactive=False, buttons=["copy"])
             files = gr.File(label="Downloads", file_count="multiple", interactive=False)
 
+    fields = {
+        **field_components(prompts),
+        **field_components(sampling),
+        "repeat": repeat,
+        "width": width,
+        "height": height,
+        "batch_size": batch_size,
+        "image": image,
+        "strength": strength,
+        "physical_width": physical_width,
+        "physical_height": physical_height,
+        "unit": unit,
+        "dpi": dpi,
+        "colors": colors,
+    }
+
     def textile(
         prompt: str,
         negative_prompt: str,
@@ -111,59 +119,23 @@ def create(ctx: UIContext, generate: Generate) -> dict[str, Any]:
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),
     ) -> tuple[list[str], str | None, str | None, str, list[str], int, str]:
-        req = TextileRequest(
-            prompt=prompt,
-            negative_prompt=negative_prompt or "",
-            repeat=repeat,
-            width=as_int(width, "Tile width"),
-            height=as_int(height, "Tile height"),
-            num_inference_steps=as_int(num_inference_steps, "Steps"),
-            guidance_scale=float(guidance_scale),
-            scheduler=scheduler,
-            seed=as_int(seed, "Seed"),
-            batch_size=as_int(batch_size, "Tiles per run"),
-            image=image or None,
-            strength=float(strength),
-            physical_width=float(physical_width or 0),
-            physical_height=float(physical_height or 0),
-            unit=unit,
-            dpi=as_int(dpi, "DPI"),
-            colors=as_int(colors, "Colours"),
-        )
+        req = form_request(TextileRequest, locals())
         done: list[Result] = []
 
         def run_once(job: Job) -> Result:
-            done.append(generate(req, job))
+            done.append(calls.run(req, job))
             return done[0]
 
         tiles, seed_out, info = run_generation(ctx.board, request, progress, run_once)
         return (tiles, *export_outputs(done[0] if done else None), seed_out, info)
 
-    inputs = [
-        prompts.prompt,
-        prompts.negative_prompt,
-        repeat,
-        width,
-        height,
-        sampling.num_inference_steps,
-        sampling.guidance_scale,
-        sampling.scheduler,
-        sampling.seed,
-        batch_size,
-        image,
-        strength,
-        physical_width,
-        physical_height,
-        unit,
-        dpi,
-        colors,
-    ]
     outputs = [gallery, preview, palette_image, palette_hex, files, seed_used, infotext]
     size_inputs = [width, height, physical_width, physical_height, unit, dpi]
     for component in size_inputs:
         component.change(describe_print, inputs=size_inputs, outputs=print_info, queue=False, api_visibility="private")
-    run.click(ctx.gpu(textile), inputs=inputs, outputs=outputs, api_name="textile", concurrency_id="gpu")
-    return {"handler": textile, "inputs": inputs, "gallery": gallery, "prompt": prompts.prompt, "input_image": image}
+    run.click(ctx.gpu(textile), inputs=inputs_for(textile, fields), outputs=outputs, api_name=calls.name,
+              concurrency_id="gpu")  # fmt: skip
+    return Tab(textile, fields, gallery, prompt=prompts.prompt, input_image=image)
 
 
 def export_outputs(result: Result | None) -> tuple[str | None, str | None, str, list[str]]:

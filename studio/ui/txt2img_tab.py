@@ -1,13 +1,13 @@
-"""The txt2img tab: a garment or look from a description."""
+"""The txt2img tab: a garment or look from a description, with fast LCM drafts and the full render of a chosen one."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import gradio as gr
 
-from studio.engine.common import Job, Result
+from studio.engine.contract import Job, Result
 from studio.engine.draft import (
     DRAFT_GUIDANCE,
     DRAFT_STEPS,
@@ -18,10 +18,12 @@ from studio.engine.draft import (
     draft_choices,
 )
 from studio.engine.txt2img import Txt2ImgRequest
+from studio.ui.tab import ModeCalls, Tab, inputs_for
 from studio.ui.widgets import (
     UIContext,
-    as_int,
     cancel_button,
+    field_components,
+    form_request,
     live,
     prompt_block,
     results_block,
@@ -29,22 +31,12 @@ from studio.ui.widgets import (
     sampling_block,
 )
 
-Generate = Callable[[Txt2ImgRequest, Job], Result]
+Outputs = tuple[list[str], int, str]  # gallery, seed used, infotext
 
 
-@dataclass(frozen=True)
-class DraftActions:
-    """The engine calls behind the draft buttons: LCM-LoRA drafts, and the full render of a chosen draft."""
-
-    draft: Callable[[DraftRequest, Job], Result]
-    render: Callable[[DraftChoice, Txt2ImgRequest, Job], Result]
-
-
-def create(
-    ctx: UIContext, generate: Generate, concurrency: int = 1, drafts: DraftActions | None = None
-) -> dict[str, gr.components.Component]:
-    """`concurrency` > 1: that many txt2img calls may wait at once, so a batcher can merge them into one UNet batch
-    (studio.batching); the GPU lock still serialises GPU work with every other mode."""
+def create(ctx: UIContext, calls: ModeCalls) -> Tab:
+    """`calls.concurrency` > 1: that many txt2img calls may wait at once, so a batcher can merge them into one UNet
+    batch (studio.batching); the GPU lock still serialises GPU work with every other mode."""
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=320):
             prompts = prompt_block(ctx, "e.g. photo of a tailored wool coat, camel, studio light, full body")
@@ -58,10 +50,18 @@ def create(
             with gr.Row():
                 run = gr.Button("Generate", variant="primary")
                 cancel_button(ctx.board)
-            draft_ui = draft_controls() if drafts is not None else None
+            draft_ui = draft_controls()
         with gr.Column(scale=6, min_width=320):
             preview = gr.Image(label="Live preview", visible=False, interactive=False, height=256)
             gallery, seed_used, infotext = results_block()
+    fields = {
+        **field_components(prompts),
+        **field_components(sampling),
+        "width": width,
+        "height": height,
+        "batch_size": batch_size,
+        "batch_count": batch_count,
+    }
 
     def txt2img(
         prompt: str,
@@ -76,38 +76,16 @@ def create(
         batch_count: float,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),
-    ) -> tuple[list[str], int, str]:
-        req = Txt2ImgRequest(
-            prompt=prompt,
-            negative_prompt=negative_prompt or "",
-            num_inference_steps=as_int(num_inference_steps, "Steps"),
-            guidance_scale=float(guidance_scale),
-            width=as_int(width, "Width"),
-            height=as_int(height, "Height"),
-            scheduler=scheduler,
-            seed=as_int(seed, "Seed"),
-            batch_size=as_int(batch_size, "Batch size"),
-            batch_count=as_int(batch_count, "Batch count"),
-        )
-        return run_generation(ctx.board, request, progress, lambda job: generate(req, job))
+    ) -> Outputs:
+        req = form_request(Txt2ImgRequest, locals())
+        return run_generation(ctx.board, request, progress, lambda job: calls.run(req, job))
 
-    inputs = [
-        prompts.prompt,
-        prompts.negative_prompt,
-        sampling.num_inference_steps,
-        sampling.guidance_scale,
-        width,
-        height,
-        sampling.scheduler,
-        sampling.seed,
-        batch_size,
-        batch_count,
-    ]
-    queue: dict = (
-        {"concurrency_id": "txt2img", "concurrency_limit": concurrency}
-        if concurrency > 1
+    queue: dict[str, Any] = (
+        {"concurrency_id": "txt2img", "concurrency_limit": calls.concurrency}
+        if calls.concurrency > 1
         else {"concurrency_id": "gpu"}
     )
+    inputs = inputs_for(txt2img, fields)
     outputs = [gallery, seed_used, infotext]
     # The browser watches the image develop (a generator twin with one more output, the preview); the /txt2img API
     # is the plain handler on an event of its own, so clients still get exactly (gallery, seed, infotext).
@@ -120,18 +98,9 @@ def create(
         api_visibility="private",
         **queue,
     )
-    gr.on([], ctx.gpu(txt2img), inputs=inputs, outputs=outputs, api_name="txt2img", **queue)
-    if drafts is not None and draft_ui is not None:
-        wire_drafts(
-            ctx,
-            drafts,
-            draft_ui,
-            [prompts.prompt, prompts.negative_prompt, width, height, sampling.seed, batch_size, batch_count],
-            [sampling.num_inference_steps, sampling.guidance_scale, sampling.scheduler],
-            [gallery, seed_used, infotext],
-            [run.click, prompts.prompt.submit],
-        )
-    return {"handler": txt2img, "inputs": inputs, "gallery": gallery, "prompt": prompts.prompt, "preview": preview}
+    gr.on([], ctx.gpu(txt2img), inputs=inputs, outputs=outputs, api_name=calls.name, **queue)
+    wire_drafts(ctx, calls, draft_ui, fields, outputs, [run.click, prompts.prompt.submit])
+    return Tab(txt2img, fields, gallery, prompt=prompts.prompt, extras={"preview": preview})
 
 
 # ---- fast drafts: LCM-LoRA drafts in a few steps, then the chosen one rendered in full by its seed ---------------
@@ -163,15 +132,14 @@ def draft_controls() -> DraftControls:
 
 def wire_drafts(
     ctx: UIContext,
-    actions: DraftActions,
+    calls: ModeCalls,
     ui: DraftControls,
-    form: list[gr.components.Component],
-    full: list[gr.components.Component],
+    form: dict[str, gr.components.Component],
     results: list[gr.components.Component],
-    generate_triggers: list[object],
+    generate_triggers: list[Any],
 ) -> None:
-    """`form`: prompt, negative prompt, width, height, seed, batch size, batch count; `full`: the form's steps,
-    CFG and sampler for the full render; `results`: gallery, seed used, infotext."""
+    """`form`: the txt2img form by field name; `results`: gallery, seed used, infotext."""
+    draft_action, render_action = calls.actions["draft"], calls.actions["render_draft"]
 
     def draft(
         prompt: str,
@@ -186,29 +154,36 @@ def wire_drafts(
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),
     ) -> tuple[object, ...]:
-        req = DraftRequest(
-            prompt=prompt,
-            negative_prompt=negative_prompt or "",
-            num_inference_steps=as_int(num_inference_steps, "Draft steps"),
-            guidance_scale=float(guidance_scale),
-            width=as_int(width, "Width"),
-            height=as_int(height, "Height"),
-            seed=as_int(seed, "Seed"),
-            batch_size=as_int(batch_size, "Batch size"),
-            batch_count=as_int(batch_count, "Batch count"),
-        )
+        req = form_request(DraftRequest, locals())
         done: list[Result] = []
 
         def run(job: Job) -> Result:
-            done.append(actions.draft(req, job))
+            done.append(draft_action(req, job))
             return done[-1]
 
         shown = run_generation(ctx.board, request, progress, run)
         choices = [asdict(choice) for choice in draft_choices(done[0])] if done else []  # none when cancelled
         return (*shown, choices, None)
 
-    def render(
-        choices: list[dict],
+    def render_draft(
+        prompt: str,
+        negative_prompt: str,
+        seed: float,
+        width: float,
+        height: float,
+        num_inference_steps: float,
+        guidance_scale: float,
+        scheduler: str,
+        request: gr.Request,
+        progress: gr.Progress = gr.Progress(),
+    ) -> Outputs:
+        """A draft rendered in full: its prompts, seed and size at these steps, CFG and sampler (`/render_draft`)."""
+        choice = form_request(DraftChoice, locals())
+        req = form_request(Txt2ImgRequest, {**locals(), "prompt": choice.prompt})
+        return run_generation(ctx.board, request, progress, lambda job: render_action(choice, req, job))
+
+    def render_chosen(
+        choices: list[dict[str, Any]],
         chosen: int | None,
         num_inference_steps: float,
         guidance_scale: float,
@@ -218,27 +193,28 @@ def wire_drafts(
     ) -> tuple[object, ...]:
         if not choices:
             raise gr.Error("No draft to render: press Draft first, then click the draft you like in the results.")
-        choice = DraftChoice(**choices[chosen if chosen is not None and 0 <= chosen < len(choices) else 0])
-        req = Txt2ImgRequest(
-            prompt=choice.prompt,
-            num_inference_steps=as_int(num_inference_steps, "Steps"),
-            guidance_scale=float(guidance_scale),
-            scheduler=scheduler,
-        )
-        return (*run_generation(ctx.board, request, progress, lambda job: actions.render(choice, req, job)), [], None)
+        picked = choices[chosen if chosen is not None and 0 <= chosen < len(choices) else 0]
+        shown = render_draft(**picked, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                             scheduler=scheduler, request=request, progress=progress)  # fmt: skip
+        return (*shown, [], None)
 
     def pick(event: gr.SelectData) -> int:
         return int(event.index)
 
-    prompt, negative_prompt, width, height, seed, batch_size, batch_count = form
     states = [ui.choices, ui.chosen]
-    draft_inputs = [prompt, negative_prompt, ui.steps, ui.guidance, width, height, seed, batch_size, batch_count]
+    draft_fields = {**form, "num_inference_steps": ui.steps, "guidance_scale": ui.guidance}
     ui.draft.click(
-        ctx.gpu(draft), inputs=draft_inputs, outputs=[*results, *states], api_name="draft", concurrency_id="gpu"
+        ctx.gpu(draft),
+        inputs=inputs_for(draft, draft_fields),
+        outputs=[*results, *states],
+        api_name="draft",
+        concurrency_id="gpu",
     )
+    gr.on([], ctx.gpu(render_draft), inputs=inputs_for(render_draft, form), outputs=results,
+          api_name="render_draft", concurrency_id="gpu")  # fmt: skip
     ui.render.click(
-        ctx.gpu(render),
-        inputs=[*states, *full],
+        ctx.gpu(render_chosen),
+        inputs=inputs_for(render_chosen, {**form, "choices": ui.choices, "chosen": ui.chosen}),
         outputs=[*results, *states],
         api_visibility="private",
         concurrency_id="gpu",

@@ -4,26 +4,32 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import logging
+import math
 import queue
 import threading
-from collections.abc import Callable, Iterator
+import typing
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import gradio as gr
 import torch
 from PIL import Image
 
-from studio.cache import ModelLoadError
-from studio.engine.common import MAX_SEED, Cancelled, Generated, Job, RequestError, Result
+from studio.engine.checks import MAX_SEED
+from studio.engine.contract import Cancelled, Generated, Job, Result
+from studio.errors import StudioError
 from studio.jobs import JobBoard
 from studio.schedulers import DEFAULT_SAMPLER, SAMPLERS
 from studio.settings import Limits
 from studio.zerogpu import identity
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,8 @@ class UIContext:
     # Marks every handler that runs on the GPU, where its event is wired: `spaces.GPU` on a ZeroGPU Space
     # (studio.zerogpu.gpu_section), the identity elsewhere.
     gpu: Callable[[Any], Any] = identity
+    outputs_root: Path = Path("outputs")  # the served outputs folder (Refine's history lives in it)
+    restore: Callable[[str | Path], Any] | None = None  # PNG -> studio.restore.Restored (the studio's Restorer)
 
 
 @dataclass
@@ -110,7 +118,7 @@ def guarded_job(
         yield job
     except Cancelled:
         gr.Warning(f"Cancelled. {kept()} finished image(s) were kept{where}.")
-    except (RequestError, ModelLoadError) as exc:
+    except StudioError as exc:
         raise gr.Error(str(exc)) from None
     except torch.OutOfMemoryError:
         torch.cuda.empty_cache()
@@ -221,5 +229,57 @@ def cancel_button(board: JobBoard) -> gr.Button:
 def as_int(value: Any, name: str) -> int:
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise gr.Error(f"{name} must be a whole number.") from None
+
+
+def as_float(value: Any, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise gr.Error(f"{name} must be a number.") from None
+    if not math.isfinite(number):
+        raise gr.Error(f"{name} must be a finite number; got {value!r}.")
+    return number
+
+
+def form_request(cls: type[R], values: Mapping[str, Any]) -> R:
+    """A request from form values taken by field name (a handler passes its own parameters): each value is
+    converted to the field's declared type (whole numbers, numbers, flags, text; 0 or empty means None for an
+    optional size; an emptied number takes the request's default), so a field can neither be mis-ordered nor
+    silently hold the wrong type."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for spec in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if spec.name not in values:
+            continue
+        value = values[spec.name]
+        if value is None and hints[spec.name] is not str and spec.default is not dataclasses.MISSING:
+            # an emptied number or choice takes the request's default; an emptied text stays empty
+            kwargs[spec.name] = spec.default
+        else:
+            kwargs[spec.name] = _convert(value, hints[spec.name], spec.name)
+    return cls(**kwargs)
+
+
+def _convert(value: Any, kind: Any, name: str) -> Any:
+    optional = type(None) in typing.get_args(kind)
+    base = next((t for t in typing.get_args(kind) if t is not type(None)), kind) if optional else kind
+    if optional and value in (None, "", 0):
+        return None
+    if base is int:
+        return as_int(value, name)
+    if base is float:
+        return as_float(value, name)
+    if base is bool:
+        return bool(value)
+    if base is str:
+        return "" if value is None else str(value)
+    return value
+
+
+def field_components(block: Any) -> dict[str, gr.components.Component]:
+    """A block dataclass's input components by field name (PromptBlock, SamplingBlock); displays such as the token
+    counter are left out."""
+    parts = {spec.name: getattr(block, spec.name) for spec in dataclasses.fields(block)}
+    return {name: part for name, part in parts.items() if isinstance(part, gr.components.FormComponent)}

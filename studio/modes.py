@@ -1,0 +1,297 @@
+"""The studio's modes, each declared once: everything that lists modes is computed from these records.
+
+A `Mode` names its request type and engine function (the typed contract, `studio.engine.contract`), the tab that
+builds its form, the fields presets and PNG restore may set (with their checks), how its own infotext keys read
+back into request fields, which companion models it loads (ZeroGPU preloads them) and its example input. The app's
+tabs and API endpoints, presets, PNG restore, Send to, ZeroGPU preloading and examples all take a list of modes;
+`BUILTIN` is the studio's own, and a test or a deployment can pass its own list.
+
+Adding a mode: an engine module (`studio/engine/x.py`: request dataclass + `x(studio, req, job) -> Result`), a tab
+module (`studio/ui/x_tab.py`: `create(ctx, calls) -> Tab`), and one `Mode(...)` entry here.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from studio import edges, patterns, tiling
+from studio.engine import draft, inpaint, refine, restyle, textile, txt2img
+from studio.engine.checks import check_common
+from studio.engine.contract import Studio
+from studio.fields import (
+    STRENGTH,
+    Check,
+    Reader,
+    Unsupported,
+    boolean,
+    choice,
+    flag,
+    integer,
+    number,
+    one,
+    optional,
+    reverse,
+    sampling_fields,
+    size,
+)
+from studio.metadata import parse_infotext
+from studio.settings import Limits
+from studio.ui import inpaint_tab, refine_tab, restyle_tab, textile_tab, txt2img_tab
+from studio.ui.tab import ModeCalls, Tab, TabBuilder
+from studio.ui.widgets import UIContext
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str  # tab id, API endpoint, the infotext's `Mode:` value and a preset's "mode"
+    label: str  # the tab's label
+    request: type  # the request dataclass (diffusers' parameter names)
+    run: Callable[..., Any]  # the engine: run(studio, request, job) -> Result
+    check: Callable[[Any, Limits], None]  # the request's checks, run before any GPU work (raise RequestError)
+    tab: TabBuilder  # create(ctx, calls) -> Tab
+    fields: Callable[[Limits], dict[str, Check]]  # what presets and PNG restore may set, with the engine's ranges
+    readers: Mapping[str, Reader] = field(default_factory=dict)  # infotext keys this mode writes -> request fields
+    recorded: frozenset[str] = frozenset()  # infotext keys written for the record, not settings
+    partly_read: Mapping[str, Callable[[str], list[str]]] = field(default_factory=dict)  # key -> its unused parts
+    claims: Callable[[Mapping[str, str]], bool] | None = None  # an A1111 infotext (no `Mode:`) belongs here
+    claim_order: int = 0  # higher claims are asked first
+    restore_defaults: Mapping[str, Any] = field(default_factory=dict)  # what a restore sets whatever the PNG says
+    companions: tuple[str, ...] = ()  # cache companions it loads (ModelCache.companion names)
+    example: str | None = None  # an asset name (studio.assets) offered as the tab's example input
+    # Further engine calls the tab offers, each called as fn(studio, ...); and the public API names its tab serves
+    # besides `name`: those that run on the GPU (a ZeroGPU section each, like `name`'s) and those that do not.
+    actions: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
+    gpu_endpoints: tuple[str, ...] = ()
+    endpoints: tuple[str, ...] = ()
+    # Wraps the engine for the served studio, e.g. a batcher that merges concurrent requests; None: plain calls.
+    runner: Callable[[Studio], Callable[..., Any]] | None = None
+    # Page-level wiring once every tab exists: on_page(demo, its built tab, the UI context).
+    on_page: Callable[[Any, Tab, UIContext], None] | None = None
+
+
+def bind(mode: Mode, studio: Studio) -> ModeCalls:
+    """The mode's engine calls bound to one studio: what its tab receives."""
+    run = mode.runner(studio) if mode.runner is not None else functools.partial(mode.run, studio)
+    actions = {name: functools.partial(fn, studio) for name, fn in mode.actions.items()}
+    return ModeCalls(mode.name, run, actions, concurrency=int(getattr(run, "concurrency", 1)))
+
+
+def by_name(modes: Sequence[Mode]) -> dict[str, Mode]:
+    names = [m.name for m in modes]
+    if len(set(names)) != len(names):
+        raise ValueError(f"Two modes share a name: {names}")
+    return {m.name: m for m in modes}
+
+
+# ---- txt2img ------------------------------------------------------------------------------------------------------
+def _txt2img_runner(studio: Studio) -> Callable[..., Any]:
+    from studio.batching import Txt2ImgBatcher
+
+    return Txt2ImgBatcher(studio)
+
+
+TXT2IMG = Mode(
+    name="txt2img",
+    label="txt2img",
+    request=txt2img.Txt2ImgRequest,
+    run=txt2img.txt2img,
+    check=lambda req, limits: check_common(req, limits),
+    tab=txt2img_tab.create,
+    fields=lambda limits: {**sampling_fields(limits), "width": size(limits), "height": size(limits)},
+    companions=("lcm_lora",),
+    actions={"draft": draft.draft, "render_draft": draft.render_draft},
+    gpu_endpoints=("draft", "render_draft"),
+    runner=_txt2img_runner,
+)
+
+# ---- refine -------------------------------------------------------------------------------------------------------
+REFINE = Mode(
+    name="refine",
+    label="Refine",
+    request=refine.RefineRequest,
+    run=refine.refine,
+    check=refine.check_refine,
+    tab=refine_tab.create,
+    fields=lambda limits: {
+        **sampling_fields(limits, batch_count=False),
+        "strength": STRENGTH,
+        "loops": integer(1, refine.MAX_LOOPS),
+        "strength_schedule": choice(refine.SCHEDULES),
+        "final_strength": optional(STRENGTH),
+        "seed_policy": choice(refine.SEED_POLICIES),
+        "color_correction": flag,
+    },
+    readers={
+        "Denoising strength": one("strength", float),
+        "Seed policy": one("seed_policy", str),
+        "Color correction": one("color_correction", boolean),
+    },
+    recorded=frozenset({"Loop", "Parent", "Strength schedule"}),
+    # A1111's img2img (not a hires-fix txt2img) is a Refine loop
+    claims=lambda params: "Denoising strength" in params and not any(k.startswith("Hires") for k in params),
+    claim_order=10,
+    restore_defaults={"loops": 1, "strength_schedule": "constant"},  # a node restores as the one loop that made it
+    example="flatlay",
+    endpoints=("refine_history",),
+    on_page=lambda demo, tab, ctx: refine_tab.persist(demo, tab.extras["tree"], ctx.outputs_root),
+)
+
+
+# ---- textile ------------------------------------------------------------------------------------------------------
+def _print_size(value: str, params: Mapping[str, str]) -> dict[str, Any]:
+    """`Print size: 21.00x29.70 cm`; when the print file has the tile's own pixels, the size followed the tile."""
+    measure, _, unit = value.strip().partition(" ")
+    if params.get("Print pixels", "").strip() == params.get("Size", "").strip():
+        return {"physical_width": 0.0, "physical_height": 0.0, "unit": unit}
+    width, _, height = measure.partition("x")
+    return {"physical_width": float(width), "physical_height": float(height), "unit": unit}
+
+
+TEXTILE = Mode(
+    name="textile",
+    label="Textile",
+    request=textile.TextileRequest,
+    run=textile.textile,
+    check=textile.check_request,
+    tab=textile_tab.create,
+    fields=lambda limits: {
+        **sampling_fields(limits),
+        "width": size(limits),
+        "height": size(limits),
+        "repeat": choice(tiling.REPEATS),
+        "strength": STRENGTH,
+        "dpi": integer(36, 2400),
+        "physical_width": number(0, 1000),
+        "physical_height": number(0, 1000),
+        "unit": choice(patterns.UNITS),
+        "colors": choice((0, *range(2, textile.MAX_COLORS + 1))),
+    },
+    readers={
+        "Repeat": one("repeat", str),
+        "DPI": one("dpi", int),
+        "Print size": _print_size,
+        "Colours": one("colors", int),
+        "Denoising strength": one("strength", float),
+    },
+    recorded=frozenset({"Export", "Print pixels", "Palette"}),
+    example="swatch",
+)
+
+# ---- inpaint ------------------------------------------------------------------------------------------------------
+INPAINT_KEYS = ("Mask blur", "Masked content", "Inpaint area", "Mask mode", "Masked area padding")
+
+INPAINT = Mode(
+    name="inpaint",
+    label="Inpaint",
+    request=inpaint.InpaintRequest,
+    run=inpaint.inpaint,
+    check=inpaint.check_request,
+    tab=inpaint_tab.create,
+    fields=lambda limits: {
+        **sampling_fields(limits),
+        "strength": STRENGTH,
+        "mask_blur": integer(0, inpaint.MAX_MASK_BLUR),
+        "invert_mask": flag,
+        "masked_content": choice(tuple(inpaint.MASKED_CONTENT)),
+        "inpaint_area": choice(tuple(inpaint.INPAINT_AREA)),
+        "padding": integer(0, inpaint.MAX_PADDING),
+    },
+    readers={
+        "Denoising strength": one("strength", float),
+        "Mask blur": one("mask_blur", int),
+        "Mask mode": lambda value, _p: {"invert_mask": value.strip().lower() == "inpaint not masked"},
+        "Masked content": reverse(inpaint.MASKED_CONTENT, "masked_content"),
+        "Inpaint area": reverse(inpaint.INPAINT_AREA, "inpaint_area"),
+        "Masked area padding": one("padding", int),
+    },
+    recorded=frozenset({"Inpaint model"}),
+    claims=lambda params: any(key in params for key in INPAINT_KEYS),
+    claim_order=20,
+    companions=("inpaint_unet",),
+)
+
+
+# ---- restyle ------------------------------------------------------------------------------------------------------
+CONTROLNET_USED = {"module", "preprocessor", "model", "weight", "guidance start", "guidance end", "guess mode",
+                   "pixel perfect", "processor res", "resize mode"}  # fmt: skip
+
+
+def _controlnet(value: str, _params: Mapping[str, str]) -> dict[str, Any]:
+    """One sd-webui-controlnet unit: `Module: softedge_hed, Model: ..., Weight: 1, Guidance Start: 0, ...`."""
+    unit = {key.lower(): text.strip() for key, text in parse_infotext(value).params.items()}
+    module = unit.get("module", unit.get("preprocessor", ""))
+    modules = {a1111: ours for ours, a1111 in edges.A1111_MODULES.items()}
+    if module == "invert":
+        fields: dict[str, Any] = {"preprocessor": "none", "invert": True}
+    elif module in modules:
+        fields = {"preprocessor": modules[module], "invert": False}
+    else:
+        raise Unsupported(f"module {module!r} is not offered here (Restyle uses soft edges or your own sketch)")
+    readers = {
+        "weight": ("controlnet_conditioning_scale", float),
+        "guidance start": ("control_guidance_start", float),
+        "guidance end": ("control_guidance_end", float),
+        "guess mode": ("guess_mode", boolean),
+    }
+    fields.update({name: read(unit[key]) for key, (name, read) in readers.items() if key in unit})
+    if "pixel perfect" in unit:
+        pixel_perfect = boolean(unit["pixel perfect"])
+        fields["preprocessor_resolution"] = None if pixel_perfect else int(unit.get("processor res", ""))
+    return fields
+
+
+def controlnet_unused(value: str) -> list[str]:
+    """Keys of a ControlNet unit that Restyle has no field for (thresholds, control mode, ...)."""
+    return [key for key in parse_infotext(value).params if key.lower() not in CONTROLNET_USED]
+
+
+def _restyle_check(req: restyle.RestyleRequest, limits: Limits) -> None:
+    check_common(req, limits)
+    restyle.check_control(req)
+
+
+RESTYLE = Mode(
+    name="restyle",
+    label="Restyle",
+    request=restyle.RestyleRequest,
+    run=restyle.restyle,
+    check=_restyle_check,
+    tab=restyle_tab.create,
+    fields=lambda limits: {
+        **sampling_fields(limits),
+        "width": size(limits),
+        "height": size(limits),
+        "preprocessor": choice(edges.PREPROCESSORS),
+        "invert": flag,
+        "preprocessor_resolution": optional(integer(64, 2048)),
+        "controlnet_conditioning_scale": number(0, 2),
+        "control_guidance_start": number(0, 1),
+        "control_guidance_end": number(0, 1),
+        "guess_mode": flag,
+        "repeat": optional(choice(tiling.REPEATS)),
+    },
+    readers={"ControlNet 0": _controlnet, "ControlNet": _controlnet, "Repeat": one("repeat", str)},
+    partly_read={"ControlNet 0": controlnet_unused, "ControlNet": controlnet_unused},
+    claims=lambda params: any(key.startswith("ControlNet") for key in params),
+    claim_order=30,
+    companions=("controlnet", "annotator"),
+    example="sketch",
+    actions={"detect_edges": restyle.detect_edges},
+    gpu_endpoints=("restyle_edges",),
+)
+
+BUILTIN: tuple[Mode, ...] = (TXT2IMG, REFINE, TEXTILE, INPAINT, RESTYLE)
+SHELL_ENDPOINTS = ("restore",)  # the studio's own, beside the modes'
+
+
+def gpu_endpoints(modes: Sequence[Mode]) -> set[str]:
+    """Every public endpoint that runs on the GPU (each a ZeroGPU section)."""
+    return {name for m in modes for name in (m.name, *m.gpu_endpoints)}
+
+
+def public_endpoints(modes: Sequence[Mode]) -> set[str]:
+    """Every named API endpoint the studio serves for these modes."""
+    return gpu_endpoints(modes) | {name for m in modes for name in m.endpoints} | set(SHELL_ENDPOINTS)
