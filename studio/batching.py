@@ -67,11 +67,10 @@ class _Ticket:
     def relay(self) -> Job:
         """The caller's job, with its callbacks run in the caller's context (from the batch's thread)."""
         job, ctx = self.job, self.context
-        on_step = (lambda step, total: ctx.run(job.on_step, step, total)) if job.on_step else None
-        on_image = (lambda generated: ctx.run(job.on_image, generated)) if job.on_image else None
-        on_preview = (
-            (lambda image, step, total: ctx.run(job.on_preview, image, step, total)) if job.on_preview else None
-        )
+        step_cb, image_cb, preview_cb = job.on_step, job.on_image, job.on_preview  # read once, so each stays narrowed
+        on_step = (lambda step, total: ctx.run(step_cb, step, total)) if step_cb else None
+        on_image = (lambda generated: ctx.run(image_cb, generated)) if image_cb else None
+        on_preview = (lambda image, step, total: ctx.run(preview_cb, image, step, total)) if preview_cb else None
         return Job(
             on_step=on_step,
             cancel=job.cancel,

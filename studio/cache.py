@@ -163,7 +163,9 @@ class ModelCache:
         return checkpoint_hash(self.base(ref), self.checkpoint(ref))
 
     # ---- derived pipelines ----------------------------------------------------------------------------------
-    def derive(self, pipeline_cls: type, scheduler: str | None = None, ref: str | None = None, **extra: Any) -> Any:
+    def derive(
+        self, pipeline_cls: type[Any], scheduler: str | None = None, ref: str | None = None, **extra: Any
+    ) -> Any:
         """A mode's pipeline sharing every module of the base; `extra` adds modules such as `controlnet`."""
         base = self.base(ref)
         if scheduler is not None:

@@ -9,7 +9,7 @@ value and `Unsupported` for a readable one the studio has no equivalent for.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 from studio.engine.checks import MAX_GUIDANCE, MAX_SEED
 from studio.metadata import parse_size
@@ -25,7 +25,7 @@ class Unsupported(ValueError):
 
 
 # ---- value checks -------------------------------------------------------------------------------------------------
-def is_number(value: Any) -> bool:
+def is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 

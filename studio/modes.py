@@ -69,7 +69,7 @@ class Mode:
     # Wraps the engine for the served studio, e.g. a batcher that merges concurrent requests; None: plain calls.
     runner: Callable[[Studio], Callable[..., Any]] | None = None
     # Page-level wiring once every tab exists: on_page(demo, its built tab, the UI context).
-    on_page: Callable[[Any, Tab, UIContext], None] | None = None
+    on_page: Callable[[Any, Tab, UIContext], object] | None = None  # its return value is not used
 
 
 def bind(mode: Mode, studio: Studio) -> ModeCalls:
@@ -230,7 +230,7 @@ def _controlnet(value: str, _params: Mapping[str, str]) -> dict[str, Any]:
         fields = {"preprocessor": modules[module], "invert": False}
     else:
         raise Unsupported(f"module {module!r} is not offered here (Restyle uses soft edges or your own sketch)")
-    readers = {
+    readers: dict[str, tuple[str, Callable[[str], object]]] = {
         "weight": ("controlnet_conditioning_scale", float),
         "guidance start": ("control_guidance_start", float),
         "guidance end": ("control_guidance_end", float),

@@ -40,7 +40,7 @@ class Checkpoint:
         return self.kind in ("folder", "file")
 
 
-SD15_COMPANIONS = {
+SD15_COMPANIONS: dict[str, str] = {
     "controlnet": HED_CONTROLNET,
     "annotator": ANNOTATORS_REPO,
     "inpaint": SD15_INPAINTING,

@@ -110,7 +110,9 @@ def _wrap_conv(conv: torch.nn.Conv2d, pads: Pads, repeat: str) -> Callable[[], N
     def forward(x: torch.Tensor) -> torch.Tensor:
         return inner(wrap_pad(x, pads, repeat))
 
-    conv.padding_mode, conv.padding, conv.forward = "zeros", (0, 0), forward
+    conv.padding_mode, conv.padding = "zeros", (0, 0)
+    # a deliberate per-instance patch of a method (wrapped input, no self), undone by `restore`
+    conv.forward = forward  # type: ignore[method-assign,assignment]
     setattr(conv, _MARK, repeat)
 
     def restore() -> None:
@@ -118,7 +120,7 @@ def _wrap_conv(conv: torch.nn.Conv2d, pads: Pads, repeat: str) -> Callable[[], N
         if saved_forward is None:
             del conv.forward
         else:
-            conv.forward = saved_forward
+            conv.forward = saved_forward  # type: ignore[method-assign]  # puts back the instance-level forward it had
         delattr(conv, _MARK)
 
     return restore
@@ -130,15 +132,17 @@ def _wrap_module(module: torch.nn.Module, repeat: str, undo: list[Callable[[], N
         if isinstance(sub, Downsample2D) and sub.use_conv and sub.padding == 0:
             # the VAE encoder pads (0, 1, 0, 1) with zeros before a padding-free stride-2 conv: do it wrapped
             asymmetric.add(id(sub.conv))
-            sub.padding = None  # skips its own zero pad; only `== 0` is ever tested
+            # skips its own zero pad; only `== 0` is ever tested (None is out of its int type on purpose)
+            sub.padding = None  # type: ignore[assignment]
 
             def restore(sub: Any = sub) -> None:
                 sub.padding = 0
 
             undo.append(restore)
     if getattr(module, "use_tiling", False):  # VAE tiling would decode tile by tile with zero borders
-        module.use_tiling = False
-        undo.append(lambda module=module: setattr(module, "use_tiling", True))
+        # torch types Module.__setattr__ as taking Tensor | Module only; a plain attribute takes any value
+        module.use_tiling = False  # type: ignore[assignment]
+        undo.append(lambda: setattr(module, "use_tiling", True))  # `module` is this call's parameter, never rebound
     for sub in module.modules():
         if isinstance(sub, torch.nn.Conv2d):
             if _MARK in sub.__dict__:
