@@ -14,7 +14,7 @@ import hashlib
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 import gradio as gr
 
@@ -51,6 +51,13 @@ RESTORED = (
     "loops",
     "strength_schedule",
 )
+
+
+class EventOptions(TypedDict):
+    """Keywords shared by the tab's internal events (spread into Gradio's event methods, so typed per key)."""
+
+    api_visibility: Literal["public", "private", "undocumented"]
+    queue: bool
 
 
 def create(ctx: UIContext, calls: ModeCalls) -> Tab:
@@ -155,7 +162,7 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
         "tree": tree,
     }
     form = [fields[name] for name in RESTORED]
-    private = {"api_visibility": "private", "queue": False}
+    private: EventOptions = {"api_visibility": "private", "queue": False}
 
     run.click(
         ctx.gpu(refine),

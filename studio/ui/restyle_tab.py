@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import gradio as gr
 from PIL import Image
@@ -47,6 +47,16 @@ def _resolution(pixel_perfect: bool, preprocessor_resolution: Any) -> int | None
 
 def _repeat(value: str | None) -> str | None:
     return None if value in (None, "", "off") else value
+
+
+ComponentT = TypeVar("ComponentT", bound=gr.components.Component)
+
+
+def _as(kind: type[ComponentT], component: gr.components.Component) -> ComponentT:
+    """A `control_panel` component as the class it was built as (the dict holds them by their common base)."""
+    if not isinstance(component, kind):
+        raise TypeError(f"expected a {kind.__name__}, got a {type(component).__name__}")
+    return component
 
 
 def _use_as_sketch(edge: Image.Image | None) -> tuple[Image.Image, str, bool]:
@@ -196,27 +206,27 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
         api_visibility="private",
         concurrency_id="gpu",
     )
-    c["preview"].click(
+    _as(gr.Button, c["preview"]).click(
         ctx.gpu(preview_edges),
         inputs=preview_inputs,
         outputs=[c["edge_map"], c["edge_note"]],
         api_name="restyle_edges",
         concurrency_id="gpu",
     )
-    c["use_edges"].click(
+    _as(gr.Button, c["use_edges"]).click(
         _use_as_sketch,
         inputs=c["edge_map"],
         outputs=[c["image"], c["preprocessor"], c["invert"]],
         api_visibility="private",
     )
-    c["preprocessor"].change(
+    _as(gr.Radio, c["preprocessor"]).change(
         lambda p: gr.Checkbox(visible=p == "none"),
         inputs=c["preprocessor"],
         outputs=c["invert"],
         queue=False,
         api_visibility="private",
     )
-    c["pixel_perfect"].change(
+    _as(gr.Checkbox, c["pixel_perfect"]).change(
         lambda on: gr.Slider(interactive=not on),
         inputs=c["pixel_perfect"],
         outputs=c["preprocessor_resolution"],

@@ -69,12 +69,12 @@ def image_value_for(target: TabHandle, path: str) -> Any:
 
 def send_row(source: gr.Gallery, targets: list[TabHandle], tabs: gr.Tabs, exclude: str = "") -> None:
     """'Send to <mode>' buttons acting on the selected (or else the first) image of `source`."""
-    receivers = [t for t in targets if t.input_image is not None and t.mode != exclude]
+    receivers = [(t, t.input_image) for t in targets if t.input_image is not None and t.mode != exclude]
     if not receivers:
         return
     selected = gr.State(None)
     with gr.Row():
-        buttons = [(t, gr.Button(f"Send to {t.label}", size="sm", min_width=80)) for t in receivers]
+        buttons = [(t, image, gr.Button(f"Send to {t.label}", size="sm", min_width=80)) for t, image in receivers]
 
     def remember(value: Any, evt: gr.SelectData) -> str | None:
         paths = gallery_paths(value)
@@ -82,23 +82,28 @@ def send_row(source: gr.Gallery, targets: list[TabHandle], tabs: gr.Tabs, exclud
 
     source.select(remember, inputs=source, outputs=selected, queue=False, api_visibility="private")
     source.change(lambda: None, outputs=selected, queue=False, api_visibility="private")
-    for target, button in buttons:
+    for target, input_image, button in buttons:
         prompt_fields = [target.fields[name] for name in ("prompt", "negative_prompt") if name in target.fields]
 
-        def send(chosen: str | None, value: Any, target: TabHandle = target) -> dict[Any, Any]:
+        def send(
+            chosen: str | None,
+            value: Any,
+            target: TabHandle = target,
+            input_image: gr.components.Component = input_image,
+        ) -> dict[Any, Any]:
             paths = gallery_paths(value)
             path = chosen if chosen in paths else (paths[0] if paths else None)
             if path is None:
                 raise gr.Error("Nothing to send yet: generate an image first (or select one in the gallery).")
             updates = fill(target, prompts_of(path))  # the look travels with the image
-            updates[target.input_image] = image_value_for(target, path)
+            updates[input_image] = image_value_for(target, path)
             updates[tabs] = gr.Tabs(selected=target.mode)
             return updates
 
         button.click(
             send,
             inputs=[selected, source],
-            outputs=[target.input_image, tabs, *prompt_fields],
+            outputs=[input_image, tabs, *prompt_fields],
             queue=False,
             api_visibility="private",
         )
@@ -208,8 +213,9 @@ def model_switcher(models: ModelSwitch) -> None:
     load.click(switch, inputs=choice, outputs=[status, timer], concurrency_id="gpu", api_visibility="private")
 
 
-def fill(handle: TabHandle, values: dict[str, Any]) -> dict[gr.components.Component, Any]:
-    """Component updates that set a tab's fields by name; unknown names are left alone."""
+def fill(handle: TabHandle, values: dict[str, Any]) -> dict[gr.blocks.Block, Any]:
+    """Component updates that set a tab's fields by name; unknown names are left alone. Keyed by `Block`, so callers
+    can add updates for layout blocks too (the `gr.Tabs` to switch to)."""
     fields = handle.fields
     return {fields[name]: value for name, value in values.items() if name in fields}
 

@@ -130,7 +130,7 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
         return (tiles, *export_outputs(done[0] if done else None), seed_out, info)
 
     outputs = [gallery, preview, palette_image, palette_hex, files, seed_used, infotext]
-    size_inputs = [width, height, physical_width, physical_height, unit, dpi]
+    size_inputs: list[gr.Slider | gr.Number | gr.Radio] = [width, height, physical_width, physical_height, unit, dpi]
     for component in size_inputs:
         component.change(describe_print, inputs=size_inputs, outputs=print_info, queue=False, api_visibility="private")
     run.click(ctx.gpu(textile), inputs=inputs_for(textile, fields), outputs=outputs, api_name=calls.name,

@@ -99,7 +99,7 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
         **queue,
     )
     gr.on([], ctx.gpu(txt2img), inputs=inputs, outputs=outputs, api_name=calls.name, **queue)
-    wire_drafts(ctx, calls, draft_ui, fields, outputs, [run.click, prompts.prompt.submit])
+    wire_drafts(ctx, calls, draft_ui, fields, (gallery, seed_used, infotext), [run.click, prompts.prompt.submit])
     return Tab(txt2img, fields, gallery, prompt=prompts.prompt, extras={"preview": preview})
 
 
@@ -135,7 +135,7 @@ def wire_drafts(
     calls: ModeCalls,
     ui: DraftControls,
     form: dict[str, gr.components.Component],
-    results: list[gr.components.Component],
+    results: tuple[gr.Gallery, gr.Number, gr.Textbox],
     generate_triggers: list[Any],
 ) -> None:
     """`form`: the txt2img form by field name; `results`: gallery, seed used, infotext."""
@@ -210,7 +210,7 @@ def wire_drafts(
         api_name="draft",
         concurrency_id="gpu",
     )
-    gr.on([], ctx.gpu(render_draft), inputs=inputs_for(render_draft, form), outputs=results,
+    gr.on([], ctx.gpu(render_draft), inputs=inputs_for(render_draft, form), outputs=list(results),
           api_name="render_draft", concurrency_id="gpu")  # fmt: skip
     ui.render.click(
         ctx.gpu(render_chosen),
