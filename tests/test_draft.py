@@ -235,7 +235,7 @@ def test_draft_endpoint_and_render_action_in_the_app(tiny_dir, tmp_path):
     studio = app.create_studio(settings)
     demo = app.build_demo(studio)
     named = {dep.api_name: dep for dep in demo.fns.values() if dep.api_name}
-    render = next(dep.fn for dep in demo.fns.values() if getattr(dep.fn, "__name__", "") == "render")
+    render = next(dep.fn for dep in demo.fns.values() if getattr(dep.fn, "__name__", "") == "render_chosen")
     assert list(inspect.signature(named["draft"].fn).parameters)[:4] == [
         "prompt",
         "negative_prompt",
@@ -250,6 +250,10 @@ def test_draft_endpoint_and_render_action_in_the_app(tiny_dir, tmp_path):
         )
         with pytest.raises(Exception, match="multiple of 8"):  # checked by the engine, said in words
             client.predict(prompt=PROMPT, width=100, num_inference_steps=2, api_name="/draft")
+        rendered, rendered_seed, _ = client.predict(  # the same draft rendered in full by API, by name
+            prompt=PROMPT, negative_prompt="", seed=10, width=64, height=64, num_inference_steps=2,
+            guidance_scale=7.0, scheduler="Euler", api_name="/render_draft",
+        )  # fmt: skip
     finally:
         demo.close()
     assert seed == 9 and len(gallery) == 2 and parse_infotext(infotext).params["Draft"] == "LCM-LoRA"
@@ -258,6 +262,7 @@ def test_draft_endpoint_and_render_action_in_the_app(tiny_dir, tmp_path):
         render([], None, 2, 7.0, "Euler", request=None)
     paths, used, info, left, chosen = render(choices, 1, 2, 7.0, "Euler", request=None)
     assert used == 10 and len(paths) == 1 and (left, chosen) == ([], None)
+    assert rendered_seed == 10 and np.array_equal(pixels(rendered[0]["image"]), pixels(paths[0]))
     params = parse_infotext(info).params
     assert (params["Seed"], params["Steps"], params["Sampler"], params["Mode"]) == ("10", "2", "Euler", "txt2img")
     assert parse_infotext(info).prompt == PROMPT

@@ -119,7 +119,7 @@ def test_compiled_unet_survives_mode_switches_and_compiles_once_per_tiling_repea
     source = txt2img(studio, REQ).paths[0]
     assert counter.frame_count == plain  # a repeat in the same mode: no recompile
     # another tab: img2img latents in another memory layout, and DPM++'s int64 timesteps (Euler's are float)
-    list(refine(studio, RefineRequest(source, prompt=PROMPT, strength=0.7, num_inference_steps=3, seed=5)))
+    refine(studio, RefineRequest(source, prompt=PROMPT, strength=0.7, num_inference_steps=3, seed=5))
     assert counter.frame_count == plain  # the same shared UNet, given uniform inputs: no recompile
     tile = TextileRequest(PROMPT, repeat="full", width=64, height=64, num_inference_steps=2, seed=5)
     textile(studio, tile)
