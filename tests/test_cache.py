@@ -17,11 +17,11 @@ from diffusers import (
     StableDiffusionInpaintPipeline,
 )
 
-from studio.cache import ModelLoadError
+from studio.cache import ModelCache, ModelLoadError
 from studio.engine.txt2img import Txt2ImgRequest, txt2img
 from studio.tensors import unique_param_bytes
 from studio.tiny import install_in_hf_cache
-from tests.conftest import REPO, pixels
+from tests.conftest import REPO, make_settings, pixels
 
 LOAD_BY_HUB_ID = textwrap.dedent("""
     import json, sys
@@ -76,23 +76,32 @@ def test_models_load_by_real_hub_id_from_an_offline_cache(studio, tiny_dir, tmp_
     assert "some-org/missing-model" in missing and "--model tiny" in missing and "download" in missing
 
 
-def test_derived_pipelines_share_every_weight_with_the_base(fresh_studio):
-    cache = fresh_studio.cache
+def test_derived_pipelines_share_every_weight_with_the_base_in_its_own_dtype(tiny_dir, tmp_path):
+    """On a bf16 base: `from_pipe` converts the modules it is given to its `torch_dtype` (fp32 unless told), in
+    place, and they are the base's very modules, so a derivation without the base's dtype would turn the resident
+    base itself to fp32 (and double its memory). An fp32 base could not show that: fp32 is from_pipe's default."""
+    cache = ModelCache(make_settings(tiny_dir, tmp_path, dtype="bf16"))
     base = cache.base()
     base_bytes = unique_param_bytes(base)
-    dtypes = {name: m.dtype for name, m in base.components.items() if isinstance(m, torch.nn.Module)}
+    modules = {name: m for name, m in base.components.items() if isinstance(m, torch.nn.Module)}
+    assert {name: m.dtype for name, m in modules.items()} == dict.fromkeys(modules, torch.bfloat16)
     controlnet = cache.slot("controlnet")
+    assert controlnet.dtype == torch.bfloat16
     derived = [
         cache.derive(StableDiffusionImg2ImgPipeline, scheduler="Euler a"),
         cache.derive(StableDiffusionInpaintPipeline, scheduler="DDIM"),
         cache.derive(StableDiffusionControlNetPipeline, scheduler="UniPC", controlnet=controlnet),
     ]
-    assert unique_param_bytes(base, *derived) == base_bytes + unique_param_bytes(controlnet)
     for pipe in derived:
-        for name in ("unet", "vae", "text_encoder"):
-            assert getattr(pipe, name) is getattr(base, name)
+        own = {name: m for name, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
+        assert own.keys() - {"controlnet"} == modules.keys()
+        for name, module in own.items():
+            assert module is (controlnet if name == "controlnet" else modules[name]), name  # the very same module
+            assert module.dtype == torch.bfloat16, (type(pipe).__name__, name, module.dtype)
+        assert pipe.dtype == torch.bfloat16
         assert pipe.scheduler is not base.scheduler  # each run gets its own scheduler state
-    assert {name: m.dtype for name, m in base.components.items() if isinstance(m, torch.nn.Module)} == dtypes
+    assert {name: m.dtype for name, m in modules.items()} == dict.fromkeys(modules, torch.bfloat16)  # base unchanged
+    assert unique_param_bytes(base, *derived) == base_bytes + unique_param_bytes(controlnet)
     assert cache.resident_bytes() == base_bytes + unique_param_bytes(controlnet)
 
 
