@@ -53,14 +53,31 @@ def test_crop_box_is_the_bounding_box_grown_by_padding_and_clamped():
         masks.crop_box(Image.new("L", (10, 10)), 4)
 
 
-@pytest.mark.parametrize("box_size", [(20, 20), (30, 90), (200, 50), (7, 13)])
-@pytest.mark.parametrize("native", [64, 512])
+@pytest.mark.parametrize("box_size", [(20, 20), (30, 90), (200, 50), (7, 13), (1000, 700)])
+@pytest.mark.parametrize("native", [512, 768])
 def test_processing_size_keeps_aspect_at_about_native_area_in_multiples_of_8(box_size, native):
+    """Real native sizes, where no side reaches the 64 floor or the max_side ceiling: every case checks aspect and
+    area (rounding each side to a multiple of 8 moves it by 4 px at most, under 2% of any side here)."""
     width, height = masks.processing_size(*box_size, native=native, max_side=4096)
     assert width % 8 == 0 and height % 8 == 0
-    if min(width, height) > 64:  # not clamped at the minimum side
-        assert abs(width * height / native**2 - 1) < 0.25
-        assert abs((width / height) / (box_size[0] / box_size[1]) - 1) < 0.2
+    assert min(width, height) >= 256 and max(width, height) < 4096  # not clamped: the checks below apply as such
+    assert abs(width * height / native**2 - 1) < 0.04, (width, height)
+    assert abs((width / height) / (box_size[0] / box_size[1]) - 1) < 0.04, (width, height)
+
+
+@pytest.mark.parametrize(
+    ("box_size", "native", "max_side", "expected"),
+    [
+        ((20, 20), 64, 4096, (64, 64)),  # exactly the native square
+        ((30, 90), 64, 4096, (64, 112)),  # the short side (~40) is raised to the floor; the long side is not rescaled
+        ((200, 50), 64, 4096, (128, 64)),
+        ((7, 13), 64, 4096, (64, 88)),
+        ((1000, 10), 512, 1024, (1024, 64)),  # a sliver: the long side at the ceiling, the short one at the floor
+        ((30, 90), 512, 512, (296, 512)),  # only the long side capped
+    ],
+)
+def test_processing_size_clamps_each_side_to_64_and_max_side(box_size, native, max_side, expected):
+    assert masks.processing_size(*box_size, native=native, max_side=max_side) == expected
 
 
 def test_paste_back_keeps_alpha_0_pixels_and_takes_alpha_255_pixels():
