@@ -11,14 +11,18 @@ import app
 from studio.settings import Settings
 from tests.conftest import free_port, make_settings
 
+# Gradio's answer on its direct-call routes when the queue is closed to the API (`queue(api_open=False)`): the route
+# exists and found the txt2img endpoint (an unknown name there is a 500 FnIndexInferError, a path Gradio does not
+# serve a bare "Not Found"), and it refuses because the endpoint is queued.
+QUEUE_ONLY = "This API endpoint does not accept direct HTTP POST requests. Please join the queue to use this API."
+
 
 def test_direct_rest_calls_cannot_bypass_the_queue(running_app):
     url, _ = running_app
     with httpx.Client(base_url=url, timeout=30) as http:
-        for path in ("gradio_api/run/txt2img", "gradio_api/api/txt2img", "run/txt2img"):
+        for path in ("gradio_api/run/txt2img", "gradio_api/run/txt2img/", "gradio_api/api/txt2img"):
             response = http.post(path, json={"data": ["coat", "", 2, 7.0, 64, 64, "Euler", 1, 1, 1]})
-            assert response.status_code in (401, 403, 404, 405), (path, response.status_code)
-            assert b"image" not in response.content
+            assert (response.status_code, response.json()) == (404, {"detail": QUEUE_ONLY}), path
 
 
 def test_uploads_over_the_size_limit_are_refused(tiny_dir, tmp_path):
