@@ -87,9 +87,15 @@ def compile_module(
     if is_compiled(module):
         return False
     # One graph per (size, batch, repeat) a designer uses: dynamo's default of 8 would silently drop back to eager
-    # after a few sizes and repeats in a long session.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-    module.forward = torch.compile(module.forward, backend=backend, mode=mode)
+    # after a few sizes and repeats in a long session. Dynamo checks the limit when a guard fails on some later call,
+    # so it must hold then, not while this runs: torch.compile's own `recompile_limit` gives it to this module's
+    # frames alone (dynamo applies it around each of their compiles), and the process-wide setting is left as it is.
+    # A higher process-wide limit, as set when the module is compiled, is kept rather than lowered.
+    limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    # torch 2.14's typing overloads of torch.compile omit `recompile_limit`; the function itself takes it.
+    module.forward = torch.compile(  # type: ignore[call-overload]
+        module.forward, backend=backend, mode=mode, recompile_limit=limit
+    )
     handle = module.register_forward_pre_hook(functools.partial(_uniform_inputs, memory_format), with_kwargs=True)
     setattr(module, _COMPILED, handle)
     log.info(

@@ -49,11 +49,11 @@ def test_fast_path_settings_come_from_the_environment_and_bad_values_are_refused
 def test_loading_applies_channels_last_and_compile_to_base_and_controlnet_once(tiny_dir: Path, tmp_path: Path):
     settings = make_settings(tiny_dir, tmp_path, channels_last="on", compile=True, controlnet_model="tiny")
     cache = ModelCache(settings)
+    process_limit = torch._dynamo.config.recompile_limit
     pipe = cache.base()
     assert channels_last(pipe.unet) and channels_last(pipe.vae) and fastpath.is_compiled(pipe.unet)
     assert not fastpath.compile_module(pipe.unet)  # once: a second request finds it compiled
-    # a long session's sizes and repeats each get a graph instead of dynamo's silent fallback to eager after 8
-    assert torch._dynamo.config.recompile_limit >= fastpath.RECOMPILE_LIMIT
+    assert torch._dynamo.config.recompile_limit == process_limit  # the modules get theirs; the process keeps its own
     controlnet = cache.slot("controlnet")
     assert channels_last(controlnet) and fastpath.is_compiled(controlnet)
     assert {type(p) for p in pipe.unet.attn_processors.values()} == {AttnProcessor2_0}
@@ -70,6 +70,34 @@ def test_ensure_sdpa_replaces_only_the_classic_attention_processor(tiny_dir: Pat
     processors = unet.attn_processors
     assert processors[names[0]] is custom and all(type(processors[n]) is AttnProcessor2_0 for n in names[1:])
     assert fastpath.ensure_sdpa(unet) == 0
+
+
+class Affine(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2 + 1
+
+
+@pytest.mark.parametrize(("process_limit", "ours", "graphs"), [(2, 5, 5), (5, 3, 5)])
+def test_a_compiled_module_gets_its_own_recompile_limit_and_the_process_keeps_its_own(
+    monkeypatch, process_limit, ours, graphs
+):
+    """Dynamo checks the limit when a guard fails on a later call, long after `compile_module` returned: the
+    module's own limit must hold then, and the process-wide one must stay what it was. A higher process-wide limit
+    is kept. A two-line module, static shapes (each new shape a recompile) and dynamo's frame counter as the
+    backend: capture only, no code generation, well under a second."""
+    monkeypatch.setattr(fastpath, "RECOMPILE_LIMIT", ours)
+    counter, module = CompileCounter(), Affine()
+    with torch._dynamo.config.patch(recompile_limit=process_limit, automatic_dynamic_shapes=False):
+        torch._dynamo.reset()
+        try:
+            assert fastpath.compile_module(module, backend=counter)
+            assert torch._dynamo.config.recompile_limit == process_limit  # nothing set process-wide
+            for rows in range(1, 8):  # seven shapes: more graphs than either limit allows
+                assert torch.equal(module(torch.ones(rows, 2)), torch.full((rows, 2), 3.0))
+            assert counter.frame_count == graphs  # max(process, ours) graphs, then eager (still the right values)
+            assert torch._dynamo.config.recompile_limit == process_limit
+        finally:
+            torch._dynamo.reset()
 
 
 # ---- torch.compile + channels-last on the tiny studio ----------------------------------------------------------
