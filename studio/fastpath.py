@@ -50,13 +50,12 @@ def ensure_sdpa(module: torch.nn.Module) -> int:
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
     processors = getattr(module, "attn_processors", None)
-    if not processors:
+    set_processors = getattr(module, "set_attn_processor", None)  # diffusers models have both; others neither
+    if not processors or set_processors is None:
         return 0
     classic = [name for name, proc in processors.items() if type(proc) is AttnProcessor]
     if classic:
-        module.set_attn_processor(
-            {name: AttnProcessor2_0() if name in classic else proc for name, proc in processors.items()}
-        )
+        set_processors({name: AttnProcessor2_0() if name in classic else proc for name, proc in processors.items()})
         log.info("SDPA attention for %d layers of %s", len(classic), type(module).__name__)
     return len(classic)
 
@@ -134,6 +133,8 @@ def guard_fp16_decode(vae: torch.nn.Module) -> bool:
     A torch forward hook on the decoder, so it also covers tiled decoding (the decoder runs per tile). Returns False
     when the decoder was already guarded."""
     decoder = vae.decoder
+    if not isinstance(decoder, torch.nn.Module):
+        raise TypeError(f"{type(vae).__name__}.decoder is not a module")
     if getattr(decoder, _FP32_RETRY, None) is not None:
         return False
     setattr(decoder, _FP32_RETRY, decoder.register_forward_hook(_retry_in_fp32, with_kwargs=True))

@@ -125,3 +125,28 @@ def test_loading_the_resident_model_again_returns_early(fresh_studio):
 def test_unknown_model_reference_says_what_is_accepted(fresh_studio):
     with pytest.raises(ModelLoadError, match="not a known name"):
         fresh_studio.cache.switch("no such model!")
+
+
+def test_each_request_gets_a_fresh_scheduler_over_the_same_modules_without_deriving_again(fresh_studio, monkeypatch):
+    cache = fresh_studio.cache
+    base = cache.base()
+    made: list[type] = []
+    real = StableDiffusionImg2ImgPipeline.from_pipe.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type, *args: object, **kwargs: object) -> object:
+        made.append(cls)
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(StableDiffusionImg2ImgPipeline, "from_pipe", classmethod(counting))
+    first = cache.derive(StableDiffusionImg2ImgPipeline, scheduler="Euler")
+    second = cache.derive(StableDiffusionImg2ImgPipeline, scheduler="DDIM")
+    assert made == [StableDiffusionImg2ImgPipeline]  # built once; every later request reuses it
+    assert first is not second and first.scheduler is not second.scheduler
+    assert (
+        type(first.scheduler).__name__ == "EulerDiscreteScheduler"
+        and type(second.scheduler).__name__ == "DDIMScheduler"
+    )
+    assert first.unet is second.unet is base.unet and first.vae is base.vae and first.text_encoder is base.text_encoder
+    assert base.scheduler is not first.scheduler  # the base's own scheduler is never handed out
+    first._guidance_scale = 99.0  # what a pipeline call sets on itself stays on that request's pipeline
+    assert getattr(cache.derive(StableDiffusionImg2ImgPipeline, scheduler="Euler"), "_guidance_scale", None) != 99.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,18 @@ class WindowedControlNet(MultiControlNetModel):
             return None, None  # the UNet takes its plain path, exactly as in txt2img
         # In guess mode the pipeline pads the residuals for the unconditional half, so it needs real zeros.
         return zero_residuals(self.nets[0], sample)
+
+
+# Weak: a wrapper lives as long as the cache's derived pipeline that holds it (dropped with its ControlNet slot).
+_WINDOWED: weakref.WeakValueDictionary[int, WindowedControlNet] = weakref.WeakValueDictionary()
+
+
+def windowed(controlnet: torch.nn.Module) -> WindowedControlNet:
+    """The one `WindowedControlNet` around a ControlNet, so the cache's derived pipeline for it is built once."""
+    wrapper = _WINDOWED.get(id(controlnet))
+    if wrapper is None or wrapper.nets[0] is not controlnet:
+        wrapper = _WINDOWED[id(controlnet)] = WindowedControlNet([controlnet])
+    return wrapper
 
 
 def zero_residuals(controlnet: Any, sample: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -237,7 +250,7 @@ def restyle(studio: Studio, req: RestyleRequest, job: Job | None = None, latents
         control = _edge_map(studio, picture, req.preprocessor, (width, height), resolution, req.invert)
         controlnet = studio.cache.slot("controlnet")
         pipe = studio.cache.derive(
-            StableDiffusionControlNetPipeline, scheduler=req.scheduler, controlnet=WindowedControlNet([controlnet])
+            StableDiffusionControlNetPipeline, scheduler=req.scheduler, controlnet=windowed(controlnet)
         )
         extra = controlnet_params(studio, req, resolution)
         seed = resolve_seed(req.seed)
