@@ -36,27 +36,32 @@ def load_image(
     Transparent pixels are composited over `background` (white: sketches and cut-outs on paper). Images over
     `max_pixels` are refused with the size to aim for.
     """
-    image = _open(value, what, allowed_root)
+    image = _open(value, what, allowed_root, max_pixels)
     image = _upright(image)
     image = to_rgb(image, background)
-    if max(image.size) > MAX_SIDE or max(image.size) > MAX_ASPECT * min(image.size):
-        raise ImageInputError(
-            f"The {what} is {image.width}x{image.height}: sides up to {MAX_SIDE} px and an aspect of at most "
-            f"{MAX_ASPECT}:1 are accepted. Crop it closer to the garment and upload again."
-        )
-    if image.width * image.height > max_pixels:
-        scale = (max_pixels / (image.width * image.height)) ** 0.5
-        raise ImageInputError(
-            f"The {what} is {image.width}x{image.height} ({image.width * image.height:,} pixels); the limit is "
-            f"{max_pixels:,}. Resize it to about {int(image.width * scale)}x{int(image.height * scale)} and upload "
-            "again."
-        )
-    if min(image.size) < 8:
-        raise ImageInputError(f"The {what} is only {image.width}x{image.height} pixels; upload a larger one.")
+    check_dimensions(image.size, max_pixels, what)
     return image
 
 
-def _open(value: Any, what: str, allowed_root: Path | None) -> Image.Image:
+def check_dimensions(size: tuple[int, int], max_pixels: int, what: str = "image") -> None:
+    """Sides, aspect and pixel count within the studio's limits; a file's header alone is enough to check."""
+    width, height = size
+    if max(size) > MAX_SIDE or max(size) > MAX_ASPECT * max(1, min(size)):
+        raise ImageInputError(
+            f"The {what} is {width}x{height}: sides up to {MAX_SIDE} px and an aspect of at most "
+            f"{MAX_ASPECT}:1 are accepted. Crop it closer to the garment and upload again."
+        )
+    if width * height > max_pixels:
+        scale = (max_pixels / (width * height)) ** 0.5
+        raise ImageInputError(
+            f"The {what} is {width}x{height} ({width * height:,} pixels); the limit is {max_pixels:,}. Resize it "
+            f"to about {int(width * scale)}x{int(height * scale)} and upload again."
+        )
+    if min(size) < 8:
+        raise ImageInputError(f"The {what} is only {width}x{height} pixels; upload a larger one.")
+
+
+def _open(value: Any, what: str, allowed_root: Path | None, max_pixels: int = Image.MAX_IMAGE_PIXELS) -> Image.Image:
     if value is None:
         raise ImageInputError(f"No {what} given: upload one, or send a result here from another tab.")
     if isinstance(value, Image.Image):
@@ -76,7 +81,7 @@ def _open(value: Any, what: str, allowed_root: Path | None) -> Image.Image:
             data = path.read_bytes()
         except OSError:
             raise ImageInputError(f"The {what} file could not be read; upload it again.") from None
-        return _decode(data, what)
+        return _decode(data, what, max_pixels)
     raise ImageInputError(f"Unsupported {what} value ({type(value).__name__}); upload a PNG, JPEG or WebP file.")
 
 
@@ -85,12 +90,17 @@ def open_upload(value: Any, what: str = "image") -> Image.Image:
     return _open(value, what, None)
 
 
-def _decode(data: bytes, what: str) -> Image.Image:
+def _decode(data: bytes, what: str, max_pixels: int) -> Image.Image:
+    """Decode an uploaded file; its dimensions are checked from the header first, so a small file that would
+    decode to a huge image (a 470 KB PNG of 121 megapixels) is refused before any pixel is allocated."""
     if not data:
         raise ImageInputError(f"The {what} file is empty (0 bytes); upload the image again.")
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data))  # reads the header only
+        check_dimensions(image.size, max_pixels, what)
         image.load()
+    except ImageInputError:
+        raise
     except Image.DecompressionBombError:
         raise ImageInputError(f"The {what} is far too large to open safely; use one under 64 megapixels.") from None
     except UnidentifiedImageError:

@@ -73,3 +73,22 @@ def running_app(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield f"http://127.0.0.1:{settings.port}/", studio
     finally:
         demo.close()
+
+
+def is_skip(outputs: object) -> bool:
+    """True for a streaming handler's in-between yield: every output `gr.skip()`, nothing shown changes."""
+    import gradio as gr
+
+    return isinstance(outputs, tuple) and all(part == gr.skip() for part in outputs)
+
+
+def final(outputs: Iterator[object]) -> object:
+    """What a streaming handler shows in the end: its last yield."""
+    items = list(outputs)
+    assert items, "the handler yielded nothing"
+    return items[-1]
+
+
+def shown(outputs: Iterator[object]) -> list[object]:
+    """Only the yields of a streaming handler that change something."""
+    return [item for item in outputs if not is_skip(item)]

@@ -259,8 +259,8 @@ def test_draft_endpoint_and_render_action_in_the_app(tiny_dir, tmp_path):
     assert seed == 9 and len(gallery) == 2 and parse_infotext(infotext).params["Draft"] == "LCM-LoRA"
     choices = [{"prompt": PROMPT, "negative_prompt": "", "seed": s, "width": 64, "height": 64} for s in (9, 10)]
     with pytest.raises(gr.Error, match="press Draft first"):
-        render([], None, 2, 7.0, "Euler", request=None)
-    paths, used, info, left, chosen = render(choices, 1, 2, 7.0, "Euler", request=None)
+        list(render([], None, 2, 7.0, "Euler", request=None))
+    *_, (paths, used, info, _, _), (_, _, _, left, chosen) = render(choices, 1, 2, 7.0, "Euler", request=None)
     assert used == 10 and len(paths) == 1 and (left, chosen) == ([], None)
     assert rendered_seed == 10 and np.array_equal(pixels(rendered[0]["image"]), pixels(paths[0]))
     params = parse_infotext(info).params

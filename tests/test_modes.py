@@ -27,9 +27,10 @@ from studio.modes import BUILTIN, Mode, by_name, gpu_endpoints, public_endpoints
 from studio.presets import field_table, load_presets
 from studio.restore import Restorer
 from studio.settings import Limits
+from studio.ui.running import gallery_outputs, run_events
 from studio.ui.shell import TabHandle
 from studio.ui.tab import ModeCalls, Tab, inputs_for, parameter_names
-from studio.ui.widgets import UIContext, form_request, results_block, run_generation
+from studio.ui.widgets import UIContext, form_request, results_block
 from tests.conftest import REPO, free_port, make_settings
 
 
@@ -72,9 +73,9 @@ def toy_tab(ctx: UIContext, calls: ModeCalls) -> Tab:
         shade: float,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),
-    ) -> tuple[list[str], int, str]:
+    ) -> Iterator[tuple[Any, ...]]:
         req = form_request(ToyRequest, locals())
-        return run_generation(ctx.board, request, progress, lambda job: calls.run(req, job))
+        yield from gallery_outputs(run_events(ctx.board, request, progress, lambda job: calls.run(req, job)))
 
     run.click(tint, inputs=inputs_for(tint, fields), outputs=[gallery, seed_used, infotext], api_name=calls.name)
     return Tab(tint, fields, gallery, prompt=prompt, input_image=image)

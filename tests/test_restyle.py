@@ -23,7 +23,7 @@ from studio.metadata import parse_infotext, read_parameters
 from studio.registry import HED_ANNOTATOR_FILE
 from studio.tensors import unique_param_bytes
 from studio.ui.tab import ModeCalls, Tab, inputs_for
-from tests.conftest import pixels
+from tests.conftest import final, pixels
 
 PROMPT = "fashion illustration of a long coat, watercolour"
 FAST = {"num_inference_steps": 2, "scheduler": "Euler", "seed": 7}
@@ -339,25 +339,29 @@ def test_tab_turns_widget_values_into_the_request(studio: Studio) -> None:
         "request": None,
         "progress": lambda *a, **k: None,
     }
-    handler(
-        preprocessor="hed",
-        invert=True,
-        pixel_perfect=True,
-        preprocessor_resolution=512,
-        width=0,
-        height=0,
-        repeat="off",
-        **common,
+    final(
+        handler(
+            preprocessor="hed",
+            invert=True,
+            pixel_perfect=True,
+            preprocessor_resolution=512,
+            width=0,
+            height=0,
+            repeat="off",
+            **common,
+        )
     )
-    handler(
-        preprocessor="none",
-        invert=True,
-        pixel_perfect=False,
-        preprocessor_resolution=128,
-        width=96,
-        height=64,
-        repeat="half_drop",
-        **common,
+    final(
+        handler(
+            preprocessor="none",
+            invert=True,
+            pixel_perfect=False,
+            preprocessor_resolution=128,
+            width=96,
+            height=64,
+            repeat="half_drop",
+            **common,
+        )
     )
     auto, manual = seen
     assert (auto.invert, auto.preprocessor_resolution, auto.width, auto.height, auto.repeat) == (

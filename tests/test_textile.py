@@ -25,7 +25,7 @@ from studio.engine.textile import TextileRequest, textile, tile_size
 from studio.engine.txt2img import Txt2ImgRequest, txt2img
 from studio.metadata import parse_infotext, read_parameters
 from studio.ui.tab import ModeCalls
-from tests.conftest import pixels
+from tests.conftest import final, pixels
 
 PROMPT = "a seamless floral chintz print, roses and leaves"
 FAST = {"num_inference_steps": 1, "guidance_scale": 1.0, "scheduler": "DPM++ 2M", "seed": 7}
@@ -321,7 +321,7 @@ def test_tab_turns_widget_values_into_a_request_and_shows_the_exports(studio: St
         "colors": 3.0,
     }
     names = [n for n in inspect.signature(handler).parameters if n not in ("request", "progress")]
-    outputs = handler(**{n: values[n] for n in names}, request=None, progress=lambda *a, **k: None)
+    outputs = final(handler(**{n: values[n] for n in names}, request=None, progress=lambda *a, **k: None))
     req = seen[0]
     assert (req.repeat, req.width, req.height, req.seed, req.colors, req.dpi) == ("brick", 128, 64, 5, 3, 72)
     assert req.negative_prompt == "" and req.image is not None

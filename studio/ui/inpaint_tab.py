@@ -9,20 +9,21 @@ Two ways in, both on the one `/inpaint` endpoint:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import gradio as gr
 
 from studio.engine.inpaint import MAX_MASK_BLUR, MAX_PADDING, InpaintRequest
+from studio.ui.running import cancel_button, gallery_outputs, run_events
 from studio.ui.tab import ModeCalls, Tab, inputs_for
+from studio.ui.uploads import editor_upload, image_upload
 from studio.ui.widgets import (
     UIContext,
-    cancel_button,
     field_components,
     form_request,
     prompt_block,
     results_block,
-    run_generation,
     sampling_block,
 )
 
@@ -44,9 +45,9 @@ def image_value(editor: dict[str, Any] | None, image: str | None) -> Any:
 
 def mask_panel(ctx: UIContext) -> dict[str, gr.components.Component]:
     c: dict[str, gr.components.Component] = {}
-    c["editor"] = gr.ImageEditor(
+    c["editor"] = editor_upload(
+        ctx.limits.max_upload_mb,
         label="Photo: brush over what to repaint",
-        type="filepath",
         format="png",
         sources=["upload", "clipboard"],
         layers=True,
@@ -56,15 +57,14 @@ def mask_panel(ctx: UIContext) -> dict[str, gr.components.Component]:
     )
     with gr.Accordion("Upload a mask instead (white = repaint)", open=False):
         with gr.Row():
-            c["image"] = gr.Image(
+            c["image"] = image_upload(
+                ctx.limits.max_upload_mb,
                 label="Photo (optional: else the editor's)",
-                type="filepath",
-                image_mode=None,
                 sources=["upload", "clipboard"],
                 height=200,
             )
-            c["mask_image"] = gr.Image(
-                label="Mask", type="filepath", image_mode=None, sources=["upload", "clipboard"], height=200
+            c["mask_image"] = image_upload(
+                ctx.limits.max_upload_mb, label="Mask", sources=["upload", "clipboard"], height=200
             )
     with gr.Row():
         c["invert_mask"] = gr.Checkbox(False, label="Invert mask (repaint everything but the brushed area)")
@@ -115,9 +115,9 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
         batch_count: float,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),
-    ) -> tuple[list[str], int, str]:
+    ) -> Iterator[tuple[Any, ...]]:
         req = form_request(InpaintRequest, {**locals(), "image": image_value(editor, image)})
-        return run_generation(ctx.board, request, progress, lambda job: calls.run(req, job))
+        yield from gallery_outputs(run_events(ctx.board, request, progress, lambda job: calls.run(req, job)))
 
     run.click(
         ctx.gpu(inpaint),

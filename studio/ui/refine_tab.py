@@ -18,22 +18,15 @@ from typing import Any, Literal, TypedDict
 
 import gradio as gr
 
-from studio.engine.contract import Job, Progress, Saved, events
+from studio.engine.contract import Job, Saved
 from studio.engine.refine import DEFAULT_NEGATIVE, MAX_LOOPS, SCHEDULES, SEED_POLICIES, LoopImage, RefineRequest
 from studio.errors import RestoreError
 from studio.history import History, HistoryError
 from studio.restore import Restored
+from studio.ui.running import cancel_button, run_events
 from studio.ui.tab import ModeCalls, Tab, inputs_for
-from studio.ui.widgets import (
-    UIContext,
-    cancel_button,
-    field_components,
-    form_request,
-    guarded_job,
-    prompt_block,
-    results_block,
-    sampling_block,
-)
+from studio.ui.uploads import image_upload
+from studio.ui.widgets import UIContext, field_components, form_request, prompt_block, results_block, sampling_block
 
 Restore = Callable[[str | Path], Restored]
 STORAGE_KEY = "atelier-refine-history"
@@ -64,10 +57,9 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
     root = ctx.outputs_root
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=320):
-            input_image = gr.Image(
+            input_image = image_upload(
+                ctx.limits.max_upload_mb,
                 label="Input image (upload, paste or drop; a PNG's parameters are restored)",
-                type="filepath",
-                image_mode=None,
                 format="png",
                 sources=["upload", "clipboard"],
                 height=320,
@@ -136,13 +128,18 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
         req = form_request(RefineRequest, {**locals(), "image": source_value(image, continue_from, history)})
         shown: list[tuple[str, str]] = []
         seeds: list[int] = []
+        infotext = ""
         for item in stream(ctx, request, progress, lambda job: calls.run(req, job)):
+            if item is None:
+                yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                continue
             history.add(item.path, item.parent, loop=item.loop, seed=item.seed, strength=item.strength)
             shown.append((str(item.path), f"loop {item.loop} · chain {item.chain + 1} · seed {item.seed}"))
             seeds.append(item.seed)
-            yield shown, seeds[0], item.infotext, history.to_dict()
-        if not shown:  # cancelled before the first image: leave every output as it was
-            yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            infotext = item.infotext
+            yield shown, seeds[0], infotext, history.to_dict()
+        if shown:  # the last yield is the whole result (what an API client receives)
+            yield shown, seeds[0], infotext, history.to_dict()
 
     def pick(tree: dict[str, Any], evt: gr.SelectData) -> Any:
         return pick_from_gallery(tree, evt.index, root)
@@ -205,19 +202,12 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
 # ---- running ------------------------------------------------------------------------------------------------------
 def stream(
     ctx: UIContext, request: gr.Request | None, progress: gr.Progress, start: Callable[[Job], Any]
-) -> Iterator[LoopImage]:
-    """Run a refine for one session with progress and cancel, through the engine contract's events; each loop
-    image is yielded as soon as it is saved, and images already saved stay shown and in history."""
-    count = 0
-    with guarded_job(
-        ctx.board, request, progress, desc="Refining", what="Refine", kept=lambda: count, where=" in the history"
-    ) as job:
-        for event in events(start, job):
-            if isinstance(event, Progress):
-                progress((event.step, event.total), desc="Refining", unit="steps")
-            elif isinstance(event, Saved) and isinstance(event.generated, LoopImage):
-                count += 1
-                yield event.generated
+) -> Iterator[LoopImage | None]:
+    """Run a refine for one session with progress and cancel; each loop image as soon as it is saved, and None at
+    every other step (a yield Gradio can stop the run at). Images already saved stay shown and in history."""
+    for event in run_events(ctx.board, request, progress, start, desc="Refining", what="Refine",
+                            where=" in the history"):  # fmt: skip
+        yield event.generated if isinstance(event, Saved) and isinstance(event.generated, LoopImage) else None
 
 
 def source_value(image: str | None, continue_from: int | None, history: History) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import gradio as gr
@@ -11,16 +12,16 @@ from studio import edges
 from studio.engine.restyle import RestyleRequest
 from studio.errors import StudioError
 from studio.tiling import REPEAT_LABELS
+from studio.ui.running import cancel_button, gallery_outputs, run_events
 from studio.ui.tab import ModeCalls, Tab, inputs_for
+from studio.ui.uploads import image_upload
 from studio.ui.widgets import (
     UIContext,
     as_int,
-    cancel_button,
     field_components,
     form_request,
     prompt_block,
     results_block,
-    run_generation,
     sampling_block,
 )
 
@@ -59,7 +60,7 @@ def _as(kind: type[ComponentT], component: gr.components.Component) -> Component
     return component
 
 
-def _use_as_sketch(edge: Image.Image | None) -> tuple[Image.Image, str, bool]:
+def _use_as_sketch(edge: str | None) -> tuple[str, str, bool]:
     """Put the previewed edge map (or one edited outside and re-uploaded) in as the input, used as drawn."""
     if edge is None:
         raise gr.Error("Preview the edges first.")
@@ -69,8 +70,8 @@ def _use_as_sketch(edge: Image.Image | None) -> tuple[Image.Image, str, bool]:
 def control_panel(ctx: UIContext) -> dict[str, gr.components.Component]:
     """Input, preprocessing and ControlNet settings (the left half of the form)."""
     c: dict[str, gr.components.Component] = {}
-    c["image"] = gr.Image(
-        label="Photo or sketch", type="filepath", image_mode=None, sources=["upload", "clipboard"], height=320
+    c["image"] = image_upload(
+        ctx.limits.max_upload_mb, label="Photo or sketch", sources=["upload", "clipboard"], height=320
     )
     c["preprocessor"] = gr.Radio(PREPROCESSOR_CHOICES, value="hed", label="Preprocessor")
     c["invert"] = gr.Checkbox(False, label="Invert (dark lines on light paper)", visible=False)
@@ -82,9 +83,10 @@ def control_panel(ctx: UIContext) -> dict[str, gr.components.Component]:
     with gr.Row():
         c["preview"] = gr.Button("Preview edges", size="sm")
         c["use_edges"] = gr.Button("Use this edge map as my sketch", size="sm")
-    c["edge_map"] = gr.Image(
-        label="Edge map (what the ControlNet follows)", type="pil", format="png", interactive=False, height=256
-    )
+    c["edge_map"] = image_upload(
+        ctx.limits.max_upload_mb, label="Edge map (what the ControlNet follows)", format="png", interactive=False,
+        height=256,
+    )  # fmt: skip
     c["edge_note"] = gr.Markdown("")
     with gr.Row():
         c["controlnet_conditioning_scale"] = gr.Slider(0, 2, value=1.0, step=0.05, label="Control weight")
@@ -142,7 +144,7 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
         repeat: str,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),
-    ) -> tuple[list[str], int, str]:
+    ) -> Iterator[tuple[Any, ...]]:
         if image is None:
             raise gr.Error("Upload a photo or a sketch first (or send a result here from another tab).")
         form = {
@@ -152,7 +154,7 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
             "repeat": _repeat(repeat),
         }
         req = form_request(RestyleRequest, form)
-        return run_generation(ctx.board, request, progress, lambda job: calls.run(req, job))
+        yield from gallery_outputs(run_events(ctx.board, request, progress, lambda job: calls.run(req, job)))
 
     def preview_edges(
         image: Any,

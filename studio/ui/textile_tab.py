@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import gradio as gr
 
-from studio.engine.contract import Job, Result
+from studio.engine.contract import Result
 from studio.engine.textile import DEFAULT_NEGATIVE, MAX_COLORS, TextileRequest, TextileResult, print_size
 from studio.errors import StudioError
 from studio.patterns import UNITS, physical_length
 from studio.tiling import REPEAT_LABELS
+from studio.ui.running import cancel_button, finished, results_of, run_events
 from studio.ui.tab import ModeCalls, Tab, inputs_for
+from studio.ui.uploads import image_upload
 from studio.ui.widgets import (
     UIContext,
-    cancel_button,
     field_components,
     form_request,
     prompt_block,
     results_block,
-    run_generation,
     sampling_block,
 )
 
@@ -67,7 +70,9 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
                 )
                 colors = gr.Slider(0, MAX_COLORS, value=0, step=1, label="Colourway: spot colours (0 = off)")
             with gr.Accordion("Make an existing swatch seamless", open=False):
-                image = gr.Image(label="Swatch (fabric photo)", type="filepath", sources=["upload", "clipboard"])
+                image = image_upload(
+                    ctx.limits.max_upload_mb, label="Swatch (fabric photo)", sources=["upload", "clipboard"]
+                )
                 strength = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="Denoising strength")
             sampling = sampling_block(ctx)
             batch_size = gr.Slider(1, ctx.limits.max_batch_size, value=1, step=1, label="Tiles per run")
@@ -118,16 +123,15 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
         colors: float,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),
-    ) -> tuple[list[str], str | None, str | None, str, list[str], int, str]:
+    ) -> Iterator[tuple[Any, ...]]:
         req = form_request(TextileRequest, locals())
-        done: list[Result] = []
-
-        def run_once(job: Job) -> Result:
-            done.append(calls.run(req, job))
-            return done[0]
-
-        tiles, seed_out, info = run_generation(ctx.board, request, progress, run_once)
-        return (tiles, *export_outputs(done[0] if done else None), seed_out, info)
+        stream = run_events(ctx.board, request, progress, lambda job: calls.run(req, job))
+        result = yield from finished(stream, lambda: (gr.skip(),) * 7)
+        shown = results_of(result, [])
+        if result is None or shown is None:  # cancelled (or nothing made): what was shown before stays
+            return
+        tiles, seed_used, infotext = shown
+        yield (tiles, *export_outputs(result), seed_used, infotext)
 
     outputs = [gallery, preview, palette_image, palette_hex, files, seed_used, infotext]
     size_inputs: list[gr.Slider | gr.Number | gr.Radio] = [width, height, physical_width, physical_height, unit, dpi]

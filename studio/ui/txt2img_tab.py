@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import gradio as gr
 
-from studio.engine.contract import Job, Result
+from studio.engine.contract import Event
 from studio.engine.draft import (
     DRAFT_GUIDANCE,
     DRAFT_STEPS,
@@ -18,20 +21,9 @@ from studio.engine.draft import (
     draft_choices,
 )
 from studio.engine.txt2img import Txt2ImgRequest
+from studio.ui.running import cancel_button, finished, gallery_outputs, run_events
 from studio.ui.tab import ModeCalls, Tab, inputs_for
-from studio.ui.widgets import (
-    UIContext,
-    cancel_button,
-    field_components,
-    form_request,
-    live,
-    prompt_block,
-    results_block,
-    run_generation,
-    sampling_block,
-)
-
-Outputs = tuple[list[str], int, str]  # gallery, seed used, infotext
+from studio.ui.widgets import UIContext, field_components, form_request, prompt_block, results_block, sampling_block
 
 
 def create(ctx: UIContext, calls: ModeCalls) -> Tab:
@@ -76,9 +68,19 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
         batch_count: float,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),
-    ) -> Outputs:
-        req = form_request(Txt2ImgRequest, locals())
-        return run_generation(ctx.board, request, progress, lambda job: calls.run(req, job))
+    ) -> Iterator[tuple[Any, ...]]:
+        yield from gallery_outputs(generate(locals(), request, progress))
+
+    def generate(form: dict[str, Any], request: gr.Request, progress: gr.Progress, every: int = 0) -> Iterator[Event]:
+        req = form_request(Txt2ImgRequest, form)
+        return run_events(ctx.board, request, progress, lambda job: calls.run(req, job), preview_every=every)
+
+    @functools.wraps(txt2img)
+    def txt2img_live(*args: Any, **kwargs: Any) -> Iterator[tuple[Any, ...]]:
+        """The browser's twin of /txt2img: the same parameters, one more output (the live preview)."""
+        form = inspect.signature(txt2img).bind(*args, **kwargs).arguments
+        stream = generate(form, form["request"], form.get("progress", gr.Progress()), ctx.preview_every)
+        yield from gallery_outputs(stream, preview=True)
 
     queue: dict[str, Any] = (
         {"concurrency_id": "txt2img", "concurrency_limit": calls.concurrency}
@@ -91,7 +93,7 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
     # is the plain handler on an event of its own, so clients still get exactly (gallery, seed, infotext).
     gr.on(
         [run.click, prompts.prompt.submit],
-        ctx.gpu(live(txt2img, ctx.preview_every)),
+        ctx.gpu(txt2img_live),
         inputs=inputs,
         outputs=[*outputs, preview],
         api_name="txt2img_live",
@@ -153,17 +155,14 @@ def wire_drafts(
         batch_count: float,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),
-    ) -> tuple[object, ...]:
+    ) -> Iterator[tuple[Any, ...]]:
         req = form_request(DraftRequest, locals())
-        done: list[Result] = []
-
-        def run(job: Job) -> Result:
-            done.append(draft_action(req, job))
-            return done[-1]
-
-        shown = run_generation(ctx.board, request, progress, run)
-        choices = [asdict(choice) for choice in draft_choices(done[0])] if done else []  # none when cancelled
-        return (*shown, choices, None)
+        stream = run_events(ctx.board, request, progress, lambda job: draft_action(req, job))
+        result = yield from finished(stream, lambda: (gr.skip(),) * 5)
+        if result is None or not result.images:  # cancelled: the results shown before stay
+            return
+        choices = [asdict(choice) for choice in draft_choices(result)]
+        yield [str(p) for p in result.paths], result.seed, result.images[0].infotext, choices, None
 
     def render_draft(
         prompt: str,
@@ -176,11 +175,13 @@ def wire_drafts(
         scheduler: str,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),
-    ) -> Outputs:
+    ) -> Iterator[tuple[Any, ...]]:
         """A draft rendered in full: its prompts, seed and size at these steps, CFG and sampler (`/render_draft`)."""
         choice = form_request(DraftChoice, locals())
         req = form_request(Txt2ImgRequest, {**locals(), "prompt": choice.prompt})
-        return run_generation(ctx.board, request, progress, lambda job: render_action(choice, req, job))
+        yield from gallery_outputs(
+            run_events(ctx.board, request, progress, lambda job: render_action(choice, req, job))
+        )
 
     def render_chosen(
         choices: list[dict[str, Any]],
@@ -190,13 +191,15 @@ def wire_drafts(
         scheduler: str,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),
-    ) -> tuple[object, ...]:
+    ) -> Iterator[tuple[Any, ...]]:
         if not choices:
             raise gr.Error("No draft to render: press Draft first, then click the draft you like in the results.")
         picked = choices[chosen if chosen is not None and 0 <= chosen < len(choices) else 0]
         shown = render_draft(**picked, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                              scheduler=scheduler, request=request, progress=progress)  # fmt: skip
-        return (*shown, [], None)
+        for outputs in shown:
+            yield (*outputs, gr.skip(), gr.skip())
+        yield (gr.skip(),) * 3 + ([], None)  # the drafts are rendered: forget them
 
     def pick(event: gr.SelectData) -> int:
         return int(event.index)

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
-import functools
 import logging
 import math
-import queue
-import threading
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import gradio as gr
-import torch
-from PIL import Image
 
 from studio.engine.checks import MAX_SEED
-from studio.engine.contract import Cancelled, Generated, Job, Result
-from studio.errors import StudioError
 from studio.jobs import JobBoard
 from studio.schedulers import DEFAULT_SAMPLER, SAMPLERS
 from studio.settings import Limits
@@ -94,136 +85,6 @@ def results_block(label: str = "Results") -> tuple[gr.Gallery, gr.Number, gr.Tex
         seed_used = gr.Number(label="Seed used", value=None, precision=0, interactive=False)
     infotext = gr.Textbox(label="Parameters", lines=3, interactive=False, buttons=["copy"])
     return gallery, seed_used, infotext
-
-
-@contextlib.contextmanager
-def guarded_job(
-    board: JobBoard,
-    request: gr.Request | None,
-    progress: gr.Progress,
-    *,
-    desc: str = "Denoising",
-    what: str = "Generation",
-    kept: Callable[[], int] = lambda: 0,
-    where: str = "",
-) -> Iterator[Job]:
-    """The session's job for one run, with per-step progress and Cancel; failures become words for the designer.
-
-    A cancel ends the block quietly (with a toast saying how many finished images, `kept()`, were kept `where`);
-    anything else becomes a `gr.Error`. Images saved before either are already on disk."""
-    session = getattr(request, "session_hash", None) or "anonymous"
-    job = board.start(session)
-    job.on_step = lambda step, total: progress((step, total), desc=desc, unit="steps")
-    try:
-        yield job
-    except Cancelled:
-        gr.Warning(f"Cancelled. {kept()} finished image(s) were kept{where}.")
-    except StudioError as exc:
-        raise gr.Error(str(exc)) from None
-    except torch.OutOfMemoryError:
-        torch.cuda.empty_cache()
-        raise gr.Error("The GPU ran out of memory. Try a smaller size or batch; the studio is still running.") from None
-    except Exception:
-        log.exception("%s failed", what)
-        raise gr.Error(
-            f"{what} failed unexpectedly (details in the server log). Finished images are kept{where}; "
-            "try again, or with other settings."
-        ) from None
-    finally:
-        board.finish(session, job)
-
-
-def run_generation(
-    board: JobBoard, request: gr.Request | None, progress: gr.Progress, run: Callable[[Job], Result]
-) -> tuple[list[str], int, str]:
-    """Run an engine call for one session (`guarded_job`); returns (image paths, seed, infotext).
-
-    After a cancel, the images finished before it are still shown."""
-    produced: list[Generated] = []
-    with guarded_job(board, request, progress, kept=lambda: len(produced)) as job:
-        job.on_image = produced.append
-        sink = _PREVIEW_SINK.get()
-        if sink is not None:  # running under `live`: previews go to its generator
-            sink.job, job.on_preview, job.preview_every = job, sink.put, sink.every
-        result = run(job)
-        return [str(p) for p in result.paths], result.seed, result.images[0].infotext if result.images else ""
-    return (
-        [str(g.path) for g in produced],
-        produced[0].seed if produced else -1,
-        produced[0].infotext if produced else "",
-    )
-
-
-# ---- live preview: a generator twin of a tab handler ----------------------------------------------------------
-@dataclass
-class PreviewSink:
-    """Where `run_generation` sends a running job's previews while it runs under `live`."""
-
-    every: int
-    put: Callable[[Image.Image, int, int], None]
-    job: Job | None = None
-
-
-_PREVIEW_SINK: contextvars.ContextVar[PreviewSink | None] = contextvars.ContextVar("atelier_preview", default=None)
-
-
-def live(handler: Callable[..., tuple[Any, ...]], every: int, outputs: int = 3) -> Callable[..., Iterator[Any]]:
-    """A generator twin of a tab handler for the browser: the same named parameters and the same final outputs,
-    plus one more output, a preview image shown every `every` denoising steps and hidden again at the end.
-
-    The handler runs on a worker thread in a copy of the caller's contextvars context, so `gr.Progress`,
-    `gr.Warning` and errors reach Gradio as before; its own API endpoint stays the plain handler. If Gradio closes
-    the generator early (the browser left), the job is cancelled and the worker awaited, so the GPU queue slot is
-    not handed on while this run still holds the GPU."""
-
-    @functools.wraps(handler)
-    def stream(*args: Any, **kwargs: Any) -> Iterator[tuple[Any, ...]]:
-        events: queue.Queue[tuple[str, Any]] = queue.Queue()
-        sink = PreviewSink(every, lambda image, step, total: events.put(("preview", image)))
-        context = contextvars.copy_context()
-
-        def work() -> None:
-            try:
-                events.put(("done", context.run(_run_with_sink, sink, handler, args, kwargs)))
-            except BaseException as exc:  # raised again by the generator, in Gradio's thread
-                events.put(("error", exc))
-
-        worker = threading.Thread(target=work, name="live-preview", daemon=True)
-        worker.start()
-        try:
-            while True:
-                kind, value = events.get()
-                if kind == "error":
-                    raise value
-                if kind == "done":
-                    yield (*value, gr.update(value=None, visible=False))
-                    return
-                yield (*(gr.skip(),) * outputs, gr.update(value=value, visible=True))
-        finally:
-            if worker.is_alive():
-                if sink.job is not None:
-                    sink.job.cancel.set()
-                worker.join()
-
-    return stream
-
-
-def _run_with_sink(
-    sink: PreviewSink, handler: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    _PREVIEW_SINK.set(sink)  # inside the worker's own context copy: no other run sees it
-    return handler(*args, **kwargs)
-
-
-def cancel_button(board: JobBoard) -> gr.Button:
-    button = gr.Button("Cancel", variant="stop", size="sm")
-
-    def cancel(request: gr.Request) -> None:
-        if board.cancel(request.session_hash or "anonymous"):
-            gr.Info("Stopping after the current step…")
-
-    button.click(cancel, queue=False, api_visibility="private")
-    return button
 
 
 def as_int(value: Any, name: str) -> int:
