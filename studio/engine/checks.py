@@ -3,6 +3,7 @@ whose message names the field (as diffusers names it) and says what to do."""
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 import torch
@@ -46,7 +47,7 @@ def check_common(
 ) -> None:
     """Checks shared by every request type, for the fields the request has (fields named as diffusers names
     them). `steps` and `guidance` narrow the ranges for a mode that needs it (drafts)."""
-    if prompt_required and not (req.prompt or "").strip():
+    if prompt_required and not visible(req.prompt or ""):
         raise RequestError("The prompt is empty: describe the garment or look you want.")
     check_range("num_inference_steps", req.num_inference_steps, *(steps or (1, limits.max_steps)))
     check_range("guidance_scale", req.guidance_scale, *guidance)
@@ -56,6 +57,11 @@ def check_common(
         check_range("batch_count", req.batch_count, 1, limits.max_batch_count)
     if hasattr(req, "scheduler") and req.scheduler not in SAMPLERS:
         raise RequestError(f"Unknown scheduler {req.scheduler!r}. Choose one of: {', '.join(SAMPLERS)}.")
+
+
+def visible(text: str) -> bool:
+    """True when the text has a character that shows: not only spaces, control, format or bidi characters."""
+    return any(unicodedata.category(char)[0] not in "CZ" for char in text)
 
 
 def check_latents(studio: Studio, latents: torch.Tensor | None, batch_size: int, width: int, height: int) -> None:

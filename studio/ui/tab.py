@@ -9,6 +9,7 @@ are computed from the handler's signature (`inputs_for`), so no list can be out 
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -65,4 +66,34 @@ def inputs_for(handler: Callable[..., Any], fields: Mapping[str, Component]) -> 
     missing = [name for name in names if name not in fields]
     if missing:
         raise KeyError(f"{handler.__name__} takes {', '.join(missing)}, which the form has no component for")
+    for name in names:
+        name_its_errors(fields[name], name)
     return [fields[name] for name in names]
+
+
+_NAMED = "_atelier_named_errors"
+
+
+def name_its_errors(component: Component, name: str) -> None:
+    """Errors of the component's own preprocessing name the field: Gradio's "Value 1000 is greater than maximum
+    value 8" becomes "Batch size (batch_size): Value 1000 ...", and a NaN or infinite number sent as raw JSON is
+    refused in words instead of failing inside Gradio. Set once per component, on the instance (like the upload
+    inputs of studio/ui/uploads.py)."""
+    if getattr(component, _NAMED, False):
+        return
+    original = component.preprocess
+    label = getattr(component, "label", None)
+    field = f"{label} ({name})" if label and label != name else name
+
+    def preprocess(payload: Any) -> Any:
+        if isinstance(payload, float) and not math.isfinite(payload):
+            raise gr.Error(f"{field} must be a finite number; got {payload}.")
+        try:
+            return original(payload)
+        except gr.Error as exc:
+            raise gr.Error(f"{field}: {exc.message}") from None
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise gr.Error(f"{field}: this value cannot be used ({exc}).") from None
+
+    component.preprocess = preprocess  # type: ignore[method-assign]
+    setattr(component, _NAMED, True)
