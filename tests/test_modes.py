@@ -314,3 +314,26 @@ def test_tab_handles_name_their_fields_like_the_api(tiny_dir: Path, tmp_path: Pa
             tab = mode.tab(ctx, ModeCalls(mode.name, lambda req, job: None, {k: print for k in mode.actions}))
         handle = TabHandle(mode.name, mode.label, tab)
         assert handle.fields is tab.fields and tab.inputs == [tab.fields[n] for n in parameter_names(tab.handler)]
+
+
+def test_every_image_slot_hands_the_engine_the_uploaded_bytes_unconverted(recording) -> None:
+    """Gradio converts nothing on the way (no RGB clipping of 16-bit, no dropped alpha, no re-encoding): the engine
+    gets the very file, and studio.images normalises it like every other mode's."""
+    import numpy as np
+
+    client, seen, folder = recording
+    deep = folder / "deep.png"  # 16-bit grey with a gradient: Gradio's image_mode="RGB" clipped it to white
+    Image.fromarray((np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)).save(deep)
+    sent = handle_file(str(deep))
+    calls = {
+        "/refine": ({"image": sent}, ["image"]),
+        "/textile": ({"image": sent}, ["image"]),
+        "/inpaint": ({"editor": None, "image": sent, "mask_image": sent}, ["image", "mask_image"]),
+        "/restyle": ({"image": sent}, ["image"]),
+    }
+    for endpoint, (files, fields) in calls.items():
+        seen.clear()
+        client.predict(prompt="p", **files, api_name=endpoint)
+        [req] = seen
+        for name in fields:
+            assert Path(getattr(req, name)).read_bytes() == deep.read_bytes(), (endpoint, name)
