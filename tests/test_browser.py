@@ -108,7 +108,7 @@ def wait_for_result(tab: Locator, gallery: str = "Results") -> str:
     """Wait until the gallery shows an image and the Parameters box is filled (an error toast fails at once);
     return the shown file's name."""
     image = thumbnails(tab, gallery).first
-    error = tab.page.locator(".toast-body")
+    error = tab.page.locator(".toast-body.error")  # info toasts ("Sent to Refine …") are the UI answering
     expect(image.or_(error).first).to_be_visible(timeout=RUN_S)
     if error.count() and not image.is_visible():
         pytest.fail(f"The UI reported: {error.first.inner_text()}")

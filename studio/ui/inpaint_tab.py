@@ -22,6 +22,7 @@ from studio.ui.widgets import (
     UIContext,
     field_components,
     form_request,
+    link_seed,
     prompt_block,
     results_block,
     sampling_block,
@@ -66,6 +67,11 @@ def mask_panel(ctx: UIContext) -> dict[str, gr.components.Component]:
             c["mask_image"] = image_upload(
                 ctx.limits.max_upload_mb, label="Mask", sources=["upload", "clipboard"], height=200
             )
+    return c
+
+
+def mask_options() -> dict[str, gr.components.Component]:
+    c: dict[str, gr.components.Component] = {}
     with gr.Row():
         c["invert_mask"] = gr.Checkbox(False, label="Invert mask (repaint everything but the brushed area)")
         c["mask_blur"] = gr.Slider(0, MAX_MASK_BLUR, value=4, step=1, label="Mask blur (feather, px)")
@@ -82,15 +88,17 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
         with gr.Column(scale=5, min_width=320):
             c = mask_panel(ctx)
             prompts = prompt_block(ctx, "e.g. puffed sleeve in ivory silk organza, photo")
+            with gr.Row():  # the main action right under the prompt (Ctrl+Enter in a prompt does the same)
+                run = gr.Button("Inpaint", variant="primary", elem_classes="primary-action")
+                cancel_button(ctx.board)
+            c.update(mask_options())
             sampling = sampling_block(ctx)
             with gr.Row():
                 batch_size = gr.Slider(1, ctx.limits.max_batch_size, value=1, step=1, label="Batch size")
                 batch_count = gr.Slider(1, ctx.limits.max_batch_count, value=1, step=1, label="Batch count")
-            with gr.Row():
-                run = gr.Button("Inpaint", variant="primary")
-                cancel_button(ctx.board)
-        with gr.Column(scale=6, min_width=320):
+        with gr.Column(scale=6, min_width=320, elem_classes="results-column"):
             gallery, seed_used, infotext = results_block()
+            link_seed(sampling, seed_used, gallery)
 
     fields = {**c, **field_components(prompts), **field_components(sampling), "batch_size": batch_size,
               "batch_count": batch_count}  # fmt: skip

@@ -26,7 +26,15 @@ from studio.restore import Restored
 from studio.ui.running import cancel_button, run_events
 from studio.ui.tab import ModeCalls, Tab, inputs_for
 from studio.ui.uploads import image_upload
-from studio.ui.widgets import UIContext, field_components, form_request, prompt_block, results_block, sampling_block
+from studio.ui.widgets import (
+    UIContext,
+    field_components,
+    form_request,
+    link_seed,
+    prompt_block,
+    results_block,
+    sampling_block,
+)
 
 Restore = Callable[[str | Path], Restored]
 STORAGE_KEY = "atelier-refine-history"
@@ -51,6 +59,7 @@ class EventOptions(TypedDict):
 
     api_visibility: Literal["public", "private", "undocumented"]
     queue: bool
+    concurrency_limit: int | None
 
 
 def create(ctx: UIContext, calls: ModeCalls) -> Tab:
@@ -67,6 +76,9 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
             prompts = prompt_block(
                 ctx, "e.g. photo of a linen shirt dress, natural light, detailed hands", negative=DEFAULT_NEGATIVE
             )
+            with gr.Row():  # the main action right under the prompt (Ctrl+Enter in a prompt does the same)
+                run = gr.Button("Refine", variant="primary", elem_classes="primary-action")
+                cancel_button(ctx.board)
             strength = gr.Slider(0.01, 1, value=0.75, step=0.01, label="Denoising strength")
             sampling = sampling_block(ctx, guidance=7.5)
             with gr.Row():
@@ -78,11 +90,9 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
             with gr.Row():
                 seed_policy = gr.Radio(list(SEED_POLICIES), value="increment", label="Seed per loop")
                 color_correction = gr.Checkbox(value=True, label="Colour correction (hold the source palette)")
-            with gr.Row():
-                run = gr.Button("Refine", variant="primary")
-                cancel_button(ctx.board)
-        with gr.Column(scale=6, min_width=320):
+        with gr.Column(scale=6, min_width=320, elem_classes="results-column"):
             gallery, seed_used, infotext = results_block("Loop results")
+            link_seed(sampling, seed_used, gallery)
             with gr.Accordion("History", open=True):
                 node_pick = gr.Dropdown(label="Node", choices=[], value=None, interactive=True)
                 history_gallery = gr.Gallery(
@@ -159,7 +169,8 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
         "tree": tree,
     }
     form = [fields[name] for name in RESTORED]
-    private: EventOptions = {"api_visibility": "private", "queue": False}
+    # Queued (toasts and errors reach the page only through the queue), never waiting behind generation.
+    private: EventOptions = {"api_visibility": "private", "queue": True, "concurrency_limit": None}
 
     run.click(
         ctx.gpu(refine),
@@ -290,6 +301,7 @@ def compare_node(node_id: Any, tree: dict[str, Any], root: Path) -> Any:
     if parent is None:
         gr.Warning(f"#{node} is a source image; it has no parent to compare with.")
         return gr.skip()
+    gr.Info(f"Comparing #{node} with its parent #{parent}: drag the slider.")
     return str(history.path(parent)), str(history.path(node))
 
 
@@ -307,7 +319,9 @@ def restore_node(node_id: Any, tree: dict[str, Any], root: Path, restore: Restor
 def download_branch(node_id: Any, tree: dict[str, Any], root: Path) -> str:
     history, node = _node(node_id, tree, root)
     folder = Path(tempfile.mkdtemp(prefix="atelier-branch-"))
-    return str(history.export_branch(node, folder / f"atelier-branch-{node}.zip"))
+    path = history.export_branch(node, folder / f"atelier-branch-{node}.zip")
+    gr.Info(f"The branch of #{node} is ready: {len(history.branch(node))} PNGs and tree.json, below.")
+    return str(path)
 
 
 def restore_fields(path: str | Path | None, restore: Restore | None, quiet: bool = False) -> tuple[Any, ...]:

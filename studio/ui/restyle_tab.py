@@ -20,6 +20,7 @@ from studio.ui.widgets import (
     as_int,
     field_components,
     form_request,
+    link_seed,
     prompt_block,
     results_block,
     sampling_block,
@@ -102,6 +103,9 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
         with gr.Column(scale=5, min_width=320):
             c = control_panel(ctx)
             prompts = prompt_block(ctx, "e.g. fashion illustration, silk evening gown, gouache, runway light")
+            with gr.Row():  # the main action right under the prompt (Ctrl+Enter in a prompt does the same)
+                run = gr.Button("Restyle", variant="primary", elem_classes="primary-action")
+                cancel_button(ctx.board)
             sampling = sampling_block(ctx)
             gr.Markdown(SIZE_NOTE)
             with gr.Row():
@@ -111,11 +115,9 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
                 batch_size = gr.Slider(1, ctx.limits.max_batch_size, value=1, step=1, label="Batch size")
                 batch_count = gr.Slider(1, ctx.limits.max_batch_count, value=1, step=1, label="Batch count")
             repeat = gr.Dropdown(REPEAT_CHOICES, value="off", label="Repeat (seamless print, as in Textile)")
-            with gr.Row():
-                run = gr.Button("Restyle", variant="primary")
-                cancel_button(ctx.board)
-        with gr.Column(scale=6, min_width=320):
+        with gr.Column(scale=6, min_width=320, elem_classes="results-column"):
             gallery, seed_used, infotext = results_block()
+            link_seed(sampling, seed_used, gallery)
 
     controls = {name: c[name] for name in c if name not in ("preview", "use_edges", "edge_map", "edge_note")}
     fields = {**controls, **field_components(prompts), **field_components(sampling), "batch_size": batch_size,

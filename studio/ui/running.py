@@ -136,6 +136,9 @@ def cancel_button(board: JobBoard) -> gr.Button:
     def cancel(request: gr.Request) -> None:
         if board.cancel(request.session_hash or "anonymous"):
             gr.Info("Stopping after the current step…")
+        else:
+            gr.Info("Nothing is running in this tab's session to cancel.")
 
-    button.click(cancel, queue=False, api_visibility="private")
+    # Queued (its toast reaches the page only through the queue) but never waiting: no concurrency limit.
+    button.click(cancel, concurrency_limit=None, api_visibility="private")
     return button

@@ -18,6 +18,7 @@ import gradio as gr
 
 from studio.errors import StudioError
 from studio.ui.tab import Tab
+from studio.ui.widgets import gallery_paths
 
 MAX_SESSION_RESULTS = 200
 
@@ -48,19 +49,6 @@ class ModelSwitch:
     status: Callable[[], tuple[str, bool]]  # (status line, keep watching: something loads or nothing is resident)
 
 
-def gallery_paths(value: Any) -> list[str]:
-    """Paths out of a Gallery input value (tuples of (path, caption), dicts or plain paths)."""
-    paths = []
-    for item in value or []:
-        if isinstance(item, tuple | list):
-            item = item[0]
-        if isinstance(item, dict):
-            item = (item.get("image") or {}).get("path") if "image" in item else item.get("path")
-        if isinstance(item, str):
-            paths.append(item)
-    return paths
-
-
 def image_value_for(target: TabHandle, path: str) -> Any:
     if isinstance(target.input_image, gr.ImageEditor):
         return {"background": path, "layers": [], "composite": path}
@@ -82,12 +70,14 @@ def send_row(source: gr.Gallery, targets: list[TabHandle], tabs: gr.Tabs, exclud
 
     source.select(remember, inputs=source, outputs=selected, queue=False, api_visibility="private")
     source.change(lambda: None, outputs=selected, queue=False, api_visibility="private")
+    nothing = gr.State("")  # the "negative prompt" of a tab that has none
     for target, input_image, button in buttons:
         prompt_fields = [target.fields[name] for name in ("prompt", "negative_prompt") if name in target.fields]
 
         def send(
             chosen: str | None,
             value: Any,
+            their_negative: str | None,
             target: TabHandle = target,
             input_image: gr.components.Component = input_image,
         ) -> dict[Any, Any]:
@@ -95,18 +85,35 @@ def send_row(source: gr.Gallery, targets: list[TabHandle], tabs: gr.Tabs, exclud
             path = chosen if chosen in paths else (paths[0] if paths else None)
             if path is None:
                 raise gr.Error("Nothing to send yet: generate an image first (or select one in the gallery).")
-            updates = fill(target, prompts_of(path))  # the look travels with the image
+            updates = fill(target, carried_prompts(prompts_of(path), their_negative or ""))
             updates[input_image] = image_value_for(target, path)
             updates[tabs] = gr.Tabs(selected=target.mode)
+            gr.Info(f"Sent to {target.label} with its prompt; {target.label}'s negative prompt is kept.")
             return updates
 
         button.click(
             send,
-            inputs=[selected, source],
+            inputs=[selected, source, target.fields.get("negative_prompt", nothing)],
             outputs=[input_image, tabs, *prompt_fields],
-            queue=False,
+            concurrency_limit=None,  # queued so its toast and errors show; never waits behind generation
             api_visibility="private",
         )
+
+
+def carried_prompts(sent: dict[str, str], their_negative: str) -> dict[str, str]:
+    """What Send to carries: the image's prompt (the look travels with it); the target's own negative prompt is
+    kept, with the image's negative terms it lacks added after it (never replaced by an empty one)."""
+    carried: dict[str, str] = {}
+    if sent.get("prompt"):
+        carried["prompt"] = sent["prompt"]
+    missing = [term for term in split_terms(sent.get("negative_prompt", "")) if term not in split_terms(their_negative)]
+    if missing:
+        carried["negative_prompt"] = ", ".join(part for part in (their_negative.strip(), *missing) if part)
+    return carried
+
+
+def split_terms(text: str) -> list[str]:
+    return [term.strip() for term in text.split(",") if term.strip()]
 
 
 def prompts_of(path: str) -> dict[str, str]:
@@ -156,7 +163,7 @@ def session_results(handles: list[TabHandle], tabs: gr.Tabs) -> None:
             api_visibility="private",
         )
     gallery.select(show_parameters, inputs=gallery, outputs=params, queue=False, api_visibility="private")
-    zip_button.click(zip_session, inputs=history, outputs=zip_file, queue=False, api_visibility="private")
+    zip_button.click(zip_session, inputs=history, outputs=zip_file, concurrency_limit=None, api_visibility="private")
 
 
 def show_parameters(value: Any, evt: gr.SelectData) -> str:
@@ -180,6 +187,7 @@ def zip_session(paths: list[str]) -> str:
     with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as archive:
         for index, path in enumerate(reversed(existing)):
             archive.write(path, f"{index:03d}-{path.name}")
+    gr.Info(f"This session's {len(existing)} result(s) are zipped, with their parameters: download below.")
     return str(target)
 
 
@@ -242,6 +250,7 @@ def restorer(handles: list[TabHandle], tabs: gr.Tabs, restore: Callable[[str], A
         updates = fill(handle, restored.values)
         updates[tabs] = gr.Tabs(selected=handle.mode)
         updates[note] = restored.note
+        gr.Info(restored.note)
         return updates
 
     def read_png(png: str | None) -> tuple[str, dict[str, Any], str]:
@@ -254,7 +263,7 @@ def restorer(handles: list[TabHandle], tabs: gr.Tabs, restore: Callable[[str], A
             raise gr.Error(str(exc)) from None
         return restored.mode, restored.values, restored.note
 
-    upload.upload(apply, inputs=upload, outputs=outputs, queue=False, api_visibility="private")
+    upload.upload(apply, inputs=upload, outputs=outputs, concurrency_limit=None, api_visibility="private")
     gr.on([], read_png, inputs=upload, outputs=[restored_mode, restored_values, note], api_name="restore")
 
 
@@ -268,22 +277,44 @@ def preset_picker(presets: list[Any]) -> tuple[gr.Dropdown, gr.Markdown] | None:
 
 
 def wire_presets(picker: tuple[gr.Dropdown, gr.Markdown] | None, presets: list[Any], handle: TabHandle) -> None:
-    """Choosing a preset fills only the fields it names; everything stays editable."""
+    """Choosing a preset fills only the fields it names; everything stays editable. The designer's own text is
+    never dropped: a preset's prompt goes before the one typed (as A1111's styles do), its negative terms are added
+    to the typed negative prompt, and a toast says what changed."""
     if picker is None:
         return
     dropdown, description = picker
     by_name = {p.name: p for p in presets}
     outputs = [description, *handle.fields.values()]
+    nothing = gr.State("")
 
-    def apply(name: str | None) -> dict[Any, Any]:
+    def apply(name: str | None, prompt: str | None = "", negative_prompt: str | None = "") -> dict[Any, Any]:
         preset = by_name.get(name or "")
         if preset is None:
             return {}
-        updates = fill(handle, preset.values)
+        values, kept = merged_with_typed(preset.values, prompt or "", negative_prompt or "")
+        updates = fill(handle, values)
         updates[description] = preset.description
+        gr.Info(f"Preset “{preset.name}” applied{kept}.")
         return updates
 
-    dropdown.change(apply, inputs=dropdown, outputs=outputs, queue=False, api_visibility="private")
+    typed = [handle.fields.get(name, nothing) for name in ("prompt", "negative_prompt")]
+    dropdown.change(apply, inputs=[dropdown, *typed], outputs=outputs, concurrency_limit=None,
+                    api_visibility="private")  # fmt: skip
+
+
+def merged_with_typed(values: dict[str, Any], prompt: str, negative_prompt: str) -> tuple[dict[str, Any], str]:
+    """A preset's values laid over a form, keeping what the designer typed; and a note saying how."""
+    values = dict(values)
+    notes = []
+    theirs = values.get("prompt")
+    if theirs and prompt.strip() and theirs.strip() not in prompt:
+        values["prompt"] = f"{theirs.strip()}, {prompt.strip()}"
+        notes.append("its prompt goes before yours")
+    if "negative_prompt" in values and negative_prompt.strip():
+        missing = [t for t in split_terms(values["negative_prompt"]) if t not in split_terms(negative_prompt)]
+        values["negative_prompt"] = ", ".join([negative_prompt.strip(), *missing])
+        notes.append("its negative terms were added to yours")
+    return values, (": " + "; ".join(notes)) if notes else ""
 
 
 def examples_for(handle: TabHandle, example: str | None) -> None:
@@ -293,3 +324,21 @@ def examples_for(handle: TabHandle, example: str | None) -> None:
     if example is None or handle.input_image is None:
         return
     gr.Examples([[str(assets.path(example))]], inputs=[handle.input_image], label="Example input")
+
+
+# Ctrl+Enter (⌘+Enter) in any text field of a tab presses that tab's main button (`elem_classes="primary-action"`).
+CTRL_ENTER_JS = """() => {
+  document.addEventListener("keydown", (event) => {
+    if (event.key !== "Enter" || !(event.ctrlKey || event.metaKey)) return;
+    const field = event.target;
+    if (!(field instanceof HTMLTextAreaElement || field instanceof HTMLInputElement)) return;
+    const tab = field.closest("[id^='tab-']");
+    const button = tab && tab.querySelector("button.primary-action");
+    if (button) { event.preventDefault(); button.click(); }
+  });
+}"""
+
+
+def keyboard_shortcuts(demo: gr.Blocks) -> None:
+    """Page-wide keys, installed once when the page loads (client-side only: no server call)."""
+    demo.load(None, js=CTRL_ENTER_JS, api_visibility="private")

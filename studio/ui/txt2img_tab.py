@@ -21,31 +21,46 @@ from studio.engine.draft import (
     draft_choices,
 )
 from studio.engine.txt2img import Txt2ImgRequest
+from studio.sizes import DEFAULT_SHAPE, SHAPES, snapped
 from studio.ui.running import cancel_button, finished, gallery_outputs, run_events
 from studio.ui.tab import ModeCalls, Tab, inputs_for
-from studio.ui.widgets import UIContext, field_components, form_request, prompt_block, results_block, sampling_block
+from studio.ui.widgets import (
+    UIContext,
+    field_components,
+    form_request,
+    link_seed,
+    prompt_block,
+    results_block,
+    sampling_block,
+)
 
 
 def create(ctx: UIContext, calls: ModeCalls) -> Tab:
     """`calls.concurrency` > 1: that many txt2img calls may wait at once, so a batcher can merge them into one UNet
     batch (studio.batching); the GPU lock still serialises GPU work with every other mode."""
+    default_width, default_height = snapped(ctx.native_size, DEFAULT_SHAPE)
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=320):
             prompts = prompt_block(ctx, "e.g. photo of a tailored wool coat, camel, studio light, full body")
-            sampling = sampling_block(ctx)
+            with gr.Row():  # the main action right under the prompt (Ctrl+Enter in a prompt does the same)
+                run = gr.Button("Generate", variant="primary", elem_classes="primary-action")
+                cancel_button(ctx.board)
+            with gr.Row(equal_height=False):
+                shape = gr.Radio([(label, key) for key, (label, _, _) in SHAPES.items()], value=DEFAULT_SHAPE,
+                                 label="Shape", scale=4)  # fmt: skip
+                swap = gr.Button("⇄ Swap", size="sm", scale=0, min_width=80)
             with gr.Row():
-                width = gr.Slider(64, ctx.limits.max_side, value=ctx.native_size, step=8, label="Width")
-                height = gr.Slider(64, ctx.limits.max_side, value=ctx.native_size, step=8, label="Height")
+                width = gr.Slider(64, ctx.limits.max_side, value=default_width, step=8, label="Width")
+                height = gr.Slider(64, ctx.limits.max_side, value=default_height, step=8, label="Height")
+            sampling = sampling_block(ctx)
             with gr.Row():
                 batch_size = gr.Slider(1, ctx.limits.max_batch_size, value=1, step=1, label="Batch size")
                 batch_count = gr.Slider(1, ctx.limits.max_batch_count, value=1, step=1, label="Batch count")
-            with gr.Row():
-                run = gr.Button("Generate", variant="primary")
-                cancel_button(ctx.board)
             draft_ui = draft_controls()
-        with gr.Column(scale=6, min_width=320):
+        with gr.Column(scale=6, min_width=320, elem_classes="results-column"):
             preview = gr.Image(label="Live preview", visible=False, interactive=False, height=256)
             gallery, seed_used, infotext = results_block()
+            link_seed(sampling, seed_used, gallery)
     fields = {
         **field_components(prompts),
         **field_components(sampling),
@@ -102,6 +117,10 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
     )
     gr.on([], ctx.gpu(txt2img), inputs=inputs, outputs=outputs, api_name=calls.name, **queue)
     wire_drafts(ctx, calls, draft_ui, fields, (gallery, seed_used, infotext), [run.click, prompts.prompt.submit])
+    shape.input(lambda key: snapped(ctx.native_size, key), inputs=shape, outputs=[width, height], queue=False,
+                api_visibility="private")  # fmt: skip
+    swap.click(lambda w, h: (h, w), inputs=[width, height], outputs=[width, height], queue=False,
+               api_visibility="private")  # fmt: skip
     return Tab(txt2img, fields, gallery, prompt=prompts.prompt, extras={"preview": preview})
 
 

@@ -53,6 +53,8 @@ class SamplingBlock:
     guidance_scale: gr.Slider
     scheduler: gr.Dropdown
     seed: gr.Number
+    reuse_seed: gr.Button  # the selected result's seed into the form (see `link_seed`)
+    random_seed: gr.Button
 
 
 def prompt_block(ctx: UIContext, placeholder: str, negative: str = "") -> PromptBlock:
@@ -72,7 +74,25 @@ def sampling_block(ctx: UIContext, steps: int = 25, guidance: float = 7.0) -> Sa
         # min_width: on a phone the pair wraps, so "DPM++ 2M Karras" is not written over its arrow
         scheduler = gr.Dropdown(list(SAMPLERS), value=DEFAULT_SAMPLER, label="Sampler", min_width=200)
         seed = gr.Number(value=-1, precision=0, minimum=-1, maximum=MAX_SEED, label="Seed (-1 = random)", min_width=200)
-    return SamplingBlock(num_inference_steps, guidance_scale, scheduler, seed)
+        with gr.Column(scale=0, min_width=90):
+            reuse_seed = gr.Button("↻ Reuse seed", size="sm", min_width=80)
+            random_seed = gr.Button("Random seed", size="sm", min_width=80)
+    random_seed.click(lambda: -1, outputs=seed, queue=False, api_visibility="private")
+    return SamplingBlock(num_inference_steps, guidance_scale, scheduler, seed, reuse_seed, random_seed)
+
+
+def link_seed(sampling: SamplingBlock, seed_used: gr.Number, gallery: gr.Gallery) -> None:
+    """The "Reuse seed" button puts the seed of the picked (or first) result into the form's seed field."""
+
+    def reuse(used: float | None, shown: Any) -> Any:
+        if used is None or not gallery_paths(shown):
+            gr.Warning("No result yet: generate first, or pick a result, then reuse its seed.")
+            return gr.skip()
+        gr.Info(f"Seed {int(used)} reused: the next run starts from the same noise.")
+        return int(used)
+
+    sampling.reuse_seed.click(reuse, inputs=[seed_used, gallery], outputs=sampling.seed, concurrency_limit=None,
+                              api_visibility="private")  # fmt: skip
 
 
 def results_block(label: str = "Results") -> tuple[gr.Gallery, gr.Number, gr.Textbox]:
@@ -82,9 +102,43 @@ def results_block(label: str = "Results") -> tuple[gr.Gallery, gr.Number, gr.Tex
         label=label, format="png", type="filepath", columns=2, height="auto", object_fit="contain", interactive=False
     )
     with gr.Row():
-        seed_used = gr.Number(label="Seed used", value=None, precision=0, interactive=False)
+        # hidden until there is a result: Gradio shows an empty number as 0, which reads like a seed
+        seed_used = gr.Number(label="Seed used", value=None, precision=0, interactive=False, visible=False)
     infotext = gr.Textbox(label="Parameters", lines=3, interactive=False, buttons=["copy"])
+    # the seed and parameters follow the image picked in the gallery (image 2 of a batch has its own seed)
+    gallery.select(selected_facts, inputs=gallery, outputs=[seed_used, infotext], queue=False,
+                   api_visibility="private")  # fmt: skip
+    gallery.change(lambda value: gr.Number(visible=bool(value)), inputs=gallery, outputs=seed_used, queue=False,
+                   api_visibility="private")  # fmt: skip
     return gallery, seed_used, infotext
+
+
+def gallery_paths(value: Any) -> list[str]:
+    """Paths out of a Gallery input value (tuples of (path, caption), dicts or plain paths)."""
+    paths = []
+    for item in value or []:
+        if isinstance(item, tuple | list):
+            item = item[0]
+        if isinstance(item, dict):
+            item = (item.get("image") or {}).get("path") if "image" in item else item.get("path")
+        if isinstance(item, str):
+            paths.append(item)
+    return paths
+
+
+def selected_facts(value: Any, evt: gr.SelectData) -> tuple[Any, Any]:
+    """The picked result's seed and `parameters`, read from its own PNG."""
+    from PIL import Image
+
+    from studio.metadata import parse_infotext, read_parameters
+
+    paths = gallery_paths(value)
+    if not isinstance(evt.index, int) or not 0 <= evt.index < len(paths):
+        return gr.skip(), gr.skip()
+    with Image.open(paths[evt.index]) as image:
+        text = read_parameters(image) or ""
+    seed = parse_infotext(text).params.get("Seed", "")
+    return (int(seed) if seed.lstrip("-").isdigit() else gr.skip()), text
 
 
 def as_int(value: Any, name: str) -> int:
