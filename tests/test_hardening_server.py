@@ -1,0 +1,76 @@
+"""The server's own doors, tried as a hostile client would: raw HTTP against a launched studio.
+
+Half-written files are never served and do not outlive a restart; request bodies are capped however they arrive;
+private handlers cost little whatever they are sent; run history is off; an unsafe or open launch says so plainly;
+every sampler's PNG names its schedule the way A1111 reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+import app
+from studio.engine.contract import Studio
+from studio.metadata import parse_infotext, read_parameters
+from studio.schedulers import SAMPLERS
+from studio.settings import Settings
+
+MB = 1024 * 1024
+
+
+@contextmanager
+def serve(settings: Settings) -> Iterator[tuple[str, Studio]]:
+    studio = app.create_studio(settings)
+    demo = app.build_demo(studio)
+    app.launch(demo, settings, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{settings.port}/", studio
+    finally:
+        demo.close()
+
+
+def served(http: httpx.Client, path: Path) -> int:
+    return http.get(f"gradio_api/file={path}").status_code
+
+
+def files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+# ---- 11. schedule types A1111 reads -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def client(running_app) -> Client:
+    url, _ = running_app
+    return Client(url, verbose=False)
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_each_samplers_png_restores_to_the_same_sampler(client, sampler):
+    gallery, _, infotext = client.predict(
+        prompt="coat", num_inference_steps=2, scheduler=sampler, seed=11, api_name="/txt2img"
+    )
+    params = parse_infotext(infotext).params
+    assert params["Schedule type"] == SAMPLERS[sampler].schedule_type  # every sampler names its schedule
+    mode, values, note = client.predict(png=handle_file(gallery[0]["image"]), api_name="/restore")
+    assert (mode, values["scheduler"]) == ("txt2img", sampler), note
+
+
+def test_plain_dpm_2m_png_says_uniform_so_a1111_does_not_run_karras(client):
+    # A1111 >= 1.9 reads a missing `Schedule type` as "Automatic", which for its DPM++ 2M is Karras
+    # (sd_samplers_kdiffusion: {'scheduler': 'karras'}). Diffusers' DPMSolverMultistep without Karras sigmas steps
+    # evenly through the training timesteps: A1111's "Uniform" (the model's own discrete sigmas, get_sigmas(n)).
+    gallery, _, _ = client.predict(
+        prompt="coat", num_inference_steps=2, scheduler="DPM++ 2M", seed=12, api_name="/txt2img"
+    )
+    with Image.open(gallery[0]["image"]) as image:
+        params = parse_infotext(read_parameters(image) or "").params
+    assert (params["Sampler"], params["Schedule type"]) == ("DPM++ 2M", "Uniform")
