@@ -115,6 +115,7 @@ def model_switch(studio: Studio, modes: Sequence[Mode]) -> shell.ModelSwitch:
 
 
 def launch(demo: gr.Blocks, settings: Settings, **kwargs: object) -> object:
+    warn_if_open(settings)
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=1, api_open=False)
     # On a Space, the platform fronts the public address; elsewhere settings refuse 0.0.0.0 without --auth.
     return demo.launch(
@@ -126,6 +127,26 @@ def launch(demo: gr.Blocks, settings: Settings, **kwargs: object) -> object:
         allowed_paths=[str(settings.outputs.resolve())],
         css=CSS,
         **kwargs,
+    )
+
+
+def warn_if_open(settings: Settings) -> None:
+    """Say loudly when the studio is reachable with no login: on a Space the platform fronts it on purpose, on a
+    workstation a stray SPACE_ID does the same silently."""
+    if settings.auth is not None or not settings.exposed:
+        return
+    where = "a Gradio share link" if settings.share else f"http://{settings.host}:{settings.port}"
+    space = (
+        " SPACE_ID is set: on a Hugging Face Space the platform fronts this address on purpose; on a workstation,"
+        " unset SPACE_ID or pass --auth USER:PASSWORD."
+        if settings.space
+        else ""
+    )
+    log.warning(
+        "Serving on %s with no login: anyone on the network who can reach it can use the studio and read its "
+        "outputs.%s",
+        where,
+        space,
     )
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_CACHE = Path(os.path.expanduser("~/.cache/atelier"))
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class SettingsError(ValueError):
@@ -98,11 +99,15 @@ class Settings:
         settings.validate()
         return settings
 
+    @property
+    def exposed(self) -> bool:
+        """Reachable from beyond this machine: bound to a non-loopback address, or shared through a Gradio link."""
+        return self.share or self.host not in LOOPBACK
+
     def validate(self) -> None:
         if self.public_demo and not self.default_negative_prompt:
             raise SettingsError("A public demo needs a default negative prompt (STUDIO_DEFAULT_NEGATIVE_PROMPT).")
-        exposed = self.share or self.host not in ("127.0.0.1", "localhost", "::1")
-        if self.auth is None and exposed and not self.space:
+        if self.auth is None and self.exposed and not self.space:
             raise SettingsError(
                 "Serving beyond this machine (--listen, --host or --share) requires --auth USER:PASSWORD."
             )
@@ -174,7 +179,9 @@ def _parse_auth(raw: str) -> tuple[str, str]:
 
 
 def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
-    """Flags override environment variables; both are optional."""
+    """Flags override environment variables; both are optional. Like argparse with a bad flag, a setting the
+    studio cannot use (`--listen` without `--auth`, `STUDIO_PORT=eighty`) exits with status 2 and one line on
+    stderr that names the fix, not a traceback."""
     parser = argparse.ArgumentParser(prog="app.py", description="Atelier — a diffusion design studio.")
     parser.add_argument(
         "--model",
@@ -217,4 +224,7 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
         "open_browser": args.open or None,
         "preload": False if args.no_preload else None,
     }
-    return Settings.from_env(env, **overrides)
+    try:
+        return Settings.from_env(env, **overrides)
+    except SettingsError as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")

@@ -7,6 +7,12 @@ every sampler's PNG names its schedule the way A1111 reads it.
 
 from __future__ import annotations
 
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +27,7 @@ from studio.engine.contract import Studio
 from studio.metadata import parse_infotext, read_parameters
 from studio.schedulers import SAMPLERS
 from studio.settings import Settings
+from tests.conftest import REPO, free_port
 
 MB = 1024 * 1024
 
@@ -42,6 +49,55 @@ def served(http: httpx.Client, path: Path) -> int:
 
 def files_under(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+# ---- 10. unsafe and open launches ---------------------------------------------------------------------------
+
+
+def app_py(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("STUDIO_", "SPACE"))}
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "app.py"), *args],
+        env={**clean, "HF_HUB_OFFLINE": "1", **env},
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_listen_without_auth_is_refused_in_one_line(tmp_path):
+    process = app_py(["--listen", "--outputs", str(tmp_path)], {})
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines() == [
+        "app.py: error: Serving beyond this machine (--listen, --host or --share) requires --auth USER:PASSWORD."
+    ]
+
+
+def test_an_open_address_without_login_is_logged_as_a_warning(tiny_dir, tmp_path):
+    port = free_port()
+    env = {"SPACE_ID": "someone/atelier", "STUDIO_MODEL": "tiny", "STUDIO_TINY_DIR": str(tiny_dir)}
+    process = app_py(["--port", str(port), "--outputs", str(tmp_path), "--no-preload"], env)
+    lines: queue.Queue[str] = queue.Queue()
+    stderr = process.stderr
+    assert stderr is not None
+    threading.Thread(target=lambda: [lines.put(line) for line in stderr], daemon=True).start()
+    seen: list[str] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any(" WARNING " in line for line in seen):
+            try:
+                seen.append(lines.get(timeout=1))
+            except queue.Empty:
+                if process.poll() is not None:
+                    break
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+    warning = next((line for line in seen if " WARNING " in line), "")
+    assert f"0.0.0.0:{port}" in warning and "anyone" in warning, "".join(seen)
 
 
 # ---- 11. schedule types A1111 reads -------------------------------------------------------------------------

@@ -9,6 +9,8 @@ import pytest
 
 from studio.settings import Settings, SettingsError, parse_args
 
+REFUSAL = "Serving beyond this machine (--listen, --host or --share) requires --auth USER:PASSWORD."
+
 
 def test_env_values_are_parsed_and_flags_override_them():
     env = {"STUDIO_MODEL": "sd15", "STUDIO_PORT": "9000", "STUDIO_MAX_STEPS": "40", "STUDIO_OUTPUTS": "/tmp/x"}
@@ -26,15 +28,22 @@ def test_defaults_are_safe():
 
 
 @pytest.mark.parametrize("argv", [["--listen"], ["--share"], ["--host", "0.0.0.0"]])
-def test_serving_beyond_localhost_requires_auth(argv):
-    with pytest.raises(SettingsError, match="--auth"):
+def test_serving_beyond_localhost_requires_auth(argv, capsys):
+    with pytest.raises(SystemExit) as exited:  # on the command line: argparse's way, status 2 and one line
         parse_args(argv, env={})
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [f"app.py: error: {REFUSAL}"]
+    with pytest.raises(SettingsError, match="--auth"):  # in code: the error itself
+        Settings.from_env({}, host="0.0.0.0")
     assert parse_args([*argv, "--auth", "ann:secret"], env={}).auth == ("ann", "secret")
 
 
-def test_bad_numbers_name_the_variable():
+def test_bad_numbers_name_the_variable(capsys):
     with pytest.raises(SettingsError, match="STUDIO_PORT"):
         Settings.from_env({"STUDIO_PORT": "eighty"})
+    with pytest.raises(SystemExit):
+        parse_args([], env={"STUDIO_PORT": "eighty"})
+    assert capsys.readouterr().err == "app.py: error: STUDIO_PORT must be a whole number, got 'eighty'.\n"
 
 
 def test_a_hugging_face_space_gets_public_demo_defaults():
