@@ -27,7 +27,7 @@ from studio.engine.contract import Studio
 from studio.engine.models import model_status, switch_model
 from studio.jobs import JobBoard
 from studio.modes import BUILTIN, Mode, bind, by_name
-from studio.outputs import Outputs
+from studio.outputs import Outputs, clean_leftovers, temp_folder
 from studio.presets import load_presets
 from studio.prompts import TokenCounter
 from studio.registry import resolve
@@ -115,6 +115,7 @@ def model_switch(studio: Studio, modes: Sequence[Mode]) -> shell.ModelSwitch:
 
 
 def launch(demo: gr.Blocks, settings: Settings, **kwargs: object) -> object:
+    clean_leftovers(settings.outputs)
     warn_if_open(settings)
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=1, api_open=False)
     # On a Space, the platform fronts the public address; elsewhere settings refuse 0.0.0.0 without --auth.
@@ -125,6 +126,7 @@ def launch(demo: gr.Blocks, settings: Settings, **kwargs: object) -> object:
         share=settings.share,
         max_file_size=f"{settings.limits.max_upload_mb}mb",
         allowed_paths=[str(settings.outputs.resolve())],
+        blocked_paths=[str(temp_folder(settings.outputs))],
         css=CSS,
         **kwargs,
     )

@@ -25,9 +25,10 @@ from PIL import Image
 import app
 from studio.engine.contract import Studio
 from studio.metadata import parse_infotext, read_parameters
+from studio.outputs import TEMP_DIR
 from studio.schedulers import SAMPLERS
 from studio.settings import Settings
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, make_settings
 
 MB = 1024 * 1024
 
@@ -49,6 +50,48 @@ def served(http: httpx.Client, path: Path) -> int:
 
 def files_under(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+# ---- 4. half-written files ----------------------------------------------------------------------------------
+
+
+def test_leftover_part_files_are_removed_at_startup_and_never_served(tiny_dir, tmp_path):
+    outputs = tmp_path / "outputs"
+    beside = outputs / "2026-01-02" / "tmpk1ll3d.part"  # where the old atomic_write left them, in a served folder
+    beside.parent.mkdir(parents=True)
+    beside.write_bytes(b"\x89PNG\r\n\x1a\n half a print")
+    stale = outputs / TEMP_DIR / "tmpst4le.part"  # a killed write in the private folder, from an earlier run
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"\x89PNG half")
+    an_hour_ago = time.time() - 2 * 3600
+    os.utime(stale, (an_hour_ago, an_hour_ago))
+    kept = outputs / "2026-01-02" / "txt2img-0123.png"  # a finished result is not touched
+    kept.write_bytes(b"\x89PNG whole")
+
+    with serve(make_settings(tiny_dir, outputs, port=free_port())) as (url, _), httpx.Client(base_url=url) as http:
+        assert not beside.exists() and not stale.exists()
+        assert kept.exists() and served(http, kept) == 200
+        assert served(http, beside) != 200
+
+
+def test_a_write_that_fails_midway_is_never_served_and_leaves_nothing(tiny_dir, tmp_path):
+    outputs = tmp_path / "outputs"
+    with serve(make_settings(tiny_dir, outputs, port=free_port())) as (url, studio), httpx.Client(base_url=url) as http:
+        seen: dict[str, object] = {}
+
+        class DiesMidway:  # an image whose encoder is killed halfway through writing the PNG
+            def save(self, handle, **_kwargs) -> None:
+                handle.write(b"\x89PNG\r\n\x1a\n" + b"\0" * 4096)
+                handle.flush()
+                (partial,) = files_under(outputs)
+                seen["where"] = partial
+                seen["status"] = served(http, partial)
+                raise OSError("killed")
+
+        with pytest.raises(OSError, match="killed"):
+            studio.outputs.save(DiesMidway(), "coat", "textile-print")  # type: ignore[arg-type]
+        assert seen["status"] != 200, f"the half-written file {seen['where']} was served"
+        assert files_under(outputs) == []
 
 
 # ---- 10. unsafe and open launches ---------------------------------------------------------------------------
