@@ -32,6 +32,7 @@ from studio.presets import load_presets
 from studio.prompts import TokenCounter
 from studio.registry import resolve
 from studio.restore import Restorer
+from studio.server import body_limit
 from studio.settings import Settings, parse_args
 from studio.ui import shell
 from studio.ui.widgets import UIContext
@@ -67,7 +68,7 @@ def build_demo(studio: Studio, modes: Sequence[Mode] = BUILTIN, presets_dir: Pat
     ctx = UIContext(
         native_size=native_size_hint(settings),
         limits=settings.limits,
-        count_tokens=TokenCounter(settings.tiny_dir.parent / "clip-tokenizer"),
+        count_tokens=TokenCounter(settings.tiny_dir.parent / "clip-tokenizer", settings.limits.max_prompt_chars),
         default_negative_prompt=settings.default_negative_prompt,
         preview_every=settings.preview_every,
         gpu=gpu_section(settings),
@@ -127,6 +128,7 @@ def launch(demo: gr.Blocks, settings: Settings, **kwargs: object) -> object:
         max_file_size=f"{settings.limits.max_upload_mb}mb",
         allowed_paths=[str(settings.outputs.resolve())],
         blocked_paths=[str(temp_folder(settings.outputs))],
+        app_kwargs={"middleware": [body_limit(settings.limits.max_upload_mb)]},
         css=CSS,
         **kwargs,
     )

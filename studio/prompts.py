@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from studio.settings import Limits
+
 CHUNK = 75
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u200b-\u200f\u2028-\u202e\ufeff]")
 
@@ -75,13 +77,22 @@ def _encode_chunks(pipe: Any, ids: list[int], chunks: int) -> torch.Tensor:
 
 class TokenCounter:
     """Counts prompt tokens with CLIP's own vocabulary (shared by every SD1.5-family model), without loading
-    any model: the tokenizer is built once from the vocabulary `open_clip_torch` ships."""
+    any model: the tokenizer is built once from the vocabulary `open_clip_torch` ships.
 
-    def __init__(self, folder: Any) -> None:
+    Anyone can call it (Gradio serves the page's private handlers to every client), so a prompt the studio would
+    refuse (over `max_chars` once cleaned, the very check every generation makes) is answered with the limit,
+    before any tokenising: the cost stays linear in the text and small."""
+
+    def __init__(self, folder: Any, max_chars: int = Limits.max_prompt_chars) -> None:
         self.folder = folder
+        self.max_chars = max_chars
         self._tokenizer: Any = None
 
     def __call__(self, text: str) -> str:
+        try:
+            text = clean_prompt(text, self.max_chars)
+        except ValueError as exc:
+            return str(exc)
         if self._tokenizer is None:
             from transformers import CLIPTokenizer
 
@@ -90,4 +101,4 @@ class TokenCounter:
             if not (self.folder / "vocab.json").is_file():
                 write_tokenizer(self.folder)
             self._tokenizer = CLIPTokenizer.from_pretrained(self.folder)
-        return describe_count(count_tokens(self._tokenizer, text or ""))
+        return describe_count(count_tokens(self._tokenizer, text))

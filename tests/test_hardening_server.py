@@ -7,6 +7,7 @@ every sampler's PNG names its schedule the way A1111 reads it.
 
 from __future__ import annotations
 
+import base64
 import os
 import queue
 import subprocess
@@ -92,6 +93,94 @@ def test_a_write_that_fails_midway_is_never_served_and_leaves_nothing(tiny_dir, 
             studio.outputs.save(DiesMidway(), "coat", "textile-print")  # type: ignore[arg-type]
         assert seen["status"] != 200, f"the half-written file {seen['where']} was served"
         assert files_under(outputs) == []
+
+
+# ---- 5. request bodies --------------------------------------------------------------------------------------
+
+
+def data_url_join(size_mb: int, fn_index: int) -> bytes:
+    """A queue join whose one input is a PNG `data:` URL of `size_mb` MB (never uploaded as a file)."""
+    image = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * (size_mb * MB * 3 // 4)).decode()
+    body = f'{{"data": ["data:image/png;base64,{image}"], "fn_index": {fn_index}, "session_hash": "s3ss10n"}}'
+    return body.encode()
+
+
+def fn_index(url: str, api_name: str) -> int:
+    deps = httpx.get(f"{url}config").json()["dependencies"]
+    return next(d["id"] for d in deps if d["api_name"] == api_name)
+
+
+def assert_refused(response: httpx.Response) -> None:
+    assert response.status_code == 413, (response.status_code, response.text[:200])
+    assert "MB" in response.json()["detail"] and "STUDIO_MAX_UPLOAD_MB" in response.json()["detail"]
+
+
+def assert_still_serving(url: str) -> None:
+    gallery, seed, _ = Client(url, verbose=False).predict(
+        prompt="coat", num_inference_steps=2, seed=5, api_name="/txt2img"
+    )
+    assert seed == 5 and gallery
+
+
+def test_a_data_url_over_the_upload_cap_is_refused_and_the_studio_keeps_serving(running_app):
+    url, _ = running_app
+    body = data_url_join(30, fn_index(url, "refine"))
+    with httpx.Client(base_url=url, timeout=60) as http:
+        for path in ("gradio_api/queue/join", "gradio_api/run/predict", "gradio_api/api/refine"):
+            assert_refused(http.post(path, content=body, headers={"Content-Type": "application/json"}))
+    assert_still_serving(url)
+
+
+def test_a_chunked_body_over_the_cap_is_refused_without_a_length(running_app):
+    url, _ = running_app
+    body = data_url_join(30, fn_index(url, "refine"))
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: httpx sends Transfer-Encoding: chunked
+        for start in range(0, len(body), MB):
+            yield body[start : start + MB]
+
+    with httpx.Client(base_url=url, timeout=60) as http:
+        response = http.post("gradio_api/queue/join", content=chunks(), headers={"Content-Type": "application/json"})
+    assert_refused(response)
+    assert_still_serving(url)
+
+
+def test_a_body_within_the_cap_still_reaches_gradio(running_app):
+    url, _ = running_app
+    small = data_url_join(1, fn_index(url, "refine"))
+    with httpx.Client(base_url=url, timeout=60) as http:
+        response = http.post("gradio_api/queue/join", content=small, headers={"Content-Type": "application/json"})
+    assert response.status_code == 200 and "event_id" in response.json()
+
+
+# ---- 8. private handlers ------------------------------------------------------------------------------------
+
+
+def test_the_token_counter_answers_a_megabyte_prompt_at_once_with_the_limit(running_app):
+    url, studio = running_app
+    limit = studio.cache.settings.limits.max_prompt_chars
+    counter = fn_index(url, "TokenCounter")  # the prompt box's private counter, reachable as Gradio allows
+    with httpx.Client(base_url=url, timeout=120) as http:
+        started = time.perf_counter()
+        response = http.post(
+            "gradio_api/run/predict",
+            json={"data": ["silk " * 200_000], "fn_index": counter, "session_hash": "s3ss10n"},
+        )
+        elapsed = time.perf_counter() - started
+        assert response.status_code == 200, response.text[:200]
+        shown = response.json()["data"][0]
+        assert f"{limit}" in shown and "tokens" not in shown, shown
+        assert elapsed < 5, f"{elapsed:.1f} s for a refused prompt"
+        ok = http.post(
+            "gradio_api/run/predict", json={"data": ["silk coat"], "fn_index": counter, "session_hash": "s3ss10n"}
+        )
+        assert ok.json()["data"][0].startswith("2/75 tokens")
+
+
+def test_no_anonymous_handler_is_a_public_named_endpoint(running_app):
+    url, _ = running_app
+    named = httpx.get(f"{url}gradio_api/info").json()["named_endpoints"]
+    assert named and not [name for name in named if name.startswith("/lambda")], list(named)
 
 
 # ---- 10. unsafe and open launches ---------------------------------------------------------------------------
