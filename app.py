@@ -116,6 +116,9 @@ def model_switch(studio: Studio, modes: Sequence[Mode]) -> shell.ModelSwitch:
 
 
 def launch(demo: gr.Blocks, settings: Settings, **kwargs: object) -> object:
+    """Serve the studio: the queue closed to direct API calls, uploads and request bodies capped, only finished
+    results served (writes in progress are blocked, leftovers of killed ones removed first), SSR and Gradio's run
+    history off (advisory CVE-2026-134825: run-history auth bypass through the SSR proxy, Gradio 6.27-6.32)."""
     clean_leftovers(settings.outputs)
     warn_if_open(settings)
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=1, api_open=False)
@@ -129,6 +132,8 @@ def launch(demo: gr.Blocks, settings: Settings, **kwargs: object) -> object:
         allowed_paths=[str(settings.outputs.resolve())],
         blocked_paths=[str(temp_folder(settings.outputs))],
         app_kwargs={"middleware": [body_limit(settings.limits.max_upload_mb)]},
+        ssr_mode=False,
+        run_history=False,
         css=CSS,
         **kwargs,
     )

@@ -183,6 +183,27 @@ def test_no_anonymous_handler_is_a_public_named_endpoint(running_app):
     assert named and not [name for name in named if name.startswith("/lambda")], list(named)
 
 
+# ---- 9. run history (CVE-2026-134825) -----------------------------------------------------------------------
+
+
+def test_run_history_and_ssr_are_off_even_when_the_environment_asks(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_RUN_HISTORY", "True")
+    monkeypatch.setenv("GRADIO_SSR_MODE", "True")
+    settings = make_settings(tiny_dir, tmp_path, port=free_port())
+    studio = app.create_studio(settings)
+    demo = app.build_demo(studio)
+    app.launch(demo, settings, prevent_thread_lock=True, quiet=True)
+    try:
+        assert demo.ssr_mode is False
+        with httpx.Client(base_url=f"http://127.0.0.1:{settings.port}/", timeout=30) as http:
+            for path in ("gradio_api/runs", "gradio_api/runs/", "gradio_api/run-history/records"):
+                response = http.get(path, headers={"Host": "attacker.example"})
+                assert response.status_code == 404, (path, response.status_code)
+            assert http.get("config").json()["run_history"] is False
+    finally:
+        demo.close()
+
+
 # ---- 10. unsafe and open launches ---------------------------------------------------------------------------
 
 
