@@ -23,6 +23,7 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,12 +66,19 @@ class _Ticket:
             self.done.set()
 
     def relay(self) -> Job:
-        """The caller's job, with its callbacks run in the caller's context (from the batch's thread)."""
-        job, ctx = self.job, self.context
+        """The caller's job, with its callbacks run in the caller's context: from the batch's thread (progress,
+        previews) and from a writer thread (saved images), one at a time (a context is entered by one thread at
+        once)."""
+        job, ctx, lock = self.job, self.context, threading.Lock()
         step_cb, image_cb, preview_cb = job.on_step, job.on_image, job.on_preview  # read once, so each stays narrowed
-        on_step = (lambda step, total: ctx.run(step_cb, step, total)) if step_cb else None
-        on_image = (lambda generated: ctx.run(image_cb, generated)) if image_cb else None
-        on_preview = (lambda image, step, total: ctx.run(preview_cb, image, step, total)) if preview_cb else None
+
+        def run(callback: Callable[..., object], *args: Any) -> None:
+            with lock:
+                ctx.run(callback, *args)
+
+        on_step = (lambda step, total: run(step_cb, step, total)) if step_cb else None
+        on_image = (lambda generated: run(image_cb, generated)) if image_cb else None
+        on_preview = (lambda image, step, total: run(preview_cb, image, step, total)) if preview_cb else None
         return Job(
             on_step=on_step,
             cancel=job.cancel,

@@ -82,6 +82,8 @@ class ModelCache:
         self._lock = threading.RLock()
         self._bases: OrderedDict[str, Any] = OrderedDict()  # checkpoint name -> pipeline
         self._checkpoints: dict[str, Checkpoint] = {}
+        self._prepared: set[str] = set()  # sources whose `prepare` hook has run
+        self._prepare_lock = threading.Lock()
         self._slots: dict[str, Any] = {}  # "controlnet", "annotator", "inpaint_unet", PREVIEW_SLOT
         self._slot_sources: dict[str, str] = {}
         self._unavailable: set[str] = set()  # preview-decoder sources found missing
@@ -101,13 +103,18 @@ class ModelCache:
 
     # ---- base checkpoints -----------------------------------------------------------------------------------
     def checkpoint(self, ref: str | None = None) -> Checkpoint:
+        """What `ref` (default: the current model) names; a checkpoint's `prepare` hook (the tiny model writes its
+        files) runs once per checkpoint and cache, not on every call (writers call this for each image)."""
         ref = ref or self.current
         try:
             ckpt = registry.resolve(ref, self.settings.tiny_dir)
         except registry.UnknownModelError as exc:
             raise ModelLoadError(str(exc)) from None
-        if ckpt.prepare is not None:
-            ckpt.prepare()
+        if ckpt.prepare is not None and ckpt.source not in self._prepared:
+            with self._prepare_lock:  # not the GPU lock: preparing never waits for a generation
+                if ckpt.source not in self._prepared:
+                    ckpt.prepare()
+                    self._prepared.add(ckpt.source)
         return ckpt
 
     def base(self, ref: str | None = None) -> Any:
@@ -165,9 +172,11 @@ class ModelCache:
         return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
 
     def model_hash(self, ref: str | None = None) -> str:
+        """A1111's short hash of the checkpoint's weights file ("" when none is found). It takes no lock: the
+        writer threads ask for it while another request holds the GPU."""
         from studio.hashing import checkpoint_hash
 
-        return checkpoint_hash(self.base(ref), self.checkpoint(ref))
+        return checkpoint_hash(self.checkpoint(ref))
 
     # ---- derived pipelines ----------------------------------------------------------------------------------
     def derive(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import hashlib
 from pathlib import Path
-from typing import Any
 
 from studio.registry import Checkpoint
 
@@ -20,7 +19,7 @@ _UNET_FILES = (
 )
 
 
-def checkpoint_hash(pipe: Any, ckpt: Checkpoint) -> str:
+def checkpoint_hash(ckpt: Checkpoint) -> str:
     path = weights_file(ckpt)
     if path is None:
         return ""

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 
 from studio.engine.checks import MAX_SEED
 from studio.engine.contract import Generated, Job, Studio
-from studio.engine.saving import save_image
+from studio.engine.saving import Writes, save_image, to_pil
 from studio.engine.steps import previewer, step_callback
 from studio.prompts import prompt_kwargs
 
@@ -36,6 +39,7 @@ def run_batches(
     pipe: Any,
     req: Any,
     *,
+    writes: Writes,
     prompts: dict[str, str],
     job: Job | None,
     size: tuple[int, int],
@@ -43,13 +47,15 @@ def run_batches(
     params: Callable[[int], dict[str, Any]],
     prefix: str,
     **extra: Any,
-) -> list[Generated]:
-    """`req.batch_count` pipeline calls of `req.batch_size` images, each image saved with `params(its seed)` as
-    soon as its batch is done. `extra` goes to the pipeline (control images, latents)."""
+) -> list[Future[Generated]]:
+    """`req.batch_count` pipeline calls of `req.batch_size` images. Call it holding the GPU lock: between calls it
+    only hands each image to `writes`, which saves it with `params(its seed)` on a writer thread and then tells
+    the job. `extra` goes to the pipeline (control images, latents)."""
     images = []
+    kwargs = prompt_kwargs(pipe, **prompts)  # long prompts: their chunks are encoded here, once per run
     for seeds in seed_batches(seed, req.batch_size, req.batch_count):
         output = pipe(
-            **prompt_kwargs(pipe, **prompts),
+            **kwargs,
             **extra,
             num_inference_steps=req.num_inference_steps,
             guidance_scale=req.guidance_scale,
@@ -58,8 +64,19 @@ def run_batches(
             num_images_per_prompt=req.batch_size,
             generator=generators(seeds),
             callback_on_step_end=step_callback(job, req.num_inference_steps, previewer(studio)),
-            output_type="pil",
+            output_type="np",
         )
-        for image, image_seed in zip(output.images, seeds, strict=True):
-            images.append(save_image(studio, image, prompts, params(image_seed), prefix, job))
+        for pixels, image_seed in zip(output.images, seeds, strict=True):
+            images.append(writes.submit(partial(_save, studio, pixels, prompts, params, image_seed, prefix)))
     return images
+
+
+def _save(
+    studio: Studio,
+    pixels: np.ndarray,
+    prompts: dict[str, str],
+    params: Callable[[int], dict[str, Any]],
+    seed: int,
+    prefix: str,
+) -> Generated:
+    return save_image(studio, to_pil(pixels), prompts, params(seed), prefix, None)

@@ -19,6 +19,7 @@ from diffusers import LCMScheduler, StableDiffusionPipeline
 from studio.engine.batches import resolve_seed, run_batches
 from studio.engine.checks import RequestError, check_common, check_size, clean_prompts
 from studio.engine.contract import Job, Result, Studio
+from studio.engine.saving import Writes
 from studio.engine.txt2img import Txt2ImgRequest, txt2img
 from studio.hashing import file_sha256
 from studio.registry import HUB_ID, LCM_LORA_FILE
@@ -74,38 +75,43 @@ def draft(studio: Studio, req: DraftRequest, job: Job | None = None) -> Result:
     """Drafts with the LCM-LoRA enabled for this call only; saved with `Draft: LCM-LoRA` and its hash."""
     check_draft(req, studio)
     prompts = clean_prompts(req, studio.limits)
-    with studio.cache.gpu():
-        native = studio.cache.native_size()
-        width, height = req.width or native, req.height or native
-        check_size(width, height, studio.limits)
-        pipe = studio.cache.derive(StableDiffusionPipeline, unet=studio.cache.draft_unet(ADAPTER_SLOT))
-        pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)  # this call's own; the base's untouched
-        seed = resolve_seed(req.seed)
+    model = studio.cache.current
+    native = studio.cache.native_size(model)
+    width, height = req.width or native, req.height or native
+    check_size(width, height, studio.limits)
+    pipe = studio.cache.derive(StableDiffusionPipeline, ref=model, unet=studio.cache.draft_unet(ADAPTER_SLOT, model))
+    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)  # this call's own; the base's untouched
+    seed = resolve_seed(req.seed)
+    with Writes(job) as writes, studio.cache.gpu():
         images = run_batches(
             studio,
             pipe,
             req,
+            writes=writes,
             prompts=prompts,
             job=job,
             size=(width, height),
             seed=seed,
-            params=lambda s: draft_params(studio, req, s, width, height),
+            params=lambda s: draft_params(studio, req, s, width, height, model),
             prefix="draft",
         )
-    return Result(images=images, seed=seed, params={**prompts, **draft_params(studio, req, seed, width, height)})
+    params = {**prompts, **draft_params(studio, req, seed, width, height, model)}
+    return Result(images=[image.result() for image in images], seed=seed, params=params)
 
 
-def draft_params(studio: Studio, req: DraftRequest, seed: int, width: int, height: int) -> dict[str, Any]:
+def draft_params(
+    studio: Studio, req: DraftRequest, seed: int, width: int, height: int, model: str | None = None
+) -> dict[str, Any]:
     """A1111's keys (Sampler `LCM`, `Lora hashes` as `name: sha256[:12]`) plus `Draft: LCM-LoRA`."""
-    source = studio.cache.adapter_source(ADAPTER_SLOT)
+    source = studio.cache.adapter_source(ADAPTER_SLOT, model)
     return {
         "Steps": req.num_inference_steps,
         "Sampler": "LCM",
         "CFG scale": req.guidance_scale,
         "Seed": seed,
         "Size": f"{width}x{height}",
-        "Model hash": studio.cache.model_hash() or None,
-        "Model": studio.cache.checkpoint().name,
+        "Model hash": studio.cache.model_hash(model) or None,
+        "Model": studio.cache.checkpoint(model).name,
         "Lora hashes": f"{source.rstrip('/').split('/')[-1]}: {lora_hash(source)}",
         "Draft": "LCM-LoRA",
         "Mode": "txt2img-draft",  # a restored draft opens in the txt2img tab

@@ -14,8 +14,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers import StableDiffusionInpaintPipeline
 from diffusers.utils.torch_utils import randn_tensor
@@ -24,8 +26,8 @@ from PIL import Image
 from studio import masks
 from studio.engine.batches import generators, resolve_seed, seed_batches
 from studio.engine.checks import RequestError, check_common, check_range, clean_prompts
-from studio.engine.contract import Job, Result, Studio
-from studio.engine.saving import base_params, save_image
+from studio.engine.contract import Generated, Job, Result, Studio
+from studio.engine.saving import Writes, base_params, save_image, to_pil
 from studio.engine.steps import PreviewFn, previewer, step_callback
 from studio.images import ImageInputError, load_alpha, load_image, load_mask
 from studio.preview import preview_image
@@ -126,13 +128,13 @@ def plan(image: Image.Image, alpha: Image.Image, req: InpaintRequest, native: in
     return Work(box=box, image=region, mask=region_mask)
 
 
-def pipeline(studio: Studio, scheduler: str) -> Any:
+def pipeline(studio: Studio, scheduler: str, model: str | None = None) -> Any:
     """The base's modules; with `inpaint_model` set, its 9-channel UNet (a separate UNet, held in its own slot)."""
     if studio.cache.settings.inpaint_model:
         return studio.cache.derive(
-            StableDiffusionInpaintPipeline, scheduler=scheduler, unet=studio.cache.slot("inpaint_unet")
+            StableDiffusionInpaintPipeline, scheduler=scheduler, ref=model, unet=studio.cache.slot("inpaint_unet")
         )
-    return studio.cache.derive(StableDiffusionInpaintPipeline, scheduler=scheduler)
+    return studio.cache.derive(StableDiffusionInpaintPipeline, scheduler=scheduler, ref=model)
 
 
 @torch.no_grad()
@@ -162,7 +164,8 @@ def denoise(
     seeds: list[int],
     job: Job | None,
     preview: PreviewFn = preview_image,
-) -> list[Image.Image]:
+) -> np.ndarray:
+    """One batch's repainted regions, as the pipeline's `output_type="np"` gives them."""
     gens = generators(seeds)
     width, height = work.image.size
     images: dict[str, Any] = {"image": work.image}
@@ -181,13 +184,15 @@ def denoise(
         num_images_per_prompt=req.batch_size,
         generator=gens,
         callback_on_step_end=step_callback(job, steps, preview),
-        output_type="pil",
+        output_type="np",
     )
-    return list(output.images)
+    return output.images
 
 
-def inpaint_params(studio: Studio, req: InpaintRequest, seed: int, size: tuple[int, int]) -> dict[str, Any]:
-    params = base_params(studio, req, seed, size[0], size[1], "inpaint")
+def inpaint_params(
+    studio: Studio, req: InpaintRequest, seed: int, size: tuple[int, int], model: str | None = None
+) -> dict[str, Any]:
+    params = base_params(studio, req, seed, size[0], size[1], "inpaint", model)
     params.update(
         {
             "Denoising strength": req.strength,
@@ -209,16 +214,34 @@ def inpaint(studio: Studio, req: InpaintRequest, job: Job | None = None) -> Resu
     prompts = clean_prompts(req, studio.limits)
     image, mask = load_inputs(req, studio.limits)
     alpha = masks.feather(mask, req.mask_blur)
-    with studio.cache.gpu():
-        pipe = pipeline(studio, req.scheduler)
-        native = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
-        work = plan(image, alpha, req, native, studio.limits)
-        seed = resolve_seed(req.seed)
-        results = []
+    model = studio.cache.current
+    pipe = pipeline(studio, req.scheduler, model)
+    native = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+    work = plan(image, alpha, req, native, studio.limits)
+    seed = resolve_seed(req.seed)
+    paste = PasteBack(studio, req, prompts, image, alpha, work.box, model)
+    results = []
+    with Writes(job) as writes, studio.cache.gpu():
         for seeds in seed_batches(seed, req.batch_size, req.batch_count):
             painted = denoise(pipe, req, prompts, work, seeds, job, previewer(studio))
-            for generated, image_seed in zip(painted, seeds, strict=True):
-                final = masks.paste_back(image, generated, alpha, work.box)
-                params = inpaint_params(studio, req, image_seed, image.size)
-                results.append(save_image(studio, final, prompts, params, "inpaint", job))
-    return Result(images=results, seed=seed, params={**prompts, **inpaint_params(studio, req, seed, image.size)})
+            results += [writes.submit(partial(paste.save, pixels, s)) for pixels, s in zip(painted, seeds, strict=True)]
+    params = {**prompts, **inpaint_params(studio, req, seed, image.size, model)}
+    return Result(images=[r.result() for r in results], seed=seed, params=params)
+
+
+@dataclass(frozen=True)
+class PasteBack:
+    """On a writer thread: a repainted region pasted back over the photo through the feathered mask, then saved."""
+
+    studio: Studio
+    req: InpaintRequest
+    prompts: dict[str, str]
+    image: Image.Image
+    alpha: Image.Image
+    box: masks.Box
+    model: str
+
+    def save(self, pixels: np.ndarray, seed: int) -> Generated:
+        final = masks.paste_back(self.image, to_pil(pixels), self.alpha, self.box)
+        params = inpaint_params(self.studio, self.req, seed, self.image.size, self.model)
+        return save_image(self.studio, final, self.prompts, params, "inpaint", None)

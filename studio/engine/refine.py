@@ -15,11 +15,13 @@ bit for bit, which batched convolutions do not guarantee.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image
 
@@ -27,7 +29,7 @@ from studio.color import match_palette
 from studio.engine.batches import generators, resolve_seed
 from studio.engine.checks import MAX_SEED, RequestError, check_common, check_range, clean_prompts
 from studio.engine.contract import Cancelled, Generated, Job, Result, Studio
-from studio.engine.saving import base_params, save_image
+from studio.engine.saving import Writes, base_params, done, save_image, to_pil
 from studio.engine.steps import previewer, step_callback
 from studio.images import ImageInputError, load_image
 from studio.metadata import format_infotext, read_parameters
@@ -180,8 +182,11 @@ def refine(studio: Studio, req: RefineRequest, job: Job | None = None) -> Refine
             )
     source = load_source(studio, req.image)
     first = resolve_seed(req.seed)
-    images = list(_loops(studio, req, prompts, source, strengths, first, job))
-    params = {**prompts, **base_params(studio, req, first, source.image.width, source.image.height, "refine")}
+    model = studio.cache.current
+    with Writes(job) as writes:
+        futures = _loops(studio, req, prompts, source, strengths, first, job, writes, model)
+    images = [future.result() for future in futures]
+    params = {**prompts, **base_params(studio, req, first, *source.image.size, "refine", model)}
     return RefineResult(images=images, seed=first, params=params)
 
 
@@ -193,36 +198,67 @@ def _loops(
     strengths: list[float],
     first: int,
     job: Job | None,
-) -> Iterator[LoopImage]:
+    writes: Writes,
+    model: str,
+) -> list[Future[LoopImage]]:
+    """Every loop of every chain. A loop's output, colour-corrected, is the next loop's input at once; it is saved
+    (with its parent's file name, once that is written) on a writer thread while the next loop denoises."""
     seeds = loop_seeds(req.seed_policy, first, req.loops, req.batch_size)
     total = req.batch_size * sum(denoising_steps(req.num_inference_steps, s) for s in strengths)
-    done = 0
-    root = source.path or save_source(studio, source)
-    chains = [(root, source.image)] * req.batch_size
+    done_steps = 0
+    root = done(source.path) if source.path else writes.submit(partial(save_source, studio, source), tell=False)
+    chains: list[tuple[Future[Any], Image.Image]] = [(root, source.image)] * req.batch_size
+    items: list[Future[LoopImage]] = []
     for loop, (strength, seed) in enumerate(zip(strengths, seeds, strict=True), start=1):
         for chain, (parent, parent_image) in enumerate(chains):
             if job is not None and job.cancel.is_set():
                 raise Cancelled("Cancelled.")
-            steps_job = _offset_job(job, done, total)
-            image = _img2img(studio, req, prompts, parent_image, strength, (seed + chain) % (MAX_SEED + 1), steps_job)
-            done += denoising_steps(req.num_inference_steps, strength)
+            steps_job = _offset_job(job, done_steps, total)
+            chain_seed = (seed + chain) % (MAX_SEED + 1)
+            image = to_pil(_img2img(studio, req, prompts, parent_image, strength, chain_seed, steps_job, model))
+            done_steps += denoising_steps(req.num_inference_steps, strength)
             if req.color_correction:
                 image = match_palette(image, parent_image)
-            params = {
-                **base_params(studio, req, (seed + chain) % (MAX_SEED + 1), image.width, image.height, "refine"),
-                "Denoising strength": strength,
-                "Loop": f"{loop}/{req.loops}",
-                "Parent": parent.name,
-                "Strength schedule": req.strength_schedule,
-                "Seed policy": req.seed_policy,
-                "Color correction": req.color_correction,
-            }
-            saved = save_image(studio, image, prompts, params, "refine", None)
-            item = LoopImage(**vars(saved), parent=parent, loop=loop, chain=chain, strength=strength)
-            if job is not None and job.on_image is not None:
-                job.on_image(item)
-            chains[chain] = (item.path, image)
-            yield item
+            where = Loop(loop, chain, strength, chain_seed)
+            item = writes.submit(partial(_save_loop, studio, req, prompts, image, parent, where, model))
+            items.append(item)
+            chains[chain] = (item, image)
+    return items
+
+
+@dataclass(frozen=True)
+class Loop:
+    """Where an image sits in a run: its loop (1-based), its chain (0-based), its strength and seed."""
+
+    loop: int
+    chain: int
+    strength: float
+    seed: int
+
+
+def _save_loop(
+    studio: Studio,
+    req: RefineRequest,
+    prompts: dict[str, str],
+    image: Image.Image,
+    parent: Future[Any],
+    where: Loop,
+    model: str,
+) -> LoopImage:
+    """On a writer thread: the parent (the source's copy or the previous loop's image) is written first."""
+    written = parent.result()
+    parent_path = written.path if isinstance(written, Generated) else Path(written)
+    params = {
+        **base_params(studio, req, where.seed, image.width, image.height, "refine", model),
+        "Denoising strength": where.strength,
+        "Loop": f"{where.loop}/{req.loops}",
+        "Parent": parent_path.name,
+        "Strength schedule": req.strength_schedule,
+        "Seed policy": req.seed_policy,
+        "Color correction": req.color_correction,
+    }
+    saved = save_image(studio, image, prompts, params, "refine", None)
+    return LoopImage(**vars(saved), parent=parent_path, loop=where.loop, chain=where.chain, strength=where.strength)
 
 
 def _offset_job(job: Job | None, done: int, total: int) -> Job | None:
@@ -241,10 +277,12 @@ def _img2img(
     strength: float,
     seed: int,
     job: Job | None,
-) -> Image.Image:
-    """One plain diffusers img2img call; the GPU lock is held for the call only, never across a yield."""
+    model: str,
+) -> np.ndarray:
+    """One plain diffusers img2img call; the GPU lock is held for the call only, never across loops."""
+    pipe = studio.cache.derive(StableDiffusionImg2ImgPipeline, scheduler=req.scheduler, ref=model)
+    steps = denoising_steps(req.num_inference_steps, strength)
     with studio.cache.gpu():
-        pipe = studio.cache.derive(StableDiffusionImg2ImgPipeline, scheduler=req.scheduler)
         output = pipe(
             **prompt_kwargs(pipe, **prompts),
             image=image,
@@ -252,9 +290,7 @@ def _img2img(
             num_inference_steps=req.num_inference_steps,
             guidance_scale=req.guidance_scale,
             generator=generators([seed]),
-            callback_on_step_end=step_callback(
-                job, denoising_steps(req.num_inference_steps, strength), previewer(studio)
-            ),
-            output_type="pil",
+            callback_on_step_end=step_callback(job, steps, previewer(studio)),
+            output_type="np",
         )
     return output.images[0]

@@ -24,7 +24,7 @@ from studio import edges, tiling
 from studio.engine.batches import resolve_seed, run_batches
 from studio.engine.checks import RequestError, check_common, check_latents, check_range, check_size, clean_prompts
 from studio.engine.contract import Job, Result, Studio
-from studio.engine.saving import base_params
+from studio.engine.saving import Writes, base_params
 from studio.images import ImageInputError, load_image
 from studio.schedulers import DEFAULT_SAMPLER
 
@@ -181,18 +181,19 @@ def detect_edges(
     """The edge map a Restyle request with these settings will use, at its output size (for the preview)."""
     check_preprocessing(preprocessor, invert, resolution, repeat)
     picture = load_input(studio, image, preprocessor, invert)
-    with studio.cache.gpu():
-        size = output_size(studio, picture.size, width, height, repeat)
-        check_size(*size, studio.limits)
-        return _edge_map(studio, picture, preprocessor, size, resolution, invert)
+    size = output_size(studio, picture.size, width, height, repeat)
+    check_size(*size, studio.limits)
+    return _edge_map(studio, picture, preprocessor, size, resolution, invert)
 
 
 def _edge_map(
     studio: Studio, picture: Image.Image, preprocessor: str, size: tuple[int, int], resolution: int | None, invert: bool
 ) -> Image.Image:
+    """HED runs a network: under the GPU lock. The designer's own sketch is PIL work: without it."""
     annotator = studio.cache.slot("annotator") if preprocessor != "none" else None
     resolution = resolution or edges.pixel_perfect(*size)
-    return edges.edge_map(annotator, picture, preprocessor, size, resolution, invert)
+    with studio.cache.gpu() if annotator is not None else contextlib.nullcontext():
+        return edges.edge_map(annotator, picture, preprocessor, size, resolution, invert)
 
 
 # ---- generation -------------------------------------------------------------------------------------------------
@@ -242,31 +243,32 @@ def restyle(studio: Studio, req: RestyleRequest, job: Job | None = None, latents
     check_control(req)
     prompts = clean_prompts(req, studio.limits)
     picture = load_input(studio, req.image, req.preprocessor, req.invert)
-    with studio.cache.gpu():
-        width, height = output_size(studio, picture.size, req.width, req.height, req.repeat)
-        check_size(width, height, studio.limits)
-        check_latents(studio, latents, req.batch_size, width, height)
-        resolution = req.preprocessor_resolution or edges.pixel_perfect(width, height)
-        control = _edge_map(studio, picture, req.preprocessor, (width, height), resolution, req.invert)
-        controlnet = studio.cache.slot("controlnet")
-        pipe = studio.cache.derive(
-            StableDiffusionControlNetPipeline, scheduler=req.scheduler, controlnet=windowed(controlnet)
+    model = studio.cache.current
+    width, height = output_size(studio, picture.size, req.width, req.height, req.repeat)
+    check_size(width, height, studio.limits)
+    check_latents(studio, latents, req.batch_size, width, height)
+    resolution = req.preprocessor_resolution or edges.pixel_perfect(width, height)
+    control = _edge_map(studio, picture, req.preprocessor, (width, height), resolution, req.invert)
+    controlnet = studio.cache.slot("controlnet")
+    pipe = studio.cache.derive(
+        StableDiffusionControlNetPipeline, scheduler=req.scheduler, ref=model, controlnet=windowed(controlnet)
+    )
+    extra = controlnet_params(studio, req, resolution)
+    seed = resolve_seed(req.seed)
+    with Writes(job) as writes, studio.cache.gpu(), repeating(pipe, controlnet, req.repeat):
+        images = run_batches(
+            studio,
+            pipe,
+            req,
+            writes=writes,
+            prompts=prompts,
+            job=job,
+            size=(width, height),
+            seed=seed,
+            params=lambda s: {**base_params(studio, req, s, width, height, "restyle", model), **extra},
+            prefix="restyle",
+            **control_kwargs(req, control),
+            latents=latents,
         )
-        extra = controlnet_params(studio, req, resolution)
-        seed = resolve_seed(req.seed)
-        with repeating(pipe, controlnet, req.repeat):
-            images = run_batches(
-                studio,
-                pipe,
-                req,
-                prompts=prompts,
-                job=job,
-                size=(width, height),
-                seed=seed,
-                params=lambda s: {**base_params(studio, req, s, width, height, "restyle"), **extra},
-                prefix="restyle",
-                **control_kwargs(req, control),
-                latents=latents,
-            )
-    params = {**prompts, **base_params(studio, req, seed, width, height, "restyle"), **extra}
-    return Result(images=images, seed=seed, params=params)
+    params = {**prompts, **base_params(studio, req, seed, width, height, "restyle", model), **extra}
+    return Result(images=[image.result() for image in images], seed=seed, params=params)

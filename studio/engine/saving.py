@@ -1,20 +1,42 @@
-"""Where a result is written: its A1111 `parameters` (infotext) and the PNG in the outputs folder."""
+"""Where a result is written: its A1111 `parameters` (infotext) and the PNG in the outputs folder, off the GPU lock.
+
+The GPU lock covers GPU work only. A mode hands each finished image to `Writes.submit` (submitting costs
+microseconds, so it may do so while it still holds the lock) and denoises on; a writer thread turns the pipeline's
+pixels into a picture, post-processes it, computes its metadata (the model hash too), encodes and fsyncs the PNG,
+and only then tells the job (`on_image`): written before shown. A run's images reach the job in the order they were
+submitted, whichever writer finished first. Leaving `with Writes(job) as writes:` waits for every write of the run,
+also when the run fails or is cancelled, so an image finished before a Cancel is kept and reported.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
+import numpy as np
+from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 
 from studio.engine.contract import Generated, Job, Studio
 from studio.metadata import format_infotext
 from studio.schedulers import get_sampler
 
+WRITERS = 2  # PNG encoding releases the GIL: two writers keep up with any GPU, and leave the CPU to the server
+T = TypeVar("T")
 
-def base_params(studio: Studio, req: Any, seed: int, width: int, height: int, mode: str) -> dict[str, Any]:
-    """A1111's key order: Steps, Sampler, Schedule type, CFG scale, Seed, Size, Model hash, Model, ..."""
+
+def base_params(
+    studio: Studio, req: Any, seed: int, width: int, height: int, mode: str, model: str | None = None
+) -> dict[str, Any]:
+    """A1111's key order: Steps, Sampler, Schedule type, CFG scale, Seed, Size, Model hash, Model, ...
+
+    `model`: the checkpoint the image was made with (default: the current one), named when the metadata is
+    computed after the run, when a switch may have made another model current."""
     sampler = get_sampler(req.scheduler)
-    ckpt = studio.cache.checkpoint()
+    ckpt = studio.cache.checkpoint(model)
     return {
         "Steps": req.num_inference_steps,
         "Sampler": sampler.a1111_sampler,
@@ -22,10 +44,16 @@ def base_params(studio: Studio, req: Any, seed: int, width: int, height: int, mo
         "CFG scale": req.guidance_scale,
         "Seed": seed,
         "Size": f"{width}x{height}",
-        "Model hash": studio.cache.model_hash() or None,
+        "Model hash": studio.cache.model_hash(model) or None,
         "Model": ckpt.name,
         "Mode": mode,
     }
+
+
+def to_pil(pixels: np.ndarray) -> Image.Image:
+    """One image of a pipeline's `output_type="np"` output as the picture `output_type="pil"` gives: diffusers' own
+    conversion, so not a pixel differs."""
+    return VaeImageProcessor.numpy_to_pil(pixels)[0]
 
 
 def save_image(
@@ -44,3 +72,75 @@ def save_image(
     if job is not None and job.on_image is not None:
         job.on_image(generated)
     return generated
+
+
+# ---- the writer threads ---------------------------------------------------------------------------------------
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def writer_pool() -> ThreadPoolExecutor:
+    """The process's writer threads, started on first use."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="atelier-writer")
+        return _pool
+
+
+def _forget_pool() -> None:
+    """A forked process (a ZeroGPU worker) inherits the pool without its threads: it starts its own."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+class EarlierWriteFailed(Exception):
+    """An earlier image of the same run could not be written: this one is not reported after it."""
+
+
+class Writes:
+    """One run's writes on the writer threads; see the module's docstring."""
+
+    def __init__(self, job: Job | None) -> None:
+        self.job = job
+        self._futures: list[Future[Any]] = []
+        self._last_told: Future[Any] | None = None
+
+    def submit(self, write: Callable[[], T], tell: bool = True) -> Future[T]:
+        """Run `write()` on a writer thread. With `tell`, its result goes to `job.on_image` once every image
+        submitted before it has been told; an export (`tell=False`) is only written."""
+        previous = self._last_told
+        future = writer_pool().submit(self._write, write, previous if tell else None, tell)
+        self._futures.append(future)
+        if tell:
+            self._last_told = future
+        return future
+
+    def _write(self, write: Callable[[], T], previous: Future[Any] | None, tell: bool) -> T:
+        result = write()
+        if previous is not None and previous.exception() is not None:  # waits for it: submitted, so running
+            raise EarlierWriteFailed("An earlier image of this run could not be written.")
+        if tell and self.job is not None and self.job.on_image is not None:
+            self.job.on_image(result)  # type: ignore[arg-type]  # what a mode tells is a Generated
+        return result
+
+    def wait(self) -> None:
+        """Until every write submitted so far has finished (its errors stay in its future)."""
+        for future in self._futures:
+            future.exception()
+
+    def __enter__(self) -> Writes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wait()
+
+
+def done(value: T) -> Future[T]:
+    """A future that already holds `value` (e.g. a parent image that needs no writing)."""
+    future: Future[T] = Future()
+    future.set_result(value)
+    return future

@@ -8,10 +8,13 @@ optional N-colour colourway (palette swatches + hex list).
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
@@ -21,7 +24,7 @@ from studio import patterns, tiling
 from studio.engine.batches import generators, resolve_seed, seed_batches
 from studio.engine.checks import RequestError, check_common, check_latents, check_range, check_size, clean_prompts
 from studio.engine.contract import Generated, Job, Result, Studio
-from studio.engine.saving import base_params, save_image
+from studio.engine.saving import Writes, base_params, save_image, to_pil
 from studio.engine.steps import PreviewFn, previewer, step_callback
 from studio.images import ImageInputError, load_image
 from studio.preview import preview_image
@@ -173,24 +176,51 @@ def textile(
     check_request(req, studio.limits)
     prompts = clean_prompts(req, studio.limits)
     swatch = load_swatch(studio, req.image) if req.image is not None else None
-    with studio.cache.gpu():
-        width, height = tile_size(studio, req)
-        out_size = print_size(req, width, height)
-        check_latents(studio, latents, req.batch_size, width, height)
-        pipe_cls = StableDiffusionPipeline if swatch is None else SwatchPipeline
-        pipe = studio.cache.derive(pipe_cls, scheduler=req.scheduler)
-        fitted = None if swatch is None else ImageOps.fit(swatch, (width, height), Image.Resampling.LANCZOS)
-        seed = resolve_seed(req.seed)
-        tiles: list[tuple[Generated, dict[str, Any]]] = []
+    model = studio.cache.current
+    width, height = tile_size(studio, req)
+    out_size = print_size(req, width, height)
+    check_latents(studio, latents, req.batch_size, width, height)
+    pipe_cls = StableDiffusionPipeline if swatch is None else SwatchPipeline
+    pipe = studio.cache.derive(pipe_cls, scheduler=req.scheduler, ref=model)
+    fitted = None if swatch is None else ImageOps.fit(swatch, (width, height), Image.Resampling.LANCZOS)
+    seed = resolve_seed(req.seed)
+    tile = Tile(studio, req, prompts, (width, height), out_size, model)
+    tiles, exports = [], []
+    with Writes(job) as writes, studio.cache.gpu():
         for seeds in seed_batches(seed, req.batch_size, req.batch_count):
             images = denoise(pipe, req, prompts, seeds, (width, height), fitted, latents, job, previewer(studio))
-            for image, image_seed in zip(images, seeds, strict=True):
-                params = tile_params(studio, req, image_seed, (width, height), out_size)
-                tile = save_image(studio, image, prompts, params, "textile", job, dpi=tile_dpi(req, width, out_size))
-                tiles.append((tile, params))
-        params = {**prompts, **tile_params(studio, req, seed, (width, height), out_size)}
-    exports = [export(studio, req, prompts, tile, tile_params_, out_size) for tile, tile_params_ in tiles]
-    return TextileResult(images=[tile for tile, _ in tiles], seed=seed, params=params, exports=exports)
+            for pixels, image_seed in zip(images, seeds, strict=True):
+                saved = writes.submit(partial(tile.save, pixels, image_seed))
+                tiles.append(saved)
+                exports.append(writes.submit(partial(tile.export, saved), tell=False))
+    params = {**prompts, **tile.params(seed)}
+    return TextileResult(
+        images=[t.result() for t in tiles], seed=seed, params=params, exports=[e.result() for e in exports]
+    )
+
+
+@dataclass(frozen=True)
+class Tile:
+    """What every tile of a run is saved and exported with, on the writer threads."""
+
+    studio: Studio
+    req: TextileRequest
+    prompts: dict[str, str]
+    size: tuple[int, int]
+    out_size: tuple[int, int]
+    model: str
+
+    def params(self, seed: int) -> dict[str, Any]:
+        return tile_params(self.studio, self.req, seed, self.size, self.out_size, self.model)
+
+    def save(self, pixels: np.ndarray, seed: int) -> Generated:
+        dpi = tile_dpi(self.req, self.size[0], self.out_size)
+        return save_image(self.studio, to_pil(pixels), self.prompts, self.params(seed), "textile", None, dpi=dpi)
+
+    def export(self, tile: Future[Generated]) -> PrintExport:
+        """Once the tile is written (and told): its print file, repeat preview and colourway."""
+        saved = tile.result()
+        return export(self.studio, self.req, self.prompts, saved, self.params(saved.seed), self.out_size)
 
 
 def denoise(
@@ -203,8 +233,9 @@ def denoise(
     latents: torch.Tensor | None,
     job: Job | None,
     preview: PreviewFn = preview_image,
-) -> list[Image.Image]:
-    """One batch with the UNet and the VAE wrapped by the repeat (restored when this returns or raises)."""
+) -> np.ndarray:
+    """One batch with the UNet and the VAE wrapped by the repeat (restored when this returns or raises); the
+    tiles' pixels as the pipeline's `output_type="np"` gives them."""
     steps = req.num_inference_steps if swatch is None else int(req.num_inference_steps * req.strength)
     common = dict(
         **prompt_kwargs(pipe, **prompts),
@@ -213,7 +244,7 @@ def denoise(
         num_images_per_prompt=len(seeds),
         generator=generators(seeds),
         callback_on_step_end=step_callback(job, steps, preview),
-        output_type="pil",
+        output_type="np",
     )
     with tiling.wrapped([pipe.unet, pipe.vae], req.repeat):
         if swatch is None:
@@ -236,9 +267,14 @@ def encode(pipe: Any, image: Image.Image) -> torch.Tensor:
 
 # ---- metadata and export ------------------------------------------------------------------------------------------
 def tile_params(
-    studio: Studio, req: TextileRequest, seed: int, size: tuple[int, int], out_size: tuple[int, int]
+    studio: Studio,
+    req: TextileRequest,
+    seed: int,
+    size: tuple[int, int],
+    out_size: tuple[int, int],
+    model: str | None = None,
 ) -> dict[str, Any]:
-    params = base_params(studio, req, seed, size[0], size[1], "textile")
+    params = base_params(studio, req, seed, size[0], size[1], "textile", model)
     if req.image is not None:
         params["Denoising strength"] = req.strength
     out_w, out_h = out_size

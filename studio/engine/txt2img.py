@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
-from PIL import Image
 
 from studio.engine.batches import generators, resolve_seed, run_batches
 from studio.engine.checks import RequestError, check_common, check_size, clean_prompts
-from studio.engine.contract import Cancelled, Job, Result, Studio
-from studio.engine.saving import base_params, save_image
+from studio.engine.contract import Cancelled, Generated, Job, Result, Studio
+from studio.engine.saving import Writes, base_params, save_image, to_pil
 from studio.engine.steps import PreviewFn, previewer
 from studio.preview import preview_due, preview_image
 from studio.prompts import prompt_kwargs
@@ -37,26 +38,27 @@ class Txt2ImgRequest:
 def txt2img(studio: Studio, req: Txt2ImgRequest, job: Job | None = None) -> Result:
     check_common(req, studio.limits)
     prompts = clean_prompts(req, studio.limits)
-    with studio.cache.gpu():
-        native = studio.cache.native_size()
-        width, height = req.width or native, req.height or native
-        check_size(width, height, studio.limits)
-        pipe = studio.cache.derive(StableDiffusionPipeline, scheduler=req.scheduler)
-        seed = resolve_seed(req.seed)
+    model = studio.cache.current
+    native = studio.cache.native_size(model)
+    width, height = req.width or native, req.height or native
+    check_size(width, height, studio.limits)
+    pipe = studio.cache.derive(StableDiffusionPipeline, scheduler=req.scheduler, ref=model)
+    seed = resolve_seed(req.seed)
+    with Writes(job) as writes, studio.cache.gpu():  # the lock is released before the writes are waited for
         images = run_batches(
             studio,
             pipe,
             req,
+            writes=writes,
             prompts=prompts,
             job=job,
             size=(width, height),
             seed=seed,
-            params=lambda s: base_params(studio, req, s, width, height, "txt2img"),
+            params=lambda s: base_params(studio, req, s, width, height, "txt2img", model),
             prefix="txt2img",
         )
-    return Result(
-        images=images, seed=seed, params={**prompts, **base_params(studio, req, seed, width, height, "txt2img")}
-    )
+    params = {**prompts, **base_params(studio, req, seed, width, height, "txt2img", model)}
+    return Result(images=[image.result() for image in images], seed=seed, params=params)
 
 
 # ---- several designers' requests in one UNet batch (studio.batching groups them) --------------------------------
@@ -81,36 +83,63 @@ def txt2img_many(
     A cancelled request's images are dropped (its rows cannot leave a running schedule: samplers keep per-row
     state); the run stops once every request is cancelled. An error in one request's callbacks or saving is that
     request's outcome only; an error of the pipeline call itself is raised. `on_done(index, outcome)` fires as
-    soon as a request's outcome is known; PNGs are written after the GPU lock is released.
+    soon as a request's outcome is known; PNGs are written on the writer threads after the GPU lock is released.
     """
     first = requests[0]
     if any(shared_params(r) != shared_params(first) for r in requests):
         raise ValueError(f"txt2img_many needs requests with equal {', '.join(SHARED_FIELDS)}.")
     group = _Group(requests, jobs, on_done, previewer(studio))
     prompts = group.validate(studio)
-    with studio.cache.gpu():
-        native = studio.cache.native_size()
-        width, height = first.width or native, first.height or native
-        try:
-            check_size(width, height, studio.limits)
-        except RequestError as exc:
-            for i in group.waiting():
-                group.settle(i, exc)
-            return group.outcomes  # type: ignore[return-value]
-        pipe = studio.cache.derive(StableDiffusionPipeline, scheduler=first.scheduler)
-        seeds = {i: resolve_seed(requests[i].seed) for i in group.waiting()}
-        images = _denoise(pipe, group, prompts, seeds, width, height)
-        params = {i: base_params(studio, requests[i], seeds[i], width, height, "txt2img") for i in group.waiting()}
-    for i in group.waiting():
-        try:
-            saved = [
-                save_image(studio, image, prompts[i], {**params[i], "Seed": seed}, "txt2img", jobs[i])
-                for image, seed in images[i]
-            ]
-            group.settle(i, Result(images=saved, seed=seeds[i], params={**prompts[i], **params[i]}))
-        except Exception as exc:  # this request's failure (disk, its own callback); the others still save
+    model = studio.cache.current
+    native = studio.cache.native_size(model)
+    width, height = first.width or native, first.height or native
+    try:
+        check_size(width, height, studio.limits)
+    except RequestError as exc:
+        for i in group.waiting():
             group.settle(i, exc)
+        return group.outcomes  # type: ignore[return-value]
+    pipe = studio.cache.derive(StableDiffusionPipeline, scheduler=first.scheduler, ref=model)
+    seeds = {i: resolve_seed(requests[i].seed) for i in group.waiting()}
+    with studio.cache.gpu():
+        images = _denoise(pipe, group, prompts, seeds, width, height)
+    _save_each(studio, group, prompts, images, seeds, (width, height), model)
     return group.outcomes  # type: ignore[return-value]
+
+
+def _save_each(
+    studio: Studio,
+    group: _Group,
+    prompts: dict[int, dict[str, str]],
+    images: dict[int, list[tuple[np.ndarray, int]]],
+    seeds: dict[int, int],
+    size: tuple[int, int],
+    model: str,
+) -> None:
+    """Every waiting request's images, on the writer threads; each request is settled once its own are written."""
+    writes = {i: Writes(group.jobs[i]) for i in group.waiting()}
+    saved = {i: [writes[i].submit(partial(_save, studio, group.requests[i], prompts[i], image, seed, size, model))
+                 for image, seed in images[i]] for i in writes}  # fmt: skip
+    for i, futures in saved.items():
+        writes[i].wait()
+        try:  # this request's failure (disk, its own callback); the others still save
+            params = {**prompts[i], **base_params(studio, group.requests[i], seeds[i], *size, "txt2img", model)}
+            group.settle(i, Result(images=[f.result() for f in futures], seed=seeds[i], params=params))
+        except Exception as exc:
+            group.settle(i, exc)
+
+
+def _save(
+    studio: Studio,
+    req: Txt2ImgRequest,
+    prompts: dict[str, str],
+    pixels: np.ndarray,
+    seed: int,
+    size: tuple[int, int],
+    model: str,
+) -> Generated:
+    params = base_params(studio, req, seed, *size, "txt2img", model)
+    return save_image(studio, to_pil(pixels), prompts, params, "txt2img", None)
 
 
 class _NobodyWaiting(Exception):
@@ -180,14 +209,14 @@ class _Group:
 
 def _denoise(
     pipe: Any, group: _Group, prompts: dict[int, dict[str, str]], seeds: dict[int, int], width: int, height: int
-) -> dict[int, list[tuple[Image.Image, int]]]:
+) -> dict[int, list[tuple[np.ndarray, int]]]:
     """One pipeline call per prompt length (chunked long prompts must match in length) over every waiting image."""
     calls: dict[int, list[tuple[int, dict[str, Any]]]] = {}
     for i in group.waiting():
         kwargs = prompt_kwargs(pipe, **prompts[i])
         calls.setdefault(kwargs["prompt_embeds"].shape[1] if "prompt_embeds" in kwargs else 0, []).append((i, kwargs))
     shared = group.requests[0]
-    images: dict[int, list[tuple[Image.Image, int]]] = {i: [] for i in group.waiting()}
+    images: dict[int, list[tuple[np.ndarray, int]]] = {i: [] for i in group.waiting()}
     for members in calls.values():
         rows = [
             (i, kwargs, seeds[i] + k)
@@ -206,7 +235,7 @@ def _denoise(
                 height=height,
                 generator=generators([seed for _, _, seed in rows]),
                 callback_on_step_end=group.callback(first_rows, shared.num_inference_steps),
-                output_type="pil",
+                output_type="np",
             )
         except _NobodyWaiting:
             continue
