@@ -22,6 +22,7 @@ from typing import BinaryIO
 from PIL import Image
 
 from studio.metadata import pnginfo
+from studio.settings import DEFAULT_PNG_LEVEL
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +43,20 @@ class Outputs:
         self.root = Path(root).resolve()
         self.temp = temp_folder(self.root)
 
-    def save(self, image: Image.Image, infotext: str, mode: str, dpi: tuple[int, int] | None = None) -> Path:
-        """Write a PNG with `parameters`; the name is unguessable (128 random bits) and never collides."""
+    def save(
+        self,
+        image: Image.Image,
+        infotext: str,
+        mode: str,
+        dpi: tuple[int, int] | None = None,
+        compress_level: int = DEFAULT_PNG_LEVEL,
+    ) -> Path:
+        """Write a PNG with `parameters` at zlib level `compress_level` (settings' `png_level`); the name is
+        unguessable (128 random bits) and never collides."""
         folder = self.root / _dt.date.today().isoformat()
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{mode}-{secrets.token_hex(16)}.png"
-        kwargs = {"dpi": dpi} if dpi else {}
+        kwargs: dict[str, object] = {"compress_level": compress_level, **({"dpi": dpi} if dpi else {})}
         return atomic_write(
             path, lambda handle: image.save(handle, format="PNG", pnginfo=pnginfo(infotext), **kwargs), self.temp
         )

@@ -164,7 +164,7 @@ def save_source(studio: Studio, source: Source) -> Path:
     infotext = source.parameters or format_infotext(
         "", "", {"Size": f"{source.image.width}x{source.image.height}", "Mode": "refine-source", "Loop": 0}
     )
-    return studio.outputs.save(source.image, infotext, "refine-source")
+    return studio.outputs.save(source.image, infotext, "refine-source", compress_level=studio.cache.settings.png_level)
 
 
 # ---- the run --------------------------------------------------------------------------------------------------------

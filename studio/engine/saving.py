@@ -67,7 +67,8 @@ def save_image(
 ) -> Generated:
     """Write the PNG with its infotext (atomically), then tell the job: written before shown."""
     infotext = format_infotext(prompts["prompt"], prompts["negative_prompt"], params)
-    path = studio.outputs.save(image, infotext, mode, dpi=(dpi, dpi) if dpi else None)
+    level = studio.cache.settings.png_level
+    path = studio.outputs.save(image, infotext, mode, dpi=(dpi, dpi) if dpi else None, compress_level=level)
     generated = Generated(path=path, image=image, seed=int(params["Seed"]), infotext=infotext)
     if job is not None and job.on_image is not None:
         job.on_image(generated)
