@@ -45,6 +45,9 @@ CSS = ".token-count p {font-size: 0.8em; opacity: 0.7; margin: 0} footer {displa
     " #header button {align-self: center}"
     # and the preset picker takes the whole width, its description (when one is chosen) the line below
     " @media (max-width: 640px) {#header > *, .preset-row > * {flex: 1 1 100% !important}}"
+    # each tab's results stay in view beside its form while the designer scrolls the settings (not on a phone)
+    " .results-column {position: sticky; top: 0.5rem; align-self: flex-start}"
+    " @media (max-width: 640px) {.results-column {position: static}}"
 )
 
 
@@ -96,6 +99,7 @@ def build_demo(studio: Studio, modes: Sequence[Mode] = BUILTIN, presets_dir: Pat
                 shell.send_row(handle.tab.gallery, handles, tabs, exclude=handle.mode)
         shell.session_results(handles, tabs)
         shell.restorer(handles, tabs, ctx.restore)
+        shell.keyboard_shortcuts(demo)
         for mode, handle in zip(modes, handles, strict=True):
             if mode.on_page is not None:  # page-level wiring of a mode (Refine's tree survives a reload)
                 mode.on_page(demo, handle.tab, ctx)
