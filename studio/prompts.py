@@ -17,7 +17,9 @@ import torch
 from studio.settings import Limits
 
 CHUNK = 75
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u200b-\u200f\u2028-\u202e\ufeff]")
+# C0 controls (but tab and newline), DEL, C1 controls, zero-width and bidi marks, embeddings/overrides (U+202A-E),
+# isolates (U+2066-9), and the BOM: invisible, and able to reorder or hide what a prompt shows
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
 
 
 def clean_prompt(text: str | None, max_chars: int) -> str:

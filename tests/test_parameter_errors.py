@@ -85,3 +85,9 @@ def test_a_prompt_of_invisible_characters_is_an_empty_prompt(served, prompt):
         client.predict(prompt=prompt, num_inference_steps=2, api_name="/txt2img")
     gallery, seed, _ = client.predict(prompt="coat", num_inference_steps=2, seed=3, api_name="/txt2img")
     assert seed == 3 and gallery  # the studio keeps serving
+
+
+def test_invisible_characters_never_reach_the_text_encoder() -> None:
+    from studio.prompts import clean_prompt
+
+    assert clean_prompt("a \u2066red\u2069 silk\u202e coat\x85\u2060", 100) == "a red silk coat"
