@@ -15,10 +15,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from studio import edges, patterns, tiling
-from studio.engine import draft, inpaint, refine, restyle, textile, txt2img
+from studio import edges, palettes, patterns, tiling
+from studio.engine import colourways, draft, inpaint, refine, restyle, textile, txt2img
 from studio.engine.checks import check_common
 from studio.engine.contract import Studio
 from studio.fields import (
@@ -36,10 +37,11 @@ from studio.fields import (
     reverse,
     sampling_fields,
     size,
+    text,
 )
 from studio.metadata import parse_infotext
 from studio.settings import Limits
-from studio.ui import inpaint_tab, refine_tab, restyle_tab, textile_tab, txt2img_tab
+from studio.ui import colourways_tab, inpaint_tab, refine_tab, restyle_tab, textile_tab, txt2img_tab
 from studio.ui.tab import ModeCalls, Tab, TabBuilder
 from studio.ui.widgets import UIContext
 
@@ -70,6 +72,8 @@ class Mode:
     runner: Callable[[Studio], Callable[..., Any]] | None = None
     # Page-level wiring once every tab exists: on_page(demo, its built tab, the UI context).
     on_page: Callable[[Any, Tab, UIContext], object] | None = None  # its return value is not used
+    # Its own endpoint (`name`) runs on the GPU: a ZeroGPU section. False for a mode that is CPU work only.
+    gpu: bool = True
 
 
 def bind(mode: Mode, studio: Studio) -> ModeCalls:
@@ -283,15 +287,63 @@ RESTYLE = Mode(
     gpu_endpoints=("restyle_edges",),
 )
 
-BUILTIN: tuple[Mode, ...] = (TXT2IMG, REFINE, TEXTILE, INPAINT, RESTYLE)
+
+# ---- colourways ---------------------------------------------------------------------------------------------------
+def colourways_mode(palettes_dir: Path = palettes.PALETTES_DIR) -> Mode:
+    """Colourways over the palette files of `palettes_dir`, read (and checked strictly) when the page is built."""
+    return Mode(
+        name="colourways",
+        label="Colourways",
+        request=colourways.ColourwaysRequest,
+        run=functools.partial(colourways.colourways, palettes_dir=palettes_dir),
+        check=colourways.check_request,
+        tab=functools.partial(colourways_tab.create, palettes_dir=palettes_dir),
+        fields=lambda limits: {
+            "colors": integer(colourways.MIN_COLORS, colourways.MAX_COLORS),
+            "palettes": colourways.palette_names(list(palettes.library(palettes_dir))),
+            "custom_palettes": text(colourways.MAX_TEXT_CHARS),
+            "mappings": colourways.mappings_problem,
+            "mood_colors": integer(colourways.MIN_COLORS, colourways.MAX_COLORS),
+            "keep_order": flag,
+            "merge": flag,
+            "include_original": flag,
+            "repeat": choice(colourways.REPEAT_CHOICES),
+            "dpi": integer(36, 2400),
+            "physical_width": number(0, 1000),
+            "physical_height": number(0, 1000),
+            "unit": choice(patterns.UNITS),
+        },
+        # Keys Textile writes too read the same way (the very readers: restore keeps one reader per key).
+        readers={
+            **{key: TEXTILE.readers[key] for key in ("Colours", "Repeat", "DPI", "Print size")},
+            "Mapping": one("mappings", str),
+            "Colour order": lambda value, _p: {"keep_order": value.strip() == colourways.KEPT},
+            "Merge spot colours": one("merge", boolean),
+        },
+        recorded=frozenset(
+            {"Seed", "Colourway", "Colourways", "Palette", "Spot colours", "Print pixels", "Source", "Source hash"}
+        ),
+        # A colourway PNG restores as its mapping: re-run on the same tile, it is the very same colourway.
+        restore_defaults={"palettes": [], "custom_palettes": "", "include_original": False, "mood_image": None},
+        example="swatch",
+        actions={"spots": colourways.spot_colours, "mood": colourways.mood_palette},
+        endpoints=("colourways_spots",),
+        gpu=False,  # CPU only: no ZeroGPU section, never the GPU lock
+    )
+
+
+COLOURWAYS = colourways_mode()
+
+BUILTIN: tuple[Mode, ...] = (TXT2IMG, REFINE, TEXTILE, INPAINT, RESTYLE, COLOURWAYS)
 SHELL_ENDPOINTS = ("restore",)  # the studio's own, beside the modes'
 
 
 def gpu_endpoints(modes: Sequence[Mode]) -> set[str]:
     """Every public endpoint that runs on the GPU (each a ZeroGPU section)."""
-    return {name for m in modes for name in (m.name, *m.gpu_endpoints)}
+    return {name for m in modes for name in ((m.name,) if m.gpu else ()) + m.gpu_endpoints}
 
 
 def public_endpoints(modes: Sequence[Mode]) -> set[str]:
     """Every named API endpoint the studio serves for these modes."""
-    return gpu_endpoints(modes) | {name for m in modes for name in m.endpoints} | set(SHELL_ENDPOINTS)
+    own = {name for m in modes for name in (m.name, *m.endpoints)}
+    return gpu_endpoints(modes) | own | set(SHELL_ENDPOINTS)

@@ -216,8 +216,16 @@ FORM = {  # one distinctive value per field, each within its widget's bounds
     "control_guidance_end": 0.9,
     "guess_mode": True,
     "invert": False,
+    "palettes": ["AW26 Forest Dusk", "SS26 Citrus Grove"],
+    "custom_palettes": "p-custom: #112233 #445566",
+    "mappings": "p-mapping: #000000>#ffffff",
+    "mood_image": None,
+    "mood_colors": 5,
+    "keep_order": True,
+    "merge": True,
+    "include_original": False,
 }
-EXPECTED = {**FORM, "preprocessor_resolution": 320, "final_strength": 0.33}
+EXPECTED = {**FORM, "preprocessor_resolution": 320, "final_strength": 0.33, "palettes": tuple(FORM["palettes"])}
 
 
 @pytest.fixture(scope="module")
@@ -287,6 +295,9 @@ LABEL_WORDS = {
     "pixel_perfect": ("pixel perfect",), "preprocessor_resolution": ("preprocessor resolution",),
     "controlnet_conditioning_scale": ("control weight",), "guess_mode": ("guess mode",),
     "control_guidance_start": ("guidance start",), "control_guidance_end": ("guidance end",),
+    "palettes": ("palettes",), "custom_palettes": ("your palettes",), "mappings": ("picked colourways",),
+    "mood_image": ("mood photo",), "mood_colors": ("mood photo colours",), "keep_order": ("light/dark",),
+    "merge": ("merge",), "include_original": ("original",),
 }  # fmt: skip
 
 
