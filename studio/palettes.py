@@ -15,7 +15,6 @@ designer's own: `Name: #hex #hex ...`, one per line) and from a mood photo (its 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import re
 import unicodedata
@@ -28,7 +27,7 @@ from PIL import Image
 
 from studio import patterns
 from studio.errors import RequestError
-from studio.presets import PresetError
+from studio.presets import PresetError, read_object
 
 log = logging.getLogger(__name__)
 
@@ -92,20 +91,7 @@ def name_problem(name: Any, limit: int) -> str | None:
 def read_palette(path: Path) -> Palette:
     """One palette file, checked strictly; `PaletteError` names the file and the offending key."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PaletteError(path, None, f"cannot read the file ({exc})") from None
-    except json.JSONDecodeError as exc:
-        raise PaletteError(path, None, f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    if not isinstance(data, dict):
-        raise PaletteError(path, None, "must hold one JSON object with name, description and colors")
-    for key in data:
-        if key not in TOP_KEYS:
-            raise PaletteError(path, key, f"unknown key; a palette has only {', '.join(TOP_KEYS)}")
-    for key, required in TOP_KEYS.items():
-        if required and key not in data:
-            raise PaletteError(path, key, "missing")
+    data = read_object(path, TOP_KEYS, "palette", PaletteError)
     if (problem := name_problem(data["name"], MAX_NAME_CHARS)) is not None:
         raise PaletteError(path, "name", problem)
     description = data.get("description", "")

@@ -87,23 +87,30 @@ class Preset:
         return {**form, **self.values}
 
 
-def read_preset(path: Path, table: FieldTable) -> Preset:
-    """One preset file, checked strictly; `PresetError` names the file and the offending key."""
-    path = Path(path)
+def read_object(path: Path, top_keys: Mapping[str, bool], kind: str, error: type[PresetError]) -> dict[str, Any]:
+    """A data file holding one JSON object with exactly `top_keys` (key -> required), checked strictly; `error`
+    names the file and the key. Presets and palettes both read their files with it."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
-        raise PresetError(path, None, f"cannot read the file ({exc})") from None
+        raise error(path, None, f"cannot read the file ({exc})") from None
     except json.JSONDecodeError as exc:
-        raise PresetError(path, None, f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+        raise error(path, None, f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
     if not isinstance(data, dict):
-        raise PresetError(path, None, "must hold one JSON object with name, mode, description and values")
+        raise error(path, None, f"must hold one JSON object with {', '.join(top_keys)}")
     for key in data:
-        if key not in TOP_KEYS:
-            raise PresetError(path, key, f"unknown key; a preset has only {', '.join(TOP_KEYS)}")
-    for key, required in TOP_KEYS.items():
+        if key not in top_keys:
+            raise error(path, key, f"unknown key; a {kind} has only {', '.join(top_keys)}")
+    for key, required in top_keys.items():
         if required and key not in data:
-            raise PresetError(path, key, "missing")
+            raise error(path, key, "missing")
+    return data
+
+
+def read_preset(path: Path, table: FieldTable) -> Preset:
+    """One preset file, checked strictly; `PresetError` names the file and the offending key."""
+    path = Path(path)
+    data = read_object(path, TOP_KEYS, "preset", PresetError)
     name, mode, description, values = data["name"], data["mode"], data.get("description", ""), data["values"]
     if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_CHARS:
         raise PresetError(path, "name", f"must be a non-empty string of at most {MAX_NAME_CHARS} characters")

@@ -40,7 +40,7 @@ def load_presets(folder: Path, limits: Limits | None = None) -> dict[str, list[P
 
 def engine_check(mode: str, values: dict[str, Any]) -> None:
     """The mode's own request validation, as the engine runs it before any GPU work."""
-    req = REQUESTS[mode](**{**REQUIRED[mode], **values})
+    req = REQUESTS[mode](**{**REQUIRED.get(mode, {}), **values})  # a mode whose fields all have defaults needs none
     by_name(BUILTIN)[mode].check(req, Limits())
 
 
