@@ -54,10 +54,10 @@ def create(ctx: UIContext, calls: ModeCalls, palettes_dir: Path = PALETTES_DIR) 
                 list(offered), value=[], multiselect=True, label="Palettes (one colourway each)", min_width=200
             )
             chosen_info = gr.Markdown()
-            with gr.Row():
-                keep_order = gr.Checkbox(False, label="Keep light/dark order", min_width=160)
-                merge = gr.Checkbox(False, label="Merge spot colours when a palette has fewer", min_width=160)
-                include_original = gr.Checkbox(True, label="Include the original", min_width=160)
+            with gr.Group():  # one per line: side by side they squeeze into narrow columns on a phone
+                keep_order = gr.Checkbox(False, label="Keep light/dark order")
+                merge = gr.Checkbox(False, label="Merge spot colours when a palette has fewer colours")
+                include_original = gr.Checkbox(True, label="Include the original")
             with gr.Accordion("Pick colours by hand, or write your own palettes", open=False):
                 gr.Markdown("Show the spot colours, pick a new colour for each, then add them as a colourway.")
                 with gr.Row():
