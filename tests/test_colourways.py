@@ -32,6 +32,7 @@ from studio.modes import BUILTIN, COLOURWAYS, by_name, colourways_mode, gpu_endp
 from studio.palettes import Palette, PaletteError, to_hex
 from studio.restore import Restorer
 from studio.settings import Limits
+from studio.ui.colourways_tab import add_picked_colourway, fill_pickers, picked_colour
 from studio.ui.tab import ModeCalls
 from studio.ui.widgets import UIContext
 from tests.conftest import REPO, free_port, make_settings
@@ -229,6 +230,25 @@ def test_palettes_as_text_and_from_a_mood_photo() -> None:
     photo[:, :30], photo[:, 30:70], photo[:, 70:] = (200, 40, 40), (30, 90, 160), (240, 220, 120)
     mood = palettes.from_image(Image.fromarray(photo), 3)
     assert mood.colors == ((30, 90, 160), (200, 40, 40), (240, 220, 120))  # most of the picture first
+
+
+def test_the_tab_reads_colour_pickers_into_a_picked_colourway() -> None:
+    assert [picked_colour(v) for v in ("#AbC", "#FF00AA", "rgba(255, 0, 170, 1)", "rgb(0.4, 12.6, 300)", "blue")] == [
+        "#aabbcc", "#ff00aa", "#ff00aa", "#000dff", None
+    ]  # fmt: skip
+    table = {"colors": ["#112233", "#445566"], "pixels": [10, 5]}
+    line = add_picked_colourway(table, "", "Night: 2;", "#000000", "rgb(255, 255, 255)", "#123456")
+    assert line == "Night  2: #112233>#000000, #445566>#ffffff"  # pickers past the spot colours are hidden, unused
+    assert add_picked_colourway(table, line, "", "#010101", "#020202").splitlines() == [
+        line, "Picked: #112233>#010101, #445566>#020202"
+    ]  # fmt: skip
+    with pytest.raises(gr.Error, match="Show the spot colours first"):
+        add_picked_colourway(None, "", "x", "#000000")
+    with pytest.raises(gr.Error, match="is not a colour"):
+        add_picked_colourway(table, "", "x", "teal", "#000000")
+    updates = fill_pickers(table)
+    assert len(updates) == cw.MAX_COLORS and [u["visible"] for u in updates] == [True, True] + [False] * 14
+    assert (updates[1]["value"], updates[1]["label"]) == ("#445566", "Spot 2: #445566")
 
 
 # ---- palette files: strict, errors name the file and the key ------------------------------------------------------
