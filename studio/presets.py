@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ANY = "any"  # negative-prompt sets: only `negative_prompt`, listed in every mode
+ANY = "any"  # negative-prompt sets: only `negative_prompt`, listed in every mode that has one
 TOP_KEYS = {"name": True, "mode": True, "description": False, "values": True}  # key -> required
 MAX_NAME_CHARS = 80
 
@@ -134,7 +134,11 @@ def load_presets(folder: Path, limits: Limits, modes: Sequence[Mode]) -> dict[st
         (read_preset(path, table) for path in sorted(Path(folder).glob("*.json"))), key=lambda p: p.name.casefold()
     )
     names = [m.name for m in modes]
-    by_mode = {mode: [p for p in presets if p.mode == mode] + [p for p in presets if p.mode == ANY] for mode in names}
+    negatives = [p for p in presets if p.mode == ANY]  # offered in every tab that has a negative prompt
+    by_mode = {
+        mode: [p for p in presets if p.mode == mode] + (negatives if "negative_prompt" in table[mode] else [])
+        for mode in names
+    }
     for mode, listed in by_mode.items():
         seen: dict[str, Preset] = {}
         for preset in listed:
