@@ -186,11 +186,10 @@ def palette_names(known: Sequence[str]) -> Any:
 def separate(tile: Image.Image, colors: int) -> Spots:
     """The tile in at most `colors` spot colours: its own colours when it has no more than that, else Textile's
     colourway step (median cut refined by k-means, no dithering: every pixel's spot depends on its colour alone)."""
-    pixels = np.asarray(tile.convert("RGB"))
-    spots = _spots(pixels)
-    if len(spots.colors) <= colors:
-        return spots
-    return _spots(np.asarray(patterns.colourway(tile, colors).image.convert("RGB")))
+    rgb = tile.convert("RGB")
+    if rgb.getcolors(colors) is not None:  # None: more than `colors` colours (PIL counts them without a sort)
+        return _spots(np.asarray(rgb))
+    return _spots(np.asarray(patterns.colourway(rgb, colors).image.convert("RGB")))
 
 
 def _spots(pixels: np.ndarray) -> Spots:
