@@ -58,6 +58,9 @@ def create(ctx: UIContext, calls: ModeCalls, palettes_dir: Path = PALETTES_DIR) 
                 keep_order = gr.Checkbox(False, label="Keep light/dark order")
                 merge = gr.Checkbox(False, label="Merge spot colours when a palette has fewer colours")
                 include_original = gr.Checkbox(True, label="Include the original")
+            with gr.Row():  # the main action under what it needs (Ctrl+Enter in a text field does the same)
+                run = gr.Button("Make colourways", variant="primary", elem_classes="primary-action")
+                cancel_button(ctx.board)
             with gr.Accordion("Pick colours by hand, or write your own palettes", open=False):
                 gr.Markdown("Show the spot colours, pick a new colour for each, then add them as a colourway.")
                 with gr.Row():
@@ -91,10 +94,7 @@ def create(ctx: UIContext, calls: ModeCalls, palettes_dir: Path = PALETTES_DIR) 
                 with gr.Row():
                     unit = gr.Radio(list(UNITS), value="cm", label="Unit")
                     dpi = gr.Number(300, precision=0, minimum=36, maximum=2400, label="DPI")
-            with gr.Row():
-                run = gr.Button("Make colourways", variant="primary")
-                cancel_button(ctx.board)
-        with gr.Column(scale=6, min_width=320):
+        with gr.Column(scale=6, min_width=320, elem_classes="results-column"):  # stays in view (app.CSS)
             sheet = gr.Image(label="Colourway sheet", format="png", type="filepath", interactive=False)
             notes = gr.Markdown()
             # interactive=False: a static Gallery fires .change when filled (the shell's session results listen)
