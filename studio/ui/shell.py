@@ -88,7 +88,7 @@ def send_row(source: gr.Gallery, targets: list[TabHandle], tabs: gr.Tabs, exclud
             updates = fill(target, carried_prompts(prompts_of(path), their_negative or ""))
             updates[input_image] = image_value_for(target, path)
             updates[tabs] = gr.Tabs(selected=target.mode)
-            gr.Info(f"Sent to {target.label} with its prompt; {target.label}'s negative prompt is kept.")
+            gr.Info(sent_note(target))
             return updates
 
         button.click(
@@ -98,6 +98,13 @@ def send_row(source: gr.Gallery, targets: list[TabHandle], tabs: gr.Tabs, exclud
             concurrency_limit=None,  # queued so its toast and errors show; never waits behind generation
             api_visibility="private",
         )
+
+
+def sent_note(target: TabHandle) -> str:
+    if "prompt" not in target.fields:
+        return f"Sent to {target.label}."
+    kept = f"; {target.label}'s negative prompt is kept" if "negative_prompt" in target.fields else ""
+    return f"Sent to {target.label} with its prompt{kept}."
 
 
 def carried_prompts(sent: dict[str, str], their_negative: str) -> dict[str, str]:
