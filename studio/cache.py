@@ -5,7 +5,9 @@
 - Every mode's pipeline is derived from the base with `from_pipe(base, torch_dtype=base.dtype)`: no weight is
   ever copied. Each derivation gets its own fresh scheduler, so no request mutates shared scheduler state.
 - ControlNet, the HED annotator and a 9-channel inpainting UNet live in their own lazily-loaded slots.
-- One re-entrant lock serialises all GPU work (`with cache.gpu():`).
+- One re-entrant lock serialises all GPU work (`with cache.gpu():`) and loads. Looking up what is already resident
+  (a base, a derived pipeline's template, a companion) takes no lock, so a request prepares its pipeline while
+  another one holds the GPU.
 - A failed load leaves the previous model resident and serving: the new one is loaded before anything is evicted.
 """
 
@@ -65,6 +67,17 @@ PREVIEW_SLOT = "preview_decoder"  # TAESD, when at hand (ModelCache.preview_deco
 MAX_DERIVED = 32  # derived pipelines kept (one per mode and companion set; each holds only references)
 
 
+def _lookup(table: OrderedDict[Any, Any], key: Any) -> Any | None:
+    """A resident entry, marked as just used, without the lock (each OrderedDict operation is atomic under the
+    GIL); None when it is not there or was evicted meanwhile. Loading and evicting still happen under the lock."""
+    try:
+        value = table[key]
+        table.move_to_end(key)
+    except KeyError:
+        return None
+    return value
+
+
 def _load_error(what: str, source: str, exc: BaseException) -> ModelLoadError:
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return ModelLoadError(
@@ -120,6 +133,9 @@ class ModelCache:
     def base(self, ref: str | None = None) -> Any:
         """The resident base pipeline of `ref` (default: the current model), loading it if needed."""
         ckpt = self.checkpoint(ref)
+        resident = _lookup(self._bases, ckpt.name)  # a request prepares while another one holds the GPU
+        if resident is not None:
+            return resident
         with self._lock:
             if ckpt.name in self._bases:
                 self._bases.move_to_end(ckpt.name)
@@ -191,14 +207,16 @@ class ModelCache:
         every module (~17 ms on SD1.5) again."""
         base = self.base(ref)
         key = (self.checkpoint(ref).name, pipeline_cls, tuple(sorted((name, id(m)) for name, m in extra.items())))
-        with self._lock:
-            template = self._derived.get(key)
-            if template is None:
-                template = pipeline_cls.from_pipe(base, torch_dtype=base.dtype, **extra)
-                self._derived[key] = template
-                while len(self._derived) > MAX_DERIVED:  # a bound, whatever callers pass as `extra`
-                    self._derived.popitem(last=False)
-            self._derived.move_to_end(key)
+        template = _lookup(self._derived, key)  # made before: no waiting for the GPU
+        if template is None:
+            with self._lock:  # made once, under the lock: from_pipe walks the shared modules
+                template = self._derived.get(key)
+                if template is None:
+                    template = pipeline_cls.from_pipe(base, torch_dtype=base.dtype, **extra)
+                    self._derived[key] = template
+                    while len(self._derived) > MAX_DERIVED:  # a bound, whatever callers pass as `extra`
+                        self._derived.popitem(last=False)
+                self._derived.move_to_end(key)
         fresh = get_sampler(scheduler).build(base.scheduler.config) if scheduler else copy.deepcopy(template.scheduler)
         init = inspect.signature(pipeline_cls.__init__).parameters
         settings = {name: template.config[name] for name in init if name not in template.components and
@@ -228,6 +246,9 @@ class ModelCache:
             "annotator": self._load_annotator,
             "inpaint_unet": self._load_inpaint_unet,
         }
+        source = self.companion_source(name)
+        if self._slot_sources.get(name) == source:  # loaded (a slot is set before its source): no waiting
+            return self._slots[name]
         with self._lock:
             source = self.companion_source(name)
             if self._slot_sources.get(name) == source:
@@ -306,6 +327,9 @@ class ModelCache:
         never fused."""
         from diffusers import StableDiffusionPipeline
 
+        built = self._drafts.get((self.checkpoint(ref).name, slot))  # built before: no waiting for the GPU
+        if built is not None:
+            return built[0]
         with self._lock:
             pipe, ckpt = self.base(ref), self.checkpoint(ref)
             if (ckpt.name, slot) in self._drafts:

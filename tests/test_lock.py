@@ -211,6 +211,37 @@ def slow_first_write(studio: Studio, monkeypatch: pytest.MonkeyPatch) -> Iterato
     held.release.set()
 
 
+def test_a_request_prepares_its_pipeline_while_another_one_holds_the_gpu(studio, monkeypatch):
+    """Looking up the resident model, its derived pipeline's template and companions takes no lock: a request is
+    ready to denoise the moment the GPU is free."""
+    txt2img(studio, Txt2ImgRequest(PROMPT, **FAST))  # the model and txt2img's template are resident
+    derived, busy, free = threading.Event(), threading.Event(), threading.Event()
+    derive = ModelCache.derive
+
+    def watched(self: ModelCache, *args: Any, **kwargs: Any) -> Any:
+        pipe = derive(self, *args, **kwargs)
+        derived.set()
+        return pipe
+
+    def another_request() -> None:
+        with studio.cache.gpu():
+            busy.set()
+            assert free.wait(60)
+
+    monkeypatch.setattr(ModelCache, "derive", watched)
+    holder = threading.Thread(target=another_request)
+    holder.start()
+    assert busy.wait(60)
+    runner = threading.Thread(target=txt2img, args=(studio, Txt2ImgRequest(PROMPT, **FAST)))
+    runner.start()
+    try:
+        assert derived.wait(30)  # made while the other request still holds the GPU
+    finally:
+        free.set()
+        holder.join()
+        runner.join()
+
+
 def test_each_image_is_told_after_its_file_is_complete_and_in_the_order_made(studio, slow_first_write):
     told: list[tuple[int, bool, str | None]] = []
 
