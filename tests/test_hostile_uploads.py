@@ -42,7 +42,15 @@ def write(folder: Path) -> dict[str, Path]:
         "html": lambda p: p.write_text("<html><script>alert(1)</script></html>"),
         "tiny_2x2": lambda p: Image.new("RGB", (2, 2)).save(p),
         "ok_16bit": lambda p: Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)).save(p),
-        "ok_rgba": lambda p: Image.new("RGBA", (64, 64), (255, 0, 0, 128)).save(p),
+        "ok_rgba": lambda p: Image.fromarray(  # half-transparent, red to blue
+            np.dstack(
+                [
+                    np.tile(np.linspace(0, 255, 64), (64, 1))[..., None] * [1, 0, -1] + [0, 0, 255],
+                    np.full((64, 64), 128),
+                ]
+            ).astype(np.uint8),
+            "RGBA",
+        ).save(p),
     }
     paths = {}
     for name, make in files.items():
@@ -90,6 +98,8 @@ def slot_calls(image: Any) -> dict[str, tuple[str, dict[str, Any]]]:
                                         "image": None, "mask_image": mask, "strength": 1.0, **FAST}),
         "restyle image": ("/restyle", {"image": image, **FAST}),
         "restyle edges": ("/restyle_edges", {"image": image, "preprocessor": "none"}),
+        "colourways tile": ("/colourways", {"image": image, "palettes": ["SS26 Citrus Grove"], "colors": 2}),
+        "colourways mood photo": ("/colourways", {"image": photo, "mood_image": image, "colors": 2}),
     }  # fmt: skip
 
 
