@@ -64,6 +64,7 @@ def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
 # LoRA adapter slots (`ModelCache.draft_unet`) -> the adapter name peft/diffusers know.
 ADAPTER_NAMES = {"lcm_lora": "lcm"}
 PREVIEW_SLOT = "preview_decoder"  # TAESD, when at hand (ModelCache.preview_decoder)
+UPSCALER_SLOT = "upscaler"  # a super-resolution model file (ModelCache.upscaler)
 MAX_DERIVED = 32  # derived pipelines kept (one per mode and companion set; each holds only references)
 
 
@@ -290,6 +291,25 @@ class ModelCache:
 
         detector = HEDdetector.from_pretrained(source, filename=registry.HED_ANNOTATOR_FILE)
         return detector.to(self.device)
+
+    # ---- upscaler (super-resolution model file), on demand ------------------------------------------------------
+    def upscaler(self, path: str) -> Any:
+        """The upscaler model of a file in the operator's upscalers folder (spandrel's descriptor; loading and its
+        checks live in `studio.upscale.load_model`), in a slot of its own: loaded on first use, kept, and replaced
+        when a request names another file."""
+        if self._slot_sources.get(UPSCALER_SLOT) == path:  # loaded (a slot is set before its source): no waiting
+            return self._slots[UPSCALER_SLOT]
+        with self._lock:
+            if self._slot_sources.get(UPSCALER_SLOT) != path:
+                from studio.upscale import load_model
+
+                self.loading = f"upscaler ({path})"
+                try:
+                    model = load_model(path, self.device, self.dtype)
+                finally:
+                    self.loading = None
+                self._slots[UPSCALER_SLOT], self._slot_sources[UPSCALER_SLOT] = model, path
+            return self._slots[UPSCALER_SLOT]
 
     # ---- live-preview decoder (TAESD), optional --------------------------------------------------------------
     def preview_decoder(self) -> Any | None:

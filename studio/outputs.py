@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+import re
 import secrets
 import tempfile
 import time
@@ -31,6 +32,8 @@ PART = ".part"
 # A file in the private folder older than this is a killed write (a print export takes seconds); a younger one
 # may belong to another server sharing the outputs folder, and is left alone.
 STALE_AFTER_S = 3600
+# A download name (`florals-halfdrop-30x30cm-300dpi`): built by the studio from a slug, never a user's path.
+DOWNLOAD_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,95}")
 
 
 def temp_folder(root: Path) -> Path:
@@ -50,12 +53,19 @@ class Outputs:
         mode: str,
         dpi: tuple[int, int] | None = None,
         compress_level: int = DEFAULT_PNG_LEVEL,
+        name: str | None = None,
     ) -> Path:
         """Write a PNG with `parameters` at zlib level `compress_level` (settings' `png_level`); the name is
-        unguessable (128 random bits) and never collides."""
+        unguessable (128 random bits) and never collides. With `name` ([a-z0-9-], at most 96 characters: a name
+        for downloads, such as `florals-halfdrop-30x30cm-300dpi`) the file is `<name>.png` inside a folder of its
+        own with the unguessable name, so a download keeps the human name."""
         folder = self.root / _dt.date.today().isoformat()
+        if name is not None:
+            if not DOWNLOAD_NAME.fullmatch(name):
+                raise ValueError(f"Not a download name: {name!r} (use a-z, 0-9 and -)")
+            folder = folder / secrets.token_hex(16)
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{mode}-{secrets.token_hex(16)}.png"
+        path = folder / (f"{name}.png" if name is not None else f"{mode}-{secrets.token_hex(16)}.png")
         kwargs: dict[str, object] = {"compress_level": compress_level, **({"dpi": dpi} if dpi else {})}
         return atomic_write(
             path, lambda handle: image.save(handle, format="PNG", pnginfo=pnginfo(infotext), **kwargs), self.temp

@@ -56,6 +56,8 @@ class Settings:
     png_level: int = DEFAULT_PNG_LEVEL
     outputs: Path = Path("outputs")
     tiny_dir: Path = DEFAULT_CACHE / "tiny"
+    # Super-resolution model files (.pth / .safetensors, ESRGAN family) the Upscale tab and print export offer
+    upscalers_dir: Path = DEFAULT_CACHE / "upscalers"
     host: str = "127.0.0.1"
     port: int = 7860
     queue_size: int = 16

@@ -21,6 +21,8 @@ def torch_modules(owner: Any) -> list[torch.nn.Module]:
         return [m for m in owner.components.values() if isinstance(m, torch.nn.Module)]
     if hasattr(owner, "netNetwork"):  # controlnet_aux detectors
         return [owner.netNetwork]
+    if isinstance(getattr(owner, "model", None), torch.nn.Module):  # spandrel's model descriptors (upscalers)
+        return [owner.model]
     return []
 
 

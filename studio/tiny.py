@@ -4,7 +4,7 @@ Weights are random but deterministic (fixed seeds), so every machine writes iden
 studio run offline on a CPU in seconds, and let tests load them through the very `from_pretrained` calls used for
 the real hub ids — either from a folder, or installed into a Hugging Face cache under the real ids.
 
-    python -m studio.tiny OUT_DIR          # base/, inpaint/, controlnet/, annotator/, lcm_lora/, taesd/
+    python -m studio.tiny OUT_DIR          # base/, inpaint/, controlnet/, annotator/, lcm_lora/, taesd/, upscaler/
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from studio.tiny_upscaler import write_upscaler
+
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, ControlNetModel, PNDMScheduler
     from transformers import CLIPTextModel
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Bump when the layout or the seeds change: folders written by an older version are rewritten.
-VERSION = "atelier-tiny-6"
+VERSION = "atelier-tiny-7"
 NATIVE_SIZE = 64  # px; latents 8x8
 SEED = 20260101
 
@@ -307,6 +309,7 @@ def write_all(out_dir: Path) -> Path:
         write_annotator(tmp / "annotator")
         write_lcm_lora(tmp / "lcm_lora")
         write_taesd(tmp / "taesd")
+        write_upscaler(tmp / "upscaler")  # a 4x ESRGAN in Real-ESRGAN's .pth layout (studio.tiny_upscaler)
         (tmp / "VERSION").write_text(VERSION + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -346,7 +349,7 @@ def main(argv: list[str] | None = None) -> None:
     path = write_all(args.out_dir)
     print(
         f"Wrote tiny checkpoints to {path}: base/, inpaint/, controlnet/, annotator/ControlNetHED.pth, lcm_lora/, "
-        "taesd/"
+        "taesd/, upscaler/"
     )
 
 

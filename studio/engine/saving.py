@@ -64,11 +64,13 @@ def save_image(
     mode: str,
     job: Job | None,
     dpi: int | None = None,
+    name: str | None = None,
 ) -> Generated:
-    """Write the PNG with its infotext (atomically), then tell the job: written before shown."""
+    """Write the PNG with its infotext (atomically), then tell the job: written before shown. `name`: the file's
+    download name (`Outputs.save`)."""
     infotext = format_infotext(prompts["prompt"], prompts["negative_prompt"], params)
     level = studio.cache.settings.png_level
-    path = studio.outputs.save(image, infotext, mode, dpi=(dpi, dpi) if dpi else None, compress_level=level)
+    path = studio.outputs.save(image, infotext, mode, dpi=(dpi, dpi) if dpi else None, compress_level=level, name=name)
     generated = Generated(path=path, image=image, seed=int(params["Seed"]), infotext=infotext)
     if job is not None and job.on_image is not None:
         job.on_image(generated)
