@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from studio.tiny_styles import write_styles
 from studio.tiny_upscaler import write_upscaler
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Bump when the layout or the seeds change: folders written by an older version are rewritten.
-VERSION = "atelier-tiny-7"
+VERSION = "atelier-tiny-8"
 NATIVE_SIZE = 64  # px; latents 8x8
 SEED = 20260101
 
@@ -309,6 +310,7 @@ def write_all(out_dir: Path) -> Path:
         write_annotator(tmp / "annotator")
         write_lcm_lora(tmp / "lcm_lora")
         write_taesd(tmp / "taesd")
+        write_styles(tmp)  # loras/ and embeddings/ (studio.tiny_styles)
         write_upscaler(tmp / "upscaler")  # a 4x ESRGAN in Real-ESRGAN's .pth layout (studio.tiny_upscaler)
         (tmp / "VERSION").write_text(VERSION + "\n")
         if out_dir.exists():
@@ -349,7 +351,7 @@ def main(argv: list[str] | None = None) -> None:
     path = write_all(args.out_dir)
     print(
         f"Wrote tiny checkpoints to {path}: base/, inpaint/, controlnet/, annotator/ControlNetHED.pth, lcm_lora/, "
-        "taesd/, upscaler/"
+        "taesd/, upscaler/, loras/, embeddings/"
     )
 
 
