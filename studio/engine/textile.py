@@ -181,7 +181,7 @@ def textile(
     out_size = print_size(req, width, height)
     check_latents(studio, latents, req.batch_size, width, height)
     pipe_cls = StableDiffusionPipeline if swatch is None else SwatchPipeline
-    pipe = studio.cache.derive(pipe_cls, scheduler=req.scheduler, ref=model)
+    pipe = studio.cache.derive(pipe_cls, scheduler=req.scheduler, ref=model, prompts=prompts)
     fitted = None if swatch is None else ImageOps.fit(swatch, (width, height), Image.Resampling.LANCZOS)
     seed = resolve_seed(req.seed)
     tile = Tile(studio, req, prompts, (width, height), out_size, model)
