@@ -1,7 +1,8 @@
 """Batching of concurrent txt2img requests: several designers' requests in one UNet batch.
 
-A request that arrives while a compatible group is open joins it. Compatible means the same model and the same
-`SHARED_FIELDS` (width, height, steps, CFG scale, sampler): the pipeline takes one size, one schedule and one
+A request that arrives while a compatible group is open joins it. Compatible means the same model, the same
+personal styles (LoRAs and weights, embeddings or not) and the same `SHARED_FIELDS` (width, height, steps, CFG
+scale, sampler): the pipeline takes one size, one schedule and one
 guidance scale per call; prompts, negative prompts, seeds and batch sizes stay each request's own. A group closes
 when its window has passed and the GPU is free, or when it holds `max_batch_size` images; it then runs as one
 pipeline call (`txt2img_many`) on a thread of its own, and every caller gets its own `Result`.
@@ -123,9 +124,9 @@ class Txt2ImgBatcher:
         if self.window <= 0 or not mergeable(req) or image_count(req) >= self.max_images:
             return txt2img(self.studio, req, job)
         check_common(req, self.studio.limits)  # a bad request fails now, without taking a place in a batch
-        clean_prompts(req, self.studio.limits)
+        styles = self.studio.cache.select_styles(clean_prompts(req, self.studio.limits)).key  # unknown LoRA: now
         ticket = _Ticket(req, job or Job(), contextvars.copy_context())
-        group = self._join(ticket)
+        group = self._join(ticket, styles)
         if group is not None:
             threading.Thread(target=self._run, args=(group,), name="txt2img-batch", daemon=True).start()
         ticket.done.wait()
@@ -134,9 +135,11 @@ class Txt2ImgBatcher:
         assert ticket.outcome is not None
         return ticket.outcome
 
-    def _join(self, ticket: _Ticket) -> _Group | None:
-        """Add the ticket to its open group; returns the group when this ticket opened it (its runner starts)."""
-        key = (self.studio.cache.current, shared_params(ticket.request))
+    def _join(self, ticket: _Ticket, styles: tuple[Any, ...] = ()) -> _Group | None:
+        """Add the ticket to its open group; returns the group when this ticket opened it (its runner starts).
+        `styles`: the request's LoRAs and weights (and whether it names embeddings): they choose the UNet and text
+        encoder of the one pipeline call, so only requests with equal styles share it."""
+        key = (self.studio.cache.current, shared_params(ticket.request), styles)
         count = image_count(ticket.request)
         with self._cond:
             group = self._open.get(key)

@@ -20,7 +20,7 @@ import inspect
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,8 @@ from studio.errors import ModelLoadError
 from studio.registry import Checkpoint
 from studio.schedulers import get_sampler
 from studio.settings import Settings
+from studio.style_modules import STYLES_ATTRIBUTE, StyleModules
+from studio.styles import Selection, StyleLibrary
 from studio.tensors import adapter_param_bytes, shared_copy, unique_param_bytes
 
 log = logging.getLogger(__name__)
@@ -107,6 +109,9 @@ class ModelCache:
         self._derived: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self.current: str = settings.model
         self.loading: str | None = None
+        # personal styles: the operator's LoRA and embedding folders, and the weight-sharing copies holding them
+        self.styles = StyleLibrary(settings.lora_dir, settings.embeddings_dir)
+        self._styled = StyleModules(self._lock, self.styles)
 
     # ---- locking ------------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -147,7 +152,8 @@ class ModelCache:
             finally:
                 self.loading = None
             while len(self._bases) >= self.settings.max_resident_models:
-                evicted, _ = self._bases.popitem(last=False)
+                evicted, evicted_pipe = self._bases.popitem(last=False)
+                self._styled.forget([evicted_pipe.unet, evicted_pipe.text_encoder])
                 self._drafts = {key: value for key, value in self._drafts.items() if key[0] != evicted}
                 for key in [key for key in self._derived if key[0] == evicted]:
                     del self._derived[key]
@@ -197,7 +203,12 @@ class ModelCache:
 
     # ---- derived pipelines ----------------------------------------------------------------------------------
     def derive(
-        self, pipeline_cls: type[Any], scheduler: str | None = None, ref: str | None = None, **extra: Any
+        self,
+        pipeline_cls: type[Any],
+        scheduler: str | None = None,
+        ref: str | None = None,
+        prompts: Mapping[str, str] | None = None,
+        **extra: Any,
     ) -> Any:
         """A mode's pipeline sharing every module of the base; `extra` adds modules such as `controlnet`.
 
@@ -205,7 +216,11 @@ class ModelCache:
         torch_dtype=base.dtype)`. Each request then constructs its class directly over that template's very modules
         with a fresh scheduler of its own (~1 ms; the pipeline's `__init__` still checks the scheduler's config as
         plain diffusers does), so no request mutates shared scheduler state and none pays `from_pipe`'s walk over
-        every module (~17 ms on SD1.5) again."""
+        every module (~17 ms on SD1.5) again.
+
+        `prompts` (the request's `prompt` and `negative_prompt`) choose its personal styles: with a `<lora:...>`
+        tag or an embedding's word the pipeline gets the weight-sharing copies of the UNet / text encoder that hold
+        them (`styled`); without, the base's own modules, untouched."""
         base = self.base(ref)
         key = (self.checkpoint(ref).name, pipeline_cls, tuple(sorted((name, id(m)) for name, m in extra.items())))
         template = _lookup(self._derived, key)  # made before: no waiting for the GPU
@@ -222,9 +237,23 @@ class ModelCache:
         init = inspect.signature(pipeline_cls.__init__).parameters
         settings = {name: template.config[name] for name in init if name not in template.components and
                     name in template.config}  # fmt: skip
-        pipe = pipeline_cls(**{**template.components, "scheduler": fresh}, **settings)
+        components = {**template.components, "scheduler": fresh}
+        selection = self.select_styles(prompts, components["unet"]) if prompts else None
+        if selection:
+            components.update(self._styled.components(components, selection))
+        pipe = pipeline_cls(**components, **settings)
         pipe.set_progress_bar_config(disable=True)
+        setattr(pipe, STYLES_ATTRIBUTE, selection or None)  # prompts.prompt_kwargs sets the adapters' weights
         return pipe
+
+    def select_styles(self, prompts: Mapping[str, str], unet: Any = None) -> Selection:
+        """The LoRAs (with weights) and embeddings a request's prompts use, checked against the model."""
+        dim = getattr(getattr(unet, "config", None), "cross_attention_dim", None)
+        return self.styles.select(prompts.get("prompt", ""), prompts.get("negative_prompt", ""), dim)
+
+    def preload_styles(self, ref: str | None = None) -> list[str]:
+        """Load every usable LoRA and embedding into the base's style copies now (ZeroGPU: before serving)."""
+        return self._styled.preload(self.base(ref).components)
 
     # ---- companion slots --------------------------------------------------------------------------------------
     def companion_source(self, slot: str) -> str:
@@ -396,7 +425,8 @@ class ModelCache:
     def resident_bytes(self) -> int:
         with self._lock:
             drafts = [unet for unet, _ in self._drafts.values()]
-            return unique_param_bytes(*self._bases.values(), *self._slots.values(), *drafts)
+            styled = self._styled.modules()
+            return unique_param_bytes(*self._bases.values(), *self._slots.values(), *drafts, *styled)
 
     def _free(self) -> None:
         gc.collect()

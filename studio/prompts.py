@@ -10,11 +10,15 @@ length. Prompts within 75 tokens take diffusers' own path untouched, so they sta
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from studio.settings import Limits
+from studio.style_modules import STYLES_ATTRIBUTE, StyleModules
+from studio.styles import StyleLibrary, strip_tags, uses_word, word_pattern
+from studio.weighting import encode_weighted, has_weighting, parse_attention, weighted_chunks
 
 CHUNK = 75
 # C0 controls (but tab and newline), DEL, C1 controls, zero-width and bidi marks, embeddings/overrides (U+202A-E),
@@ -46,17 +50,42 @@ def describe_count(tokens: int) -> str:
 
 
 def prompt_kwargs(pipe: Any, prompt: str, negative_prompt: str) -> dict[str, Any]:
-    """Arguments for a diffusers SD pipeline call: plain strings when both fit, chunked embeddings otherwise."""
+    """Arguments for a diffusers SD pipeline call: plain strings when both fit, chunked embeddings otherwise.
+
+    The one place every mode's prompts reach the text encoder. `<lora:...>` tags are taken out here (they stay in
+    the prompt the PNG records, as A1111 writes it), and the request's LoRA weights are set on the style copies its
+    pipeline holds (`cache.derive` chose them; call this under the GPU lock, right before the pipeline call).
+    A1111 weighting syntax (`(word:1.3)`, `[word]`, `BREAK`, ...) is encoded as A1111 does (studio.weighting);
+    prompts without it take the plain path, bit-identical to diffusers."""
+    selection = getattr(pipe, STYLES_ATTRIBUTE, None)
+    if selection:
+        StyleModules.activate(pipe, selection)
+    prompt, negative_prompt = strip_tags(prompt), strip_tags(negative_prompt)
+    convert = _converter(pipe, selection)
+    if has_weighting(prompt) or has_weighting(negative_prompt):
+        chunks = [weighted_chunks(pipe.tokenizer, parse_attention(text), convert) for text in (prompt, negative_prompt)]
+        count = max(len(c) for c in chunks)
+        return {
+            "prompt_embeds": encode_weighted(pipe, chunks[0], count),
+            "negative_prompt_embeds": encode_weighted(pipe, chunks[1], count),
+        }
     tokenizer = pipe.tokenizer
-    ids = token_ids(tokenizer, prompt)
-    negative_ids = token_ids(tokenizer, negative_prompt)
+    ids = token_ids(tokenizer, convert(prompt))
+    negative_ids = token_ids(tokenizer, convert(negative_prompt))
     if len(ids) <= CHUNK and len(negative_ids) <= CHUNK:
-        return {"prompt": prompt, "negative_prompt": negative_prompt}
-    chunks = max(_chunks(ids), _chunks(negative_ids))
+        return {"prompt": prompt, "negative_prompt": negative_prompt}  # diffusers expands embeddings itself
+    chunks_count = max(_chunks(ids), _chunks(negative_ids))
     return {
-        "prompt_embeds": _encode_chunks(pipe, ids, chunks),
-        "negative_prompt_embeds": _encode_chunks(pipe, negative_ids, chunks),
+        "prompt_embeds": _encode_chunks(pipe, ids, chunks_count),
+        "negative_prompt_embeds": _encode_chunks(pipe, negative_ids, chunks_count),
     }
+
+
+def _converter(pipe: Any, selection: Any) -> Callable[[str], str]:
+    """A multi-vector embedding's word becomes its tokens (`name name_1 name_2`), as diffusers does for strings."""
+    if selection and selection.embeddings and hasattr(pipe, "maybe_convert_prompt"):
+        return lambda text: str(pipe.maybe_convert_prompt(text, pipe.tokenizer))
+    return lambda text: text
 
 
 def _chunks(ids: list[int]) -> int:
@@ -85,9 +114,12 @@ class TokenCounter:
     refuse (over `max_chars` once cleaned, the very check every generation makes) is answered with the limit,
     before any tokenising: the cost stays linear in the text and small."""
 
-    def __init__(self, folder: Any, max_chars: int = Limits.max_prompt_chars) -> None:
+    def __init__(
+        self, folder: Any, max_chars: int = Limits.max_prompt_chars, styles: StyleLibrary | None = None
+    ) -> None:
         self.folder = folder
         self.max_chars = max_chars
+        self.styles = styles  # embeddings count as their vectors; `<lora:...>` tags count as nothing
         self._tokenizer: Any = None
 
     def __call__(self, text: str) -> str:
@@ -103,4 +135,18 @@ class TokenCounter:
             if not (self.folder / "vocab.json").is_file():
                 write_tokenizer(self.folder)
             self._tokenizer = CLIPTokenizer.from_pretrained(self.folder)
-        return describe_count(count_tokens(self._tokenizer, text))
+        return describe_count(clip_tokens(self._tokenizer, text, self.styles))
+
+
+def clip_tokens(tokenizer: Any, text: str, styles: StyleLibrary | None = None) -> int:
+    """The tokens CLIP reads for a prompt: without `<lora:...>` tags and weighting brackets, with each embedding's
+    word as its number of vectors."""
+    text = strip_tags(text)
+    if has_weighting(text):
+        text = "".join(fragment for fragment, weight in parse_attention(text) if weight != -1)
+    extra = 0
+    for entry in styles.embeddings() if styles is not None else []:
+        if entry.usable and uses_word(text, entry.name):
+            text, found = word_pattern(entry.name).subn(" ", text)
+            extra += found * entry.vectors
+    return count_tokens(tokenizer, text) + extra

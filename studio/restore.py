@@ -29,6 +29,7 @@ from studio.metadata import parse_infotext, read_parameters
 from studio.presets import FieldTable, check_values, field_table
 from studio.schedulers import from_infotext
 from studio.settings import Limits
+from studio.styles import StyleLibrary, match_recorded
 
 if TYPE_CHECKING:
     from studio.modes import Mode
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 # Recorded for the record, not form fields, by every mode: consumed without being reported as ignored.
 RECORDED = frozenset({"Mode", "Model", "Model hash", "Schedule type"})
+STYLE_KEYS = frozenset({"Lora hashes", "TI hashes"})  # read against the studio's style folders (studio.styles)
 
 
 def _scheduler(value: str, params: Mapping[str, str]) -> dict[str, Any]:
@@ -71,8 +73,9 @@ class Restored:
 class Restorer:
     """Restores infotexts into the modes it is given (the studio's registry), within the studio's limits."""
 
-    def __init__(self, modes: Sequence[Mode], limits: Limits | None = None) -> None:
+    def __init__(self, modes: Sequence[Mode], limits: Limits | None = None, styles: StyleLibrary | None = None) -> None:
         self.modes = {m.name: m for m in modes}
+        self.styles = styles
         self.default = modes[0].name
         self.table: FieldTable = field_table(modes, limits or Limits())
         self.readers: dict[str, Reader] = dict(SHARED_READERS)
@@ -107,6 +110,7 @@ class Restorer:
         for key, value in params.items():
             if (
                 key in RECORDED
+                or (key in STYLE_KEYS and self.styles is not None)
                 or key in mode.recorded
                 or (key == "Size" and atelier and "width" not in self.table[name])
             ):
@@ -118,7 +122,7 @@ class Restorer:
                 reasons.update({f"{key}: {sub}": f"not used by {mode.label}" for sub in mode.partly_read[key](value)})
         source = "Atelier" if atelier else "AUTOMATIC1111"
         restored = Restored(mode=name, values=values, ignored=list(reasons), model=params.get("Model"))
-        restored.note = self._note(restored, source, reasons, params)
+        restored.note = self._note(restored, source, reasons, params) + self._styles(values, params)
         log.info("Restored %s PNG into %s (%d fields, %d ignored)", source, name, len(values), len(reasons))
         return restored
 
@@ -139,6 +143,21 @@ class Restorer:
             return "; ".join(f"{name} {problem}" for name, problem in problems.items())
         values.update(fields)
         return None
+
+    def _styles(self, values: dict[str, Any], params: Mapping[str, str]) -> str:
+        """LoRAs and embeddings chosen by the hashes the PNG records (renamed in the prompts when the file here has
+        another name); the note says which were found and which are missing."""
+        if self.styles is None or not STYLE_KEYS & set(params):
+            return ""
+        matched = match_recorded(self.styles, values["prompt"], values["negative_prompt"], params)
+        values["prompt"], values["negative_prompt"] = matched.prompt, matched.negative_prompt
+        note = f" Styles found by hash: {', '.join(matched.found)}." if matched.found else ""
+        if matched.missing:
+            note += (
+                f" Missing here (no file with that hash): {', '.join(matched.missing)}; add them to the LoRA or "
+                "embeddings folder, or remove their tags."
+            )
+        return note
 
     def _note(self, restored: Restored, source: str, reasons: Mapping[str, str], params: Mapping[str, str]) -> str:
         tab = self.modes[restored.mode].label

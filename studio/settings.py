@@ -56,6 +56,9 @@ class Settings:
     png_level: int = DEFAULT_PNG_LEVEL
     outputs: Path = Path("outputs")
     tiny_dir: Path = DEFAULT_CACHE / "tiny"
+    # The operator's personal styles (studio.styles): LoRA .safetensors files, and textual-inversion embeddings
+    lora_dir: Path = DEFAULT_CACHE / "loras"
+    embeddings_dir: Path = DEFAULT_CACHE / "embeddings"
     # Super-resolution model files (.pth / .safetensors, ESRGAN family) the Upscale tab and print export offer
     upscalers_dir: Path = DEFAULT_CACHE / "upscalers"
     host: str = "127.0.0.1"

@@ -79,7 +79,8 @@ def draft(studio: Studio, req: DraftRequest, job: Job | None = None) -> Result:
     native = studio.cache.native_size(model)
     width, height = req.width or native, req.height or native
     check_size(width, height, studio.limits)
-    pipe = studio.cache.derive(StableDiffusionPipeline, ref=model, unet=studio.cache.draft_unet(ADAPTER_SLOT, model))
+    drafting = studio.cache.draft_unet(ADAPTER_SLOT, model)
+    pipe = studio.cache.derive(StableDiffusionPipeline, ref=model, prompts=prompts, unet=drafting)
     pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)  # this call's own; the base's untouched
     seed = resolve_seed(req.seed)
     with Writes(job) as writes, studio.cache.gpu():
@@ -104,6 +105,8 @@ def draft_params(
 ) -> dict[str, Any]:
     """A1111's keys (Sampler `LCM`, `Lora hashes` as `name: sha256[:12]`) plus `Draft: LCM-LoRA`."""
     source = studio.cache.adapter_source(ADAPTER_SLOT, model)
+    recorded = studio.cache.styles.recorded(req.prompt, req.negative_prompt)  # the designer's own styles
+    styles = recorded["Lora hashes"]
     return {
         "Steps": req.num_inference_steps,
         "Sampler": "LCM",
@@ -112,7 +115,8 @@ def draft_params(
         "Size": f"{width}x{height}",
         "Model hash": studio.cache.model_hash(model) or None,
         "Model": studio.cache.checkpoint(model).name,
-        "Lora hashes": f"{source.rstrip('/').split('/')[-1]}: {lora_hash(source)}",
+        "Lora hashes": ", ".join(filter(None, [f"{source.rstrip('/').split('/')[-1]}: {lora_hash(source)}", styles])),
+        "TI hashes": recorded["TI hashes"],
         "Draft": "LCM-LoRA",
         "Mode": "txt2img-draft",  # a restored draft opens in the txt2img tab
     }

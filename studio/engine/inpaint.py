@@ -128,13 +128,17 @@ def plan(image: Image.Image, alpha: Image.Image, req: InpaintRequest, native: in
     return Work(box=box, image=region, mask=region_mask)
 
 
-def pipeline(studio: Studio, scheduler: str, model: str | None = None) -> Any:
+def pipeline(studio: Studio, scheduler: str, model: str | None = None, prompts: dict[str, str] | None = None) -> Any:
     """The base's modules; with `inpaint_model` set, its 9-channel UNet (a separate UNet, held in its own slot)."""
     if studio.cache.settings.inpaint_model:
         return studio.cache.derive(
-            StableDiffusionInpaintPipeline, scheduler=scheduler, ref=model, unet=studio.cache.slot("inpaint_unet")
+            StableDiffusionInpaintPipeline,
+            scheduler=scheduler,
+            ref=model,
+            prompts=prompts,
+            unet=studio.cache.slot("inpaint_unet"),
         )
-    return studio.cache.derive(StableDiffusionInpaintPipeline, scheduler=scheduler, ref=model)
+    return studio.cache.derive(StableDiffusionInpaintPipeline, scheduler=scheduler, ref=model, prompts=prompts)
 
 
 @torch.no_grad()
@@ -215,7 +219,7 @@ def inpaint(studio: Studio, req: InpaintRequest, job: Job | None = None) -> Resu
     image, mask = load_inputs(req, studio.limits)
     alpha = masks.feather(mask, req.mask_blur)
     model = studio.cache.current
-    pipe = pipeline(studio, req.scheduler, model)
+    pipe = pipeline(studio, req.scheduler, model, prompts)
     native = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
     work = plan(image, alpha, req, native, studio.limits)
     seed = resolve_seed(req.seed)

@@ -280,7 +280,7 @@ def _img2img(
     model: str,
 ) -> np.ndarray:
     """One plain diffusers img2img call; the GPU lock is held for the call only, never across loops."""
-    pipe = studio.cache.derive(StableDiffusionImg2ImgPipeline, scheduler=req.scheduler, ref=model)
+    pipe = studio.cache.derive(StableDiffusionImg2ImgPipeline, scheduler=req.scheduler, ref=model, prompts=prompts)
     steps = denoising_steps(req.num_inference_steps, strength)
     with studio.cache.gpu():
         output = pipe(

@@ -251,7 +251,11 @@ def restyle(studio: Studio, req: RestyleRequest, job: Job | None = None, latents
     control = _edge_map(studio, picture, req.preprocessor, (width, height), resolution, req.invert)
     controlnet = studio.cache.slot("controlnet")
     pipe = studio.cache.derive(
-        StableDiffusionControlNetPipeline, scheduler=req.scheduler, ref=model, controlnet=windowed(controlnet)
+        StableDiffusionControlNetPipeline,
+        scheduler=req.scheduler,
+        ref=model,
+        prompts=prompts,
+        controlnet=windowed(controlnet),
     )
     extra = controlnet_params(studio, req, resolution)
     seed = resolve_seed(req.seed)

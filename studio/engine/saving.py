@@ -46,6 +46,7 @@ def base_params(
         "Size": f"{width}x{height}",
         "Model hash": studio.cache.model_hash(model) or None,
         "Model": ckpt.name,
+        **studio.cache.styles.recorded(req.prompt, req.negative_prompt),  # Lora hashes, TI hashes (or None)
         "Mode": mode,
     }
 

@@ -42,7 +42,7 @@ def txt2img(studio: Studio, req: Txt2ImgRequest, job: Job | None = None) -> Resu
     native = studio.cache.native_size(model)
     width, height = req.width or native, req.height or native
     check_size(width, height, studio.limits)
-    pipe = studio.cache.derive(StableDiffusionPipeline, scheduler=req.scheduler, ref=model)
+    pipe = studio.cache.derive(StableDiffusionPipeline, scheduler=req.scheduler, ref=model, prompts=prompts)
     seed = resolve_seed(req.seed)
     with Writes(job) as writes, studio.cache.gpu():  # the lock is released before the writes are waited for
         images = run_batches(
@@ -99,7 +99,8 @@ def txt2img_many(
         for i in group.waiting():
             group.settle(i, exc)
         return group.outcomes  # type: ignore[return-value]
-    pipe = studio.cache.derive(StableDiffusionPipeline, scheduler=first.scheduler, ref=model)
+    styles = prompts[group.waiting()[0]] if group.waiting() else None  # equal in a group (studio.batching)
+    pipe = studio.cache.derive(StableDiffusionPipeline, scheduler=first.scheduler, ref=model, prompts=styles)
     seeds = {i: resolve_seed(requests[i].seed) for i in group.waiting()}
     with studio.cache.gpu():
         images = _denoise(pipe, group, prompts, seeds, width, height)
@@ -172,6 +173,7 @@ class _Group:
             try:
                 check_common(req, studio.limits)
                 prompts[i] = clean_prompts(req, studio.limits)
+                studio.cache.select_styles(prompts[i])  # an unknown LoRA fails its own request only
             except RequestError as exc:
                 self.settle(i, exc)
         return prompts
