@@ -71,13 +71,15 @@ def build_demo(studio: Studio, modes: Sequence[Mode] = BUILTIN, presets_dir: Pat
     ctx = UIContext(
         native_size=native_size_hint(settings),
         limits=settings.limits,
-        count_tokens=TokenCounter(settings.tiny_dir.parent / "clip-tokenizer", settings.limits.max_prompt_chars),
+        count_tokens=TokenCounter(
+            settings.tiny_dir.parent / "clip-tokenizer", settings.limits.max_prompt_chars, studio.cache.styles
+        ),
         default_negative_prompt=settings.default_negative_prompt,
         preview_every=settings.preview_every,
         gpu=gpu_section(settings),
         board=JobBoard(shared=settings.zero_gpu),  # on ZeroGPU, Cancel reaches the forked worker
         outputs_root=studio.outputs.root,
-        restore=Restorer(modes, settings.limits).from_png,
+        restore=Restorer(modes, settings.limits, studio.cache.styles).from_png,
     )
     with gr.Blocks(title="Atelier") as demo:
         with gr.Row(equal_height=True, elem_id="header"):
