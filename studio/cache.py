@@ -252,8 +252,12 @@ class ModelCache:
         return self.styles.select(prompts.get("prompt", ""), prompts.get("negative_prompt", ""), dim)
 
     def preload_styles(self, ref: str | None = None) -> list[str]:
-        """Load every usable LoRA and embedding into the base's style copies now (ZeroGPU: before serving)."""
-        return self._styled.preload(self.base(ref).components)
+        """Load every usable LoRA and embedding now into the style copies of the base, of the resident draft UNets
+        and of the inpainting UNet (ZeroGPU: forked workers inherit only what is loaded before serving)."""
+        name = self.checkpoint(ref).name
+        unets = [unet for (ckpt, _), (unet, _) in self._drafts.items() if ckpt == name]
+        unets += [self._slots["inpaint_unet"]] if "inpaint_unet" in self._slots else []
+        return self._styled.preload(self.base(ref).components, unets)
 
     # ---- companion slots --------------------------------------------------------------------------------------
     def companion_source(self, slot: str) -> str:

@@ -169,12 +169,14 @@ class StyleModules:
             disable_lora_for_text_encoder(text)
 
     # ---- ZeroGPU and introspection ------------------------------------------------------------------------------
-    def preload(self, components: dict[str, Any]) -> list[str]:
-        """Every usable LoRA and embedding loaded now (ZeroGPU: forked workers inherit only what is loaded)."""
+    def preload(self, components: dict[str, Any], unets: list[Any] | None = None) -> list[str]:
+        """Every usable LoRA and embedding loaded now, into copies of the base's UNet and text encoder and of
+        `unets` (ZeroGPU: forked workers inherit only what is loaded)."""
         loras = [e for e in self.library.loras() if e.usable]
         dim = int(components["unet"].config.cross_attention_dim)
         loras = [e for e in loras if e.dim in (None, dim)]
-        self.unet(components["unet"], [e for e in loras if e.unet])
+        for unet in [components["unet"], *(unets or [])]:
+            self.unet(unet, [e for e in loras if e.unet])
         text = self.text(components["text_encoder"], components["tokenizer"])
         self._load_text_loras(text, [e for e in loras if e.text])
         return [e.name for e in loras] + [name for name, _ in text.embeddings]

@@ -10,8 +10,8 @@ itself. The studio meets that contract like this:
   `gr.Progress` (all picklable; `spaces` relays progress and toasts back to the page), and they return file paths
   and text. The engine, the cache and the closures stay in memory, inherited by the fork.
 - `preload_everything` loads every model any mode uses (the base, each mode's `companions` — ControlNet, HED
-  annotator, inpainting UNet, LCM-LoRA — and TAESD) in the main process before serving, on `cuda`, which `spaces`
-  records there and moves into each worker. So no GPU section ever loads weights (which would be lost, and paid
+  annotator, inpainting UNet, LCM-LoRA —, the operator's LoRAs and embeddings, and TAESD) in the main process
+  before serving, on `cuda`, which `spaces` records there and moves into each worker. So no GPU section ever loads weights (which would be lost, and paid
   again on every call).
 - Settings turn batching of concurrent txt2img requests off (each call is its own process: there is nothing to
   merge), and cancel crosses the process boundary through `studio.jobs.JobBoard` flag files.
@@ -64,5 +64,9 @@ def preload_everything(studio: Any, companions: Iterable[str]) -> list[str]:
             cache.companion(name)
         except Exception as exc:  # the base still serves the modes that need no companion
             log.error("ZeroGPU preload: %s", exc)
+    try:  # the operator's LoRAs and embeddings, into the style copies of the base and the draft/inpaint UNets
+        log.info("ZeroGPU preload: styles %s", ", ".join(cache.preload_styles()) or "(none)")
+    except Exception as exc:  # a broken style file fails its own requests, in words
+        log.error("ZeroGPU preload of styles: %s", exc)
     cache.preview_decoder()  # TAESD when at hand (None otherwise: previews then need no weights)
     return [row.name for row in cache.resident()]

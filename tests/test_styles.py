@@ -295,3 +295,22 @@ def test_txt2img_with_a_lora_tag_through_the_api_and_its_png_restores_the_tag(se
     assert "Styles found by hash" in note
     with pytest.raises(Exception, match="No LoRA named 'nowhere'"):
         served.predict(prompt="coat <lora:nowhere:1>", num_inference_steps=2, api_name="/txt2img")
+
+
+# ---- ZeroGPU: every style is loaded before serving ---------------------------------------------------------------
+def test_on_zero_gpu_every_lora_and_embedding_is_loaded_before_serving(tiny_dir, tmp_path, monkeypatch):
+    from studio import style_modules
+    from studio.modes import BUILTIN
+    from studio.zerogpu import preload_everything
+
+    settings = style_settings(tiny_dir, tmp_path / "out", zero_gpu=True, batch_window_ms=0)
+    studio = Studio(ModelCache(settings), Outputs(settings.outputs))
+    preload_everything(studio, [c for m in BUILTIN for c in m.companions])
+
+    def no_loading(*args: object) -> None:
+        raise AssertionError("a LoRA was loaded after serving began (a forked worker would lose it)")
+
+    monkeypatch.setattr(style_modules, "_load", no_loading)
+    both = f"{PROMPT}, housemodel <lora:{FLORALS}:0.7> <lora:{SILHOUETTE}:0.5>"
+    assert txt2img(studio, request(both)).images and draft(studio, DraftRequest(prompt=both, seed=1)).images
+    base_untouched(studio)
