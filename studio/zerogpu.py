@@ -11,8 +11,8 @@ itself. The studio meets that contract like this:
   and text. The engine, the cache and the closures stay in memory, inherited by the fork.
 - `preload_everything` loads every model any mode uses (the base, each mode's `companions` — ControlNet, HED
   annotator, inpainting UNet, LCM-LoRA —, the operator's LoRAs and embeddings, and TAESD) in the main process
-  before serving, on `cuda`, which `spaces` records there and moves into each worker. So no GPU section ever loads weights (which would be lost, and paid
-  again on every call).
+  before serving, on `cuda`, which `spaces` records there and moves into each worker. So no GPU section ever loads
+  weights (which would be lost, and paid again on every call).
 - Settings turn batching of concurrent txt2img requests off (each call is its own process: there is nothing to
   merge), and cancel crosses the process boundary through `studio.jobs.JobBoard` flag files.
 
