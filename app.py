@@ -80,6 +80,7 @@ def build_demo(studio: Studio, modes: Sequence[Mode] = BUILTIN, presets_dir: Pat
         board=JobBoard(shared=settings.zero_gpu),  # on ZeroGPU, Cancel reaches the forked worker
         outputs_root=studio.outputs.root,
         restore=Restorer(modes, settings.limits, studio.cache.styles).from_png,
+        styles=studio.cache.styles.entries,  # the Styles picker under every prompt (studio.ui.styles_picker)
     )
     with gr.Blocks(title="Atelier") as demo:
         with gr.Row(equal_height=True, elem_id="header"):

@@ -126,7 +126,7 @@ def test_a_mode_declared_in_a_test_is_a_tab_an_endpoint_and_a_send_to_target(toy
     with Image.open(gallery[0]["image"]) as image:
         assert image.getpixel((0, 0))[0] == 90
     send_buttons = [b.value for b in demo.blocks.values() if isinstance(b, gr.Button) and b.value == "Send to Toy"]
-    assert len(send_buttons) == len(BUILTIN) + 1  # under every other tab's results, and the session's results
+    assert len(send_buttons) == len(BUILTIN) + 2  # under every other tab's results, the session's results, PNG Info
 
 
 def test_png_restore_reaches_a_mode_declared_in_a_test(toy_studio) -> None:
@@ -153,7 +153,7 @@ def test_every_registered_mode_appears_in_every_derived_table(tiny_dir: Path, tm
     names = [mode.name for mode in BUILTIN]
     assert list(by_name(BUILTIN)) == names
     demo = app.build_demo(app.create_studio(make_settings(tiny_dir, tmp_path)))
-    assert _tab_ids(demo) == names  # the app's tabs
+    assert _tab_ids(demo) == [*names, "png-info"]  # the app's tabs, then the shell's PNG Info
     assert _public(demo) == public_endpoints(BUILTIN)  # the API
     assert set(load_presets(REPO / "presets", Limits(), BUILTIN)) == set(names)  # presets
     assert set(field_table(BUILTIN, Limits())) == {*names, "any"}

@@ -314,3 +314,23 @@ def test_on_zero_gpu_every_lora_and_embedding_is_loaded_before_serving(tiny_dir,
     both = f"{PROMPT}, housemodel <lora:{FLORALS}:0.7> <lora:{SILHOUETTE}:0.5>"
     assert txt2img(studio, request(both)).images and draft(studio, DraftRequest(prompt=both, seed=1)).images
     base_untouched(studio)
+
+
+# ---- the picker -------------------------------------------------------------------------------------------------
+def test_the_picker_inserts_a_lora_tag_or_an_embeddings_word_and_lists_the_unusable_with_reasons(tiny_dir):
+    from studio.ui.styles_picker import insert, thumbnail, unusable_note
+
+    library = StyleLibrary(tiny_dir / "loras", tiny_dir / "embeddings")
+    entries = {e.name: e for e in library.entries()}
+    florals, model = entries[FLORALS], entries["housemodel"]
+    assert insert("a dress", florals, 0.8) == f"a dress <lora:{FLORALS}:0.8>"
+    assert insert(f"a dress <lora:{FLORALS}:0.8>, red", florals, 0.5) == f"a dress <lora:{FLORALS}:0.5>, red"
+    assert insert("a dress", model, 1.0) == "a dress, housemodel" and insert("", model, 1.0) == "housemodel"
+    note = unusable_note(library.entries())
+    assert "sdxl-style.safetensors: made for SDXL" in note and "not-a-lora.safetensors: not a LoRA" in note
+    assert thumbnail(florals).size == (32, 32) and thumbnail(entries[SILHOUETTE]) is None
+
+
+def test_every_tab_with_a_prompt_has_the_picker(served):
+    labels = [c.get("props", {}).get("label") for c in served.config["components"]]
+    assert labels.count("Styles: LoRAs and embeddings") == 5  # txt2img, Refine, Textile, Inpaint, Restyle

@@ -161,7 +161,8 @@ def create(ctx: UIContext, calls: ModeCalls, palettes_dir: Path = PALETTES_DIR) 
         return gr.update(value=swatches(spots.colors), visible=True), table
 
     outputs = [gallery, sheet, listing, notes, files, infotext]
-    run.click(colourways, inputs=inputs_for(colourways, fields), outputs=outputs, api_name=calls.name)
+    run.click(colourways, inputs=inputs_for(colourways, fields), outputs=outputs, api_name=calls.name,
+              show_progress_on=outputs[0])  # fmt: skip
     show_spots.click(
         colourways_spots,
         inputs=inputs_for(colourways_spots, fields),

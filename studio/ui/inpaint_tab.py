@@ -13,8 +13,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import gradio as gr
+from PIL import Image
 
 from studio.engine.inpaint import MAX_MASK_BLUR, MAX_PADDING, InpaintRequest
+from studio.images import ImageInputError, open_upload
 from studio.ui.running import cancel_button, gallery_outputs, run_events
 from studio.ui.tab import ModeCalls, Tab, inputs_for
 from studio.ui.uploads import editor_upload, image_upload
@@ -33,15 +35,33 @@ MASKED_CONTENT_CHOICES = [
     ("Fill (paint out, then repaint from the surroundings)", "fill"),
     ("Latent noise (something new)", "latent_noise"),
 ]
+# Translucent brushes, so the garment stays visible under the mask. Gradio paints a stroke's opacity into the
+# layer's alpha; the mask is "any paint" (`any_paint`), so a half-transparent stroke still repaints fully.
+BRUSH_OPACITY = 0.5
+BRUSH_COLOURS: list[str | tuple[str, float]] = [("#ff3b6b", BRUSH_OPACITY), ("#ffffff", BRUSH_OPACITY),
+                                                ("#000000", BRUSH_OPACITY)]  # fmt: skip
 INPAINT_AREA_CHOICES = [("Whole picture", "whole"), ("Only masked (more detail for small areas)", "only_masked")]
 
 
 def image_value(editor: dict[str, Any] | None, image: str | None) -> Any:
-    """What the engine gets as `image`: the uploaded photo (with the editor's strokes, if any), else the editor."""
+    """What the engine gets as `image`: the uploaded photo (with the editor's strokes, if any), else the editor.
+    Every painted pixel of a brush layer counts fully (`any_paint`), however translucent the brush."""
+    layers = [any_paint(layer) for layer in (editor or {}).get("layers") or [] if layer is not None]
     if image is None:
-        return editor
-    layers = (editor or {}).get("layers") or []
+        return None if editor is None else {**editor, "layers": layers}
     return {"background": image, "layers": layers} if layers else image
+
+
+def any_paint(layer: Any) -> Image.Image:
+    """A brush layer whose painted pixels are opaque. The brushes are translucent (BRUSH_OPACITY) so the garment
+    shows through, and Gradio stores a stroke's opacity in the layer's alpha (a 50 % stroke: alpha 127); the
+    engine reads a layer's alpha as the mask, where 127 would repaint only half. Feathering is Mask blur's job."""
+    try:
+        image = open_upload(layer, "mask layer").convert("RGBA")
+    except ImageInputError as exc:
+        raise gr.Error(str(exc)) from None
+    image.putalpha(image.getchannel("A").point(lambda alpha: 255 if alpha else 0))
+    return image
 
 
 def mask_panel(ctx: UIContext) -> dict[str, gr.components.Component]:
@@ -54,7 +74,8 @@ def mask_panel(ctx: UIContext) -> dict[str, gr.components.Component]:
         layers=True,
         transforms=(),
         height=420,
-        brush=gr.Brush(colors=["#ffffff", "#ff3b6b", "#000000"], default_color="#ff3b6b", color_mode="defaults"),
+        brush=gr.Brush(colors=BRUSH_COLOURS, default_color=BRUSH_COLOURS[0], color_mode="defaults"),
+        elem_classes="brush-editor",  # app.CSS: the photo starts right of the tool bar, below the label
     )
     with gr.Accordion("Upload a mask instead (white = repaint)", open=False):
         with gr.Row():
@@ -133,5 +154,6 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
         outputs=[gallery, seed_used, infotext],
         api_name=calls.name,
         concurrency_id="gpu",
+        show_progress_on=gallery,  # steps and time left once, on the results
     )
     return Tab(inpaint, fields, gallery, prompt=prompts.prompt, input_image=c["editor"])

@@ -27,15 +27,14 @@ from studio.ui.widgets import (
 )
 
 PREPROCESSOR_CHOICES = [
-    ("HED soft edges (photo)", "hed"),
-    ("HED safe (cleaner, fewer texture lines)", "hed_safe"),
-    ("None: my image already is an edge map / line sketch", "none"),
+    ("Soft lines of a photo (HED)", "hed"),
+    ("Clean lines, fewer texture lines (HED safe)", "hed_safe"),
+    ("My image already is a line sketch / edge map", "none"),
 ]
 REPEAT_CHOICES = [("Off", "off"), *((label.capitalize(), repeat) for repeat, label in REPEAT_LABELS.items())]
 SIZE_NOTE = (
     "**Output size** is what you get; 0 = auto (your image's aspect ratio at the model's native size). "
-    "**Preprocessor resolution** only sets how closely HED looks at your image; pixel perfect matches "
-    "it to the output."
+    "**Line detail** (under *Line settings*) only sets how closely the lines are traced from your image."
 )
 
 
@@ -64,7 +63,7 @@ def _as(kind: type[ComponentT], component: gr.components.Component) -> Component
 def _use_as_sketch(edge: str | None) -> tuple[str, str, bool]:
     """Put the previewed edge map (or one edited outside and re-uploaded) in as the input, used as drawn."""
     if edge is None:
-        raise gr.Error("Preview the edges first.")
+        raise gr.Error("Preview the lines first (Preview the lines), then use them as your sketch.")
     return edge, "none", False
 
 
@@ -74,27 +73,41 @@ def control_panel(ctx: UIContext) -> dict[str, gr.components.Component]:
     c["image"] = image_upload(
         ctx.limits.max_upload_mb, label="Photo or sketch", sources=["upload", "clipboard"], height=320
     )
-    c["preprocessor"] = gr.Radio(PREPROCESSOR_CHOICES, value="hed", label="Preprocessor")
+    c["preprocessor"] = gr.Radio(PREPROCESSOR_CHOICES, value="hed", label="Lines taken from (preprocessor)")
     c["invert"] = gr.Checkbox(False, label="Invert (dark lines on light paper)", visible=False)
     with gr.Row():
-        c["pixel_perfect"] = gr.Checkbox(True, label="Pixel perfect")
-        c["preprocessor_resolution"] = gr.Slider(
-            64, 2048, value=ctx.native_size, step=64, interactive=False, label="Preprocessor resolution (HED detail)"
-        )
-    with gr.Row():
-        c["preview"] = gr.Button("Preview edges", size="sm")
-        c["use_edges"] = gr.Button("Use this edge map as my sketch", size="sm")
+        c["preview"] = gr.Button("Preview the lines", size="sm")
+        c["use_edges"] = gr.Button("Use these lines as my sketch", size="sm")
     c["edge_map"] = image_upload(
-        ctx.limits.max_upload_mb, label="Edge map (what the ControlNet follows)", format="png", interactive=False,
-        height=256,
+        ctx.limits.max_upload_mb, label="Lines the studio follows (edge map)", format="png", interactive=False,
+        height=256, visible=False,  # shown once previewed: no empty box before
     )  # fmt: skip
     c["edge_note"] = gr.Markdown("")
-    with gr.Row():
-        c["controlnet_conditioning_scale"] = gr.Slider(0, 2, value=1.0, step=0.05, label="Control weight")
-        c["guess_mode"] = gr.Checkbox(False, label="Guess mode (follow the lines even with a vague prompt)")
-    with gr.Row():
-        c["control_guidance_start"] = gr.Slider(0, 1, value=0.0, step=0.05, label="Guidance start")
-        c["control_guidance_end"] = gr.Slider(0, 1, value=1.0, step=0.05, label="Guidance end")
+    c["controlnet_conditioning_scale"] = gr.Slider(
+        0, 2, value=1.0, step=0.05, label="Edge strength (control weight)",
+        info="How firmly the result keeps your lines: 0 ignores them, 1 follows them, 2 insists.",
+    )  # fmt: skip
+    with gr.Accordion("Line settings (advanced)", open=False):
+        with gr.Row():
+            c["pixel_perfect"] = gr.Checkbox(
+                True, label="Pixel perfect", info="Trace the lines at the output's own size (recommended)."
+            )
+            c["preprocessor_resolution"] = gr.Slider(
+                64, 2048, value=ctx.native_size, step=64, interactive=False,
+                label="Line detail (preprocessor resolution, px)",
+                info="How closely the lines are traced when Pixel perfect is off: higher = finer lines.",
+            )  # fmt: skip
+        c["guess_mode"] = gr.Checkbox(
+            False, label="Guess mode",
+            info="Let the lines lead even when the prompt is short or vague (the prompt then guides less).",
+        )  # fmt: skip
+        with gr.Row():
+            c["control_guidance_start"] = gr.Slider(
+                0, 1, value=0.0, step=0.05, label="Guidance start", info="When the lines start to guide (0 = at once)."
+            )
+            c["control_guidance_end"] = gr.Slider(
+                0, 1, value=1.0, step=0.05, label="Guidance end", info="When they let go (1 = to the last step)."
+            )
     return c
 
 
@@ -202,6 +215,7 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
         outputs=[gallery, seed_used, infotext],
         api_name=calls.name,
         concurrency_id="gpu",
+        show_progress_on=gallery,  # steps and time left once, on the results
     )
     prompts.prompt.submit(
         ctx.gpu(restyle),
@@ -209,6 +223,7 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
         outputs=[gallery, seed_used, infotext],
         api_visibility="private",
         concurrency_id="gpu",
+        show_progress_on=gallery,
     )
     _as(gr.Button, c["preview"]).click(
         ctx.gpu(preview_edges),
@@ -216,7 +231,7 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
         outputs=[c["edge_map"], c["edge_note"]],
         api_name="restyle_edges",
         concurrency_id="gpu",
-    )
+    ).success(lambda: gr.Image(visible=True), outputs=c["edge_map"], queue=False, api_visibility="private")
     _as(gr.Button, c["use_edges"]).click(
         _use_as_sketch,
         inputs=c["edge_map"],

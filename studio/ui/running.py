@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
@@ -25,6 +26,30 @@ from studio.jobs import JobBoard
 log = logging.getLogger(__name__)
 
 Outputs = tuple[list[str], int, str]  # gallery paths, seed used, infotext of the first image
+
+
+class StepProgress:
+    """Gradio's progress bar for one run: "12/25 steps" and, once two steps have been timed, the time left
+    ("Denoising · about 8 s left"), shown once (on the tab's results, see `show_progress_on` in the tabs)."""
+
+    def __init__(self, progress: gr.Progress, desc: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.progress, self.desc, self.clock = progress, desc, clock
+        self.first: tuple[int, float] | None = None  # (step, time) of the first step reported
+
+    def __call__(self, step: int, total: int) -> None:
+        now = self.clock()
+        if self.first is None or step < self.first[0]:  # a new pass (batch count, Refine's next loop) restarts
+            self.first = (step, now)
+        self.progress((step, total), desc=f"{self.desc}{eta(self.first, step, total, now)}", unit="steps")
+
+
+def eta(first: tuple[int, float], step: int, total: int, now: float) -> str:
+    """ " · about N s left" from the pace since the first step reported, or "" while there is no pace yet."""
+    done = step - first[0]
+    if done < 2 or step >= total:
+        return ""
+    left = (now - first[1]) / done * (total - step)
+    return f" · about {left:.0f} s left" if left < 90 else f" · about {left / 60:.0f} min left"
 
 
 @contextlib.contextmanager
@@ -44,7 +69,7 @@ def guarded_job(
     anything else becomes a `gr.Error`. Images saved before either are already on disk."""
     session = getattr(request, "session_hash", None) or "anonymous"
     job = board.start(session)
-    job.on_step = lambda step, total: progress((step, total), desc=desc, unit="steps")
+    job.on_step = StepProgress(progress, desc)
     try:
         yield job
     except Cancelled:
@@ -80,9 +105,10 @@ def run_events(
     saved: list[Generated] = []
     with guarded_job(board, request, progress, desc=desc, what=what, kept=lambda: len(saved), where=where) as job:
         job.preview_every = preview_every
+        report = StepProgress(progress, desc)
         for event in events(run, job):
             if isinstance(event, Progress):
-                progress((event.step, event.total), desc=desc, unit="steps")
+                report(event.step, event.total)
             elif isinstance(event, Saved):
                 saved.append(event.generated)
             yield event
@@ -131,7 +157,8 @@ def finished(stream: Iterator[Event], on_tick: Callable[[], Any]) -> Generator[A
 
 
 def cancel_button(board: JobBoard) -> gr.Button:
-    button = gr.Button("Cancel", variant="stop", size="sm")
+    """Cancel for the session's run. On the page it shows only while its tab runs something (`RUNNING_JS`)."""
+    button = gr.Button("Cancel", variant="stop", size="sm", elem_classes="cancel-action")
 
     def cancel(request: gr.Request) -> None:
         if board.cancel(request.session_hash or "anonymous"):
@@ -142,3 +169,37 @@ def cancel_button(board: JobBoard) -> gr.Button:
     # Queued (its toast reaches the page only through the queue) but never waiting: no concurrency limit.
     button.click(cancel, concurrency_limit=None, api_visibility="private")
     return button
+
+
+# A tab "runs" from a click on its main button (`primary-action`, which Ctrl+Enter also presses; `starts-run` for
+# other buttons that start a run, like Draft) or Shift+Enter in one of its text boxes, until none of its components
+# shows Gradio's loading status any more. The class `atelier-running` on the tab shows its Cancel (app.CSS).
+RUNNING_JS = """() => {
+  const RUNNING = "atelier-running";
+  const busy = (tab) => Array.from(tab.querySelectorAll("[data-testid='status-tracker']"))
+    .some((tracker) => !tracker.classList.contains("hide"));
+  let timer = null;
+  const watch = () => {
+    if (timer) return;
+    timer = setInterval(() => {
+      for (const tab of document.querySelectorAll("." + RUNNING)) {
+        if (Date.now() - Number(tab.dataset.runStart) > 1000 && !busy(tab)) tab.classList.remove(RUNNING);
+      }
+      if (!document.querySelector("." + RUNNING)) { clearInterval(timer); timer = null; }
+    }, 250);
+  };
+  const start = (element) => {
+    const tab = element && element.closest("[role='tabpanel'][id^='tab-']");
+    if (!tab) return;
+    tab.dataset.runStart = String(Date.now());
+    tab.classList.add(RUNNING);
+    watch();
+  };
+  document.addEventListener("click", (event) => {
+    const button = event.target instanceof Element && event.target.closest("button.primary-action, button.starts-run");
+    if (button) start(button);
+  }, true);
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && event.shiftKey && event.target instanceof HTMLTextAreaElement) start(event.target);
+  }, true);
+}"""

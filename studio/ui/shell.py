@@ -1,4 +1,4 @@
-"""The studio around the tabs: "Send to" between modes, this session's results, model switcher, PNG restore.
+"""The studio around the tabs: "Send to" between modes, this session's results, the model switcher, page scripts.
 
 Tabs stay independent: each builds a `Tab` (its handler, its form components by field name, its gallery and the
 image input it takes, if any); the shell fills forms by field name, so PNG restore, presets and Send to need no
@@ -17,6 +17,7 @@ from typing import Any
 import gradio as gr
 
 from studio.errors import StudioError
+from studio.ui.running import RUNNING_JS
 from studio.ui.tab import Tab
 from studio.ui.widgets import gallery_paths
 
@@ -207,7 +208,8 @@ def model_switcher(models: ModelSwitch) -> None:
     with gr.Row(equal_height=True):
         choice = gr.Dropdown(choices, value=models.current(), label="Model", scale=3, min_width=200)
         load = gr.Button("Load model", size="sm", scale=1, min_width=100)
-        status = gr.Markdown(models.status()[0], elem_id="model-status")  # the timer keeps it current
+        # one line (app.CSS: the rest of a long status shows on hover); the timer keeps it current
+        status = gr.Markdown(models.status()[0], elem_id="model-status")
     timer = gr.Timer(1.0)
 
     def refresh() -> tuple[str, gr.Timer]:
@@ -233,45 +235,6 @@ def fill(handle: TabHandle, values: dict[str, Any]) -> dict[gr.blocks.Block, Any
     can add updates for layout blocks too (the `gr.Tabs` to switch to)."""
     fields = handle.fields
     return {fields[name]: value for name, value in values.items() if name in fields}
-
-
-def restorer(handles: list[TabHandle], tabs: gr.Tabs, restore: Callable[[str], Any]) -> None:
-    """Drop an Atelier or A1111 PNG: the right tab's form is filled from its metadata. The same reading is the
-    `/restore` API: a PNG in; the mode, its request fields (JSON) and the note out."""
-    by_mode = {h.mode: h for h in handles}
-    with gr.Accordion("Restore parameters from a PNG", open=False):
-        upload = gr.File(label="Atelier or A1111 PNG", file_types=[".png"], type="filepath")
-        note = gr.Markdown()
-        restored_mode = gr.Textbox(label="Mode", visible=False)
-        restored_values = gr.JSON(label="Request fields", visible=False)
-    outputs: list[Any] = [tabs, note, *{c for h in handles for c in h.fields.values()}]
-
-    def apply(path: str | None) -> dict[Any, Any]:
-        if not path:
-            return {}
-        try:
-            restored = restore(path)
-        except StudioError as exc:
-            raise gr.Error(str(exc)) from None
-        handle = by_mode.get(restored.mode) or handles[0]
-        updates = fill(handle, restored.values)
-        updates[tabs] = gr.Tabs(selected=handle.mode)
-        updates[note] = restored.note
-        gr.Info(restored.note)
-        return updates
-
-    def read_png(png: str | None) -> tuple[str, dict[str, Any], str]:
-        """The tab (mode name) and request fields a PNG's `parameters` metadata restores, with the note."""
-        if not png:
-            raise gr.Error("Send a PNG file (Atelier or AUTOMATIC1111) as `png`.")
-        try:
-            restored = restore(png)
-        except StudioError as exc:
-            raise gr.Error(str(exc)) from None
-        return restored.mode, restored.values, restored.note
-
-    upload.upload(apply, inputs=upload, outputs=outputs, concurrency_limit=None, api_visibility="private")
-    gr.on([], read_png, inputs=upload, outputs=[restored_mode, restored_values, note], api_name="restore")
 
 
 def preset_picker(presets: list[Any]) -> tuple[gr.Dropdown, gr.Markdown] | None:
@@ -346,6 +309,8 @@ CTRL_ENTER_JS = """() => {
 }"""
 
 
-def keyboard_shortcuts(demo: gr.Blocks) -> None:
-    """Page-wide keys, installed once when the page loads (client-side only: no server call)."""
+def page_scripts(demo: gr.Blocks) -> None:
+    """Page-wide behaviour, installed once when the page loads (client-side only: no server call): Ctrl+Enter, and
+    Cancel shown only in a tab that runs something."""
     demo.load(None, js=CTRL_ENTER_JS, api_visibility="private")
+    demo.load(None, js=RUNNING_JS, api_visibility="private")

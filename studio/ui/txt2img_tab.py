@@ -113,6 +113,7 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
         outputs=[*outputs, preview],
         api_name="txt2img_live",
         api_visibility="private",
+        show_progress_on=gallery,  # steps and time left once, on the results
         **queue,
     )
     gr.on([], ctx.gpu(txt2img), inputs=inputs, outputs=outputs, api_name=calls.name, **queue)
@@ -137,8 +138,8 @@ class DraftControls:
 
 def draft_controls() -> DraftControls:
     with gr.Row():
-        draft = gr.Button("Draft (LCM, 4–8 steps)")
-        render = gr.Button("Render this draft")
+        draft = gr.Button("Draft (LCM, 4–8 steps)", elem_classes="starts-run")
+        render = gr.Button("Render this draft", elem_classes="starts-run")
     with gr.Accordion("Draft settings", open=False):
         with gr.Row():
             steps = gr.Slider(1, MAX_DRAFT_STEPS, value=DRAFT_STEPS, step=1, label="Draft steps")
@@ -231,6 +232,7 @@ def wire_drafts(
         outputs=[*results, *states],
         api_name="draft",
         concurrency_id="gpu",
+        show_progress_on=results[0],
     )
     gr.on([], ctx.gpu(render_draft), inputs=inputs_for(render_draft, form), outputs=list(results),
           api_name="render_draft", concurrency_id="gpu")  # fmt: skip
@@ -240,6 +242,7 @@ def wire_drafts(
         outputs=[*results, *states],
         api_visibility="private",
         concurrency_id="gpu",
+        show_progress_on=results[0],
     )
     results[0].select(pick, outputs=ui.chosen, queue=False, api_visibility="private")
     # txt2img results replace the drafts in the gallery: forget them, so Render never picks a stale seed

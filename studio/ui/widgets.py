@@ -17,6 +17,7 @@ from studio.engine.checks import MAX_SEED
 from studio.jobs import JobBoard
 from studio.schedulers import DEFAULT_SAMPLER, SAMPLERS
 from studio.settings import Limits
+from studio.ui.styles_picker import styles_picker
 from studio.zerogpu import identity
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class UIContext:
     gpu: Callable[[Any], Any] = identity
     outputs_root: Path = Path("outputs")  # the served outputs folder (Refine's history lives in it)
     restore: Callable[[str | Path], Any] | None = None  # PNG -> studio.restore.Restored (the studio's Restorer)
+    styles: Callable[[], list[Any]] | None = None  # the style folders' entries (studio.styles.StyleFile), listed anew
 
 
 @dataclass
@@ -63,6 +65,7 @@ def prompt_block(ctx: UIContext, placeholder: str, negative: str = "") -> Prompt
     negative = ", ".join(part for part in (ctx.default_negative_prompt, negative) if part)
     negative_prompt = gr.Textbox(label="Negative prompt", lines=2, value=negative)
     prompt.change(ctx.count_tokens, inputs=prompt, outputs=count, queue=False, api_visibility="private")
+    styles_picker(ctx.styles, prompt)  # every tab's prompt: its LoRAs and embeddings, inserted as tags / words
     return PromptBlock(prompt, count, negative_prompt)
 
 
