@@ -11,7 +11,6 @@ against the outputs folder when it comes back (`History.from_dict`). Two tabs of
 from __future__ import annotations
 
 import hashlib
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, TypedDict
@@ -20,9 +19,9 @@ import gradio as gr
 
 from studio.engine.contract import Job, Saved
 from studio.engine.refine import DEFAULT_NEGATIVE, MAX_LOOPS, SCHEDULES, SEED_POLICIES, LoopImage, RefineRequest
-from studio.errors import RestoreError
 from studio.history import History, HistoryError
-from studio.restore import Restored
+from studio.ui import refine_history
+from studio.ui.refine_history import RESTORED, restore_fields
 from studio.ui.running import cancel_button, run_events
 from studio.ui.tab import ModeCalls, Tab, inputs_for
 from studio.ui.uploads import image_upload
@@ -36,22 +35,8 @@ from studio.ui.widgets import (
     sampling_block,
 )
 
-Restore = Callable[[str | Path], Restored]
 STORAGE_KEY = "atelier-refine-history"
-# The form fields a restored PNG fills, in this order (request field names; see studio.restore).
-RESTORED = (
-    "prompt",
-    "negative_prompt",
-    "strength",
-    "num_inference_steps",
-    "guidance_scale",
-    "scheduler",
-    "seed",
-    "color_correction",
-    "seed_policy",
-    "loops",
-    "strength_schedule",
-)
+__all__ = ["RESTORED", "STORAGE_KEY", "create", "persist", "restore_fields", "source_value"]
 
 
 class EventOptions(TypedDict):
@@ -93,24 +78,7 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
         with gr.Column(scale=6, min_width=320, elem_classes="results-column"):
             gallery, seed_used, infotext = results_block("Loop results")
             link_seed(sampling, seed_used, gallery)
-            with gr.Accordion("History", open=True):
-                node_pick = gr.Dropdown(label="Node", choices=[], value=None, interactive=True)
-                history_gallery = gr.Gallery(
-                    label="All nodes",
-                    format="png",
-                    type="filepath",
-                    columns=6,
-                    height=220,
-                    object_fit="contain",
-                    allow_preview=False,
-                )
-                with gr.Row():
-                    continue_button = gr.Button("Continue from node", size="sm")
-                    compare_button = gr.Button("Compare with parent", size="sm")
-                    restore_button = gr.Button("Restore recipe (replay)", size="sm")
-                    download_button = gr.Button("Download branch", size="sm")
-                compare = gr.ImageSlider(label="Parent ↔ node", type="filepath", format="png", max_height=420)
-                branch_zip = gr.File(label="Branch (zip of PNGs + tree.json)", interactive=False)
+            history_ui = refine_history.panel()
     tree = gr.State(History(root).to_dict())
     continue_from = gr.State(None)
 
@@ -151,9 +119,6 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
         if shown:  # the last yield is the whole result (what an API client receives)
             yield shown, seeds[0], infotext, history.to_dict()
 
-    def pick(tree: dict[str, Any], evt: gr.SelectData) -> Any:
-        return pick_from_gallery(tree, evt.index, root)
-
     fields = {
         **field_components(prompts),
         **field_components(sampling),
@@ -178,36 +143,14 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
         outputs=[gallery, seed_used, infotext, tree],
         api_name=calls.name,
         concurrency_id="gpu",
-    )
-    tree.change(
-        lambda t: show_tree(History.from_dict(t, root)),
-        inputs=tree,
-        outputs=[node_pick, history_gallery],
-        api_name="refine_history",
-        queue=False,
+        show_progress_on=gallery,  # steps and time left once, on the results
     )
     input_image.upload(
         lambda path: restore_fields(path, ctx.restore, quiet=True), inputs=input_image, outputs=form, **private
     )
-    history_gallery.select(pick, inputs=tree, outputs=node_pick, **private)
-    continue_button.click(
-        lambda n, t: continue_node(n, t, root),
-        inputs=[node_pick, tree],
-        outputs=[input_image, continue_from],
-        **private,
-    )
-    compare_button.click(lambda n, t: compare_node(n, t, root), inputs=[node_pick, tree], outputs=compare, **private)
-    restore_button.click(
-        lambda n, t: restore_node(n, t, root, ctx.restore),
-        inputs=[node_pick, tree],
-        outputs=[*form, input_image, continue_from],
-        **private,
-    )
-    download_button.click(
-        lambda n, t: download_branch(n, t, root), inputs=[node_pick, tree], outputs=branch_zip, **private
-    )
+    refine_history.wire(history_ui, tree, root, ctx.restore, form, input_image, continue_from)
     return Tab(refine, fields, gallery, prompt=prompts.prompt, input_image=input_image,
-               extras={"tree": tree, "node_pick": node_pick})  # fmt: skip
+               extras={"tree": tree, "node_pick": history_ui.node_pick})  # fmt: skip
 
 
 # ---- running ------------------------------------------------------------------------------------------------------
@@ -239,14 +182,7 @@ def _digest(path: Path) -> str:
         return ""
 
 
-# ---- history views and actions ----------------------------------------------------------------------------------
-def show_tree(history: History) -> tuple[Any, list[tuple[str, str]]]:
-    choices = history.choices()
-    latest = max(history.nodes, default=None)
-    items = [(str(history.path(i)), history.nodes[i].label()) for i, _ in history.ordered()]
-    return gr.Dropdown(choices=choices, value=latest), items
-
-
+# ---- the tree in the browser ------------------------------------------------------------------------------------
 def persist(demo: gr.Blocks, tree: gr.State, root: Path) -> gr.BrowserState:
     """Mirror the Refine tree into the browser's storage and adopt it when a page (re)loads.
 
@@ -272,70 +208,3 @@ def adopt(saved: Any, tree: dict[str, Any], root: Path) -> Any:
         return gr.skip()
     restored = History.from_dict(saved, root)
     return restored.to_dict() if restored.nodes else gr.skip()
-
-
-def pick_from_gallery(tree: dict[str, Any], index: Any, root: Path) -> Any:
-    rows = History.from_dict(tree, root).ordered()
-    return rows[index][0] if isinstance(index, int) and 0 <= index < len(rows) else gr.skip()
-
-
-def _node(node_id: Any, tree: dict[str, Any], root: Path) -> tuple[History, int]:
-    history = History.from_dict(tree, root)
-    if node_id is None:
-        raise gr.Error("Pick a node in the history first.")
-    try:
-        return history, history.node(node_id).id
-    except HistoryError as exc:
-        raise gr.Error(str(exc)) from None
-
-
-def continue_node(node_id: Any, tree: dict[str, Any], root: Path) -> tuple[str, int]:
-    history, node = _node(node_id, tree, root)
-    gr.Info(f"Input set to #{node}: the next run grows a branch from it.")
-    return str(history.path(node)), node
-
-
-def compare_node(node_id: Any, tree: dict[str, Any], root: Path) -> Any:
-    history, node = _node(node_id, tree, root)
-    parent = history.nodes[node].parent
-    if parent is None:
-        gr.Warning(f"#{node} is a source image; it has no parent to compare with.")
-        return gr.skip()
-    gr.Info(f"Comparing #{node} with its parent #{parent}: drag the slider.")
-    return str(history.path(parent)), str(history.path(node))
-
-
-def restore_node(node_id: Any, tree: dict[str, Any], root: Path, restore: Restore | None) -> tuple[Any, ...]:
-    """The node's recipe into the form (one loop) and its parent as input: Refine then reproduces the node."""
-    history, node = _node(node_id, tree, root)
-    fields = restore_fields(history.path(node), restore)
-    parent = history.nodes[node].parent
-    if parent is None:
-        return (*fields, gr.skip(), gr.skip())
-    gr.Info(f"#{parent} is the input: Refine now reproduces #{node}.")
-    return (*fields, str(history.path(parent)), parent)
-
-
-def download_branch(node_id: Any, tree: dict[str, Any], root: Path) -> str:
-    history, node = _node(node_id, tree, root)
-    folder = Path(tempfile.mkdtemp(prefix="atelier-branch-"))
-    path = history.export_branch(node, folder / f"atelier-branch-{node}.zip")
-    gr.Info(f"The branch of #{node} is ready: {len(history.branch(node))} PNGs and tree.json, below.")
-    return str(path)
-
-
-def restore_fields(path: str | Path | None, restore: Restore | None, quiet: bool = False) -> tuple[Any, ...]:
-    """Form values in `RESTORED` order from a PNG's parameters; what it does not state is left as it is.
-
-    `quiet`: an upload without parameters (a photo) is the normal case, not worth a warning."""
-    skip = tuple(gr.skip() for _ in RESTORED)
-    if path is None or restore is None:
-        return skip
-    try:
-        restored = restore(path)
-    except RestoreError as exc:
-        if not quiet:
-            gr.Warning(str(exc))
-        return skip
-    gr.Info(restored.note)
-    return tuple(restored.values[name] if name in restored.values else gr.skip() for name in RESTORED)
