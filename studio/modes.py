@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from studio import edges, palettes, patterns, tiling
-from studio.engine import colourways, draft, inpaint, refine, restyle, textile, txt2img
+from studio import upscale as upscalers
+from studio.engine import colourways, draft, inpaint, refine, restyle, textile, txt2img, upscale
 from studio.engine.checks import check_common
 from studio.engine.contract import Studio
 from studio.fields import (
@@ -41,7 +42,7 @@ from studio.fields import (
 )
 from studio.metadata import parse_infotext
 from studio.settings import Limits
-from studio.ui import colourways_tab, inpaint_tab, refine_tab, restyle_tab, textile_tab, txt2img_tab
+from studio.ui import colourways_tab, inpaint_tab, refine_tab, restyle_tab, textile_tab, txt2img_tab, upscale_tab
 from studio.ui.tab import ModeCalls, Tab, TabBuilder
 from studio.ui.widgets import UIContext
 
@@ -154,6 +155,20 @@ def _print_size(value: str, params: Mapping[str, str]) -> dict[str, Any]:
     return {"physical_width": float(width), "physical_height": float(height), "unit": unit}
 
 
+# Keys Textile's print files and the Upscale mode both write: one reader each (restore keeps one reader per key).
+UPSCALER_READERS: dict[str, Reader] = {
+    "Postprocess upscaler": one("upscaler", str),
+    "Detail strength": one("detail_strength", float),
+}
+UPSCALE_RECORDED = frozenset({"Upscaler hash", "Postprocess upscale by", "Postprocess upscale to", "SD upscale tile",
+                              "SD upscale overlap"})  # fmt: skip
+
+
+def upscaler_files(studio: Studio) -> list[str]:
+    """The upscalers folder's model files, by name (what the Upscale tab and Textile's print export offer)."""
+    return upscalers.available(studio.cache.settings.upscalers_dir)
+
+
 TEXTILE = Mode(
     name="textile",
     label="Textile",
@@ -172,6 +187,8 @@ TEXTILE = Mode(
         "physical_height": number(0, 1000),
         "unit": choice(patterns.UNITS),
         "colors": choice((0, *range(2, textile.MAX_COLORS + 1))),
+        "upscaler": text(200),
+        "detail_strength": number(0, 1),
     },
     readers={
         "Repeat": one("repeat", str),
@@ -179,9 +196,11 @@ TEXTILE = Mode(
         "Print size": _print_size,
         "Colours": one("colors", int),
         "Denoising strength": one("strength", float),
+        **UPSCALER_READERS,
     },
-    recorded=frozenset({"Export", "Print pixels", "Palette"}),
+    recorded=frozenset({"Export", "Print pixels", "Palette"}) | UPSCALE_RECORDED,
     example="swatch",
+    actions={"upscalers": upscaler_files},
 )
 
 # ---- inpaint ------------------------------------------------------------------------------------------------------
@@ -334,7 +353,45 @@ def colourways_mode(palettes_dir: Path = palettes.PALETTES_DIR) -> Mode:
 
 COLOURWAYS = colourways_mode()
 
-BUILTIN: tuple[Mode, ...] = (TXT2IMG, REFINE, TEXTILE, INPAINT, RESTYLE, COLOURWAYS)
+
+# ---- upscale ------------------------------------------------------------------------------------------------------
+def _upscale_to(value: str, _params: Mapping[str, str]) -> dict[str, Any]:
+    """`Postprocess upscale to: 3072x3072`."""
+    width, _, height = value.strip().partition("x")
+    return {"width": int(width), "height": int(height)}
+
+
+UPSCALE = Mode(
+    name="upscale",
+    label="Upscale",
+    request=upscale.UpscaleRequest,
+    run=upscale.run,
+    check=upscale.check_request,
+    tab=upscale_tab.create,
+    fields=lambda limits: {
+        **{k: v for k, v in sampling_fields(limits, batch_count=False).items() if k != "batch_size"},
+        "upscaler": text(200),
+        "scale": number(1, upscale.MAX_SCALE),
+        "width": optional(integer(8, upscale.MAX_SIDE)),
+        "height": optional(integer(8, upscale.MAX_SIDE)),
+        "repeat": choice(upscale.REPEAT_CHOICES),
+        "detail_strength": number(0, 1),
+        "tile_size": integer(0, upscale.MAX_TILE),
+        "tile_overlap": integer(0, 1024),
+    },
+    readers={
+        **UPSCALER_READERS,
+        "Postprocess upscale by": one("scale", float),
+        "Postprocess upscale to": _upscale_to,
+        "SD upscale tile": one("tile_size", int),
+        "SD upscale overlap": one("tile_overlap", int),
+        "Repeat": TEXTILE.readers["Repeat"],
+    },
+    recorded=frozenset({"Upscaler hash", "Source", "Source hash"}),
+    actions={"upscalers": upscaler_files},
+)
+
+BUILTIN: tuple[Mode, ...] = (TXT2IMG, REFINE, TEXTILE, INPAINT, RESTYLE, COLOURWAYS, UPSCALE)
 SHELL_ENDPOINTS = ("restore",)  # the studio's own, beside the modes'
 
 

@@ -189,6 +189,7 @@ def resize_tile(tile: Image.Image, size: tuple[int, int], repeat: str) -> Image.
 # ---- download names -------------------------------------------------------------------------------------------------
 REPEAT_SLUGS = {"full": "fulldrop", "half_drop": "halfdrop", "brick": "brick", "x": "border-x", "y": "border-y"}
 SLUG_WORDS, SLUG_CHARS = 3, 32
+SLUG_SKIPS = frozenset({"a", "an", "and", "the", "of", "with", "in", "on", "for", "to", "seamless"})
 
 
 def slug(text: str, words: int = SLUG_WORDS, limit: int = SLUG_CHARS, fallback: str = "print") -> str:
@@ -197,7 +198,7 @@ def slug(text: str, words: int = SLUG_WORDS, limit: int = SLUG_CHARS, fallback: 
     import unicodedata
 
     folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii").lower()
-    parts = [part for part in re.split(r"[^a-z0-9]+", folded) if part][:words]
+    parts = [part for part in re.split(r"[^a-z0-9]+", folded) if part and part not in SLUG_SKIPS][:words]
     return "-".join(parts)[:limit].strip("-") or fallback
 
 

@@ -170,7 +170,7 @@ def test_every_registered_mode_appears_in_every_derived_table(tiny_dir: Path, tm
 
 def test_every_gpu_endpoint_is_a_mode_or_one_of_its_declared_gpu_calls() -> None:
     assert gpu_endpoints(BUILTIN) == {"txt2img", "draft", "render_draft", "refine", "textile", "inpaint", "restyle",
-                                      "restyle_edges"}  # fmt: skip
+                                      "restyle_edges", "upscale"}  # fmt: skip
 
 
 def test_the_readme_lists_every_endpoint() -> None:
@@ -224,6 +224,11 @@ FORM = {  # one distinctive value per field, each within its widget's bounds
     "keep_order": True,
     "merge": True,
     "include_original": False,
+    "upscaler": "p-upscaler.pth",
+    "scale": 2.5,
+    "detail_strength": 0.35,
+    "tile_size": 128,
+    "tile_overlap": 24,
 }
 EXPECTED = {**FORM, "preprocessor_resolution": 320, "final_strength": 0.33, "palettes": tuple(FORM["palettes"])}
 
@@ -297,7 +302,8 @@ LABEL_WORDS = {
     "control_guidance_start": ("guidance start",), "control_guidance_end": ("guidance end",),
     "palettes": ("palettes",), "custom_palettes": ("your palettes",), "mappings": ("picked colourways",),
     "mood_image": ("mood photo",), "mood_colors": ("mood photo colours",), "keep_order": ("light/dark",),
-    "merge": ("merge",), "include_original": ("original",),
+    "merge": ("merge",), "include_original": ("original",), "upscaler": ("upscaler",), "scale": ("upscale by",),
+    "detail_strength": ("detail strength",), "tile_size": ("tile size",), "tile_overlap": ("tile overlap",),
 }  # fmt: skip
 
 

@@ -319,6 +319,8 @@ def test_tab_turns_widget_values_into_a_request_and_shows_the_exports(studio: St
         "unit": "cm",
         "dpi": 72.0,
         "colors": 3.0,
+        "upscaler": "Lanczos",
+        "detail_strength": 0.0,
     }
     names = [n for n in inspect.signature(handler).parameters if n not in ("request", "progress")]
     outputs = final(handler(**{n: values[n] for n in names}, request=None, progress=lambda *a, **k: None))
@@ -329,3 +331,7 @@ def test_tab_turns_widget_values_into_a_request_and_shows_the_exports(studio: St
     assert len(tiles) == 1 and Path(preview).is_file() and Path(palette_image).is_file()
     assert len(palette_hex.split()) == 3 and seed_used == 5 and "Repeat: brick" in infotext
     assert len(files) >= 4 and all(Path(f).is_file() for f in files)
+    # downloads are named for what they are: print, tile and repeat preview (issue 15, item 13)
+    names = {Path(f).name for f in files}
+    assert {"floral-chintz-print-brick-10x5cm-72dpi.png", "floral-chintz-print-brick-tile-seed5.png",
+            "floral-chintz-print-brick-repeat-preview-seed5.png"} <= names, names  # fmt: skip

@@ -9,7 +9,7 @@ optional N-colour colourway (palette swatches + hex list).
 from __future__ import annotations
 
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image, ImageOps
 
-from studio import patterns, tiling
+from studio import patterns, tiling, upscale
 from studio.engine.batches import generators, resolve_seed, seed_batches
 from studio.engine.checks import RequestError, check_common, check_latents, check_range, check_size, clean_prompts
 from studio.engine.contract import Generated, Job, Result, Studio
@@ -56,6 +56,10 @@ class TextileRequest:
     physical_height: float = 0.0
     unit: str = "cm"
     colors: int = 0  # spot colours of the colourway; 0: none
+    # How the print file is enlarged: a model file of the upscalers folder by name ("" the default file), or
+    # "Lanczos" (resampling alone); then a detail pass (img2img in tiles) at this strength, 0: none.
+    upscaler: str = upscale.LANCZOS
+    detail_strength: float = 0.0
 
 
 @dataclass
@@ -108,6 +112,14 @@ def check_request(req: TextileRequest, limits: Limits) -> None:
         raise RequestError(f"Unit must be 'cm' or 'in'; got {req.unit!r}.")
     check_range("physical_width", req.physical_width, 0, 1000)
     check_range("physical_height", req.physical_height, 0, 1000)
+    if len(req.upscaler) > 200:
+        raise RequestError("upscaler must be the name of a file in the upscalers folder, or Lanczos.")
+    check_range("detail_strength", req.detail_strength, 0, 1)
+    if req.detail_strength and int(req.num_inference_steps * req.detail_strength) < 1:
+        raise RequestError(
+            f"{req.num_inference_steps} steps at detail strength {req.detail_strength:g} run no step of the "
+            "print's detail pass; raise the steps or the detail strength (0 turns it off)."
+        )
     if req.image is not None:
         check_range("strength", req.strength, 0.01, 1)
         if int(req.num_inference_steps * req.strength) < 1:
@@ -143,6 +155,9 @@ def print_size(req: TextileRequest, width: int, height: int) -> tuple[int, int]:
     out_h = patterns.print_pixels(req.physical_height, req.unit, req.dpi) if req.physical_height > 0 else None
     out_w = out_w or max(1, round(out_h * width / height))  # type: ignore[operator]
     out_h = out_h or max(1, round(out_w * height / width))
+    # half-drop and brick offsets are half the print's height / width: exact only when that side is even
+    out_h += out_h % 2 if req.repeat == "half_drop" else 0
+    out_w += out_w % 2 if req.repeat == "brick" else 0
     if abs(out_w * height - out_h * width) > 0.01 * width * out_h:
         raise RequestError(
             f"The physical size ({out_w}x{out_h} px at {req.dpi} DPI) does not have the tile's "
@@ -180,6 +195,8 @@ def textile(
     width, height = tile_size(studio, req)
     out_size = print_size(req, width, height)
     check_latents(studio, latents, req.batch_size, width, height)
+    if out_size != (width, height) and req.upscaler != upscale.LANCZOS:  # a missing file is told before any work
+        req = replace(req, upscaler=upscale.resolve(studio.cache.settings.upscalers_dir, req.upscaler).name)
     pipe_cls = StableDiffusionPipeline if swatch is None else SwatchPipeline
     pipe = studio.cache.derive(pipe_cls, scheduler=req.scheduler, ref=model, prompts=prompts)
     fitted = None if swatch is None else ImageOps.fit(swatch, (width, height), Image.Resampling.LANCZOS)
@@ -215,7 +232,10 @@ class Tile:
 
     def save(self, pixels: np.ndarray, seed: int) -> Generated:
         dpi = tile_dpi(self.req, self.size[0], self.out_size)
-        return save_image(self.studio, to_pil(pixels), self.prompts, self.params(seed), "textile", None, dpi=dpi)
+        name = download_names(self.req, self.prompts, seed, self.out_size)["tile"]
+        return save_image(
+            self.studio, to_pil(pixels), self.prompts, self.params(seed), "textile", None, dpi=dpi, name=name
+        )
 
     def export(self, tile: Future[Generated]) -> PrintExport:
         """Once the tile is written (and told): its print file, repeat preview and colourway."""
@@ -287,7 +307,29 @@ def tile_params(
             "Print pixels": f"{out_w}x{out_h}",
         }
     )
+    if out_size != size:  # how the print file is enlarged (its own file records the rest: hash, scale, size)
+        params["Postprocess upscaler"] = req.upscaler
+        if req.detail_strength:
+            params["Detail strength"] = req.detail_strength
     return params
+
+
+def download_names(
+    req: TextileRequest, prompts: dict[str, str], seed: int, out_size: tuple[int, int]
+) -> dict[str, str]:
+    """What each file of a tile is called when downloaded, e.g. `florals-halfdrop-30x30cm-300dpi.png` for the
+    print; the seed tells apart the tiles of a run that makes several."""
+    physical = tuple(patterns.physical_length(px, req.unit, req.dpi) for px in out_size)
+    base = patterns.print_name(prompts["prompt"], req.repeat, physical, req.unit, req.dpi)  # type: ignore[arg-type]
+    several = f"-seed{seed}" if req.batch_size * req.batch_count > 1 else ""
+    short = f"{patterns.slug(prompts['prompt'])}-{patterns.REPEAT_SLUGS[req.repeat]}"
+    return {
+        "print": f"{base}{several}",
+        "tile": f"{short}-tile-seed{seed}",
+        "preview": f"{short}-repeat-preview-seed{seed}",
+        "colourway": f"{base}-{req.colors}colours{several}",
+        "palette": f"{short}-palette-{req.colors}colours-seed{seed}",
+    }
 
 
 def tile_dpi(req: TextileRequest, width: int, out_size: tuple[int, int]) -> int:
@@ -303,28 +345,42 @@ def export(
     params: dict[str, Any],
     out_size: tuple[int, int],
 ) -> PrintExport:
-    """Print file (physical size x DPI), 3 x 3 repeat preview, optional colourway with its palette."""
+    """Print file (physical size x DPI: enlarged by the request's upscaler and detail pass), 3 x 3 repeat preview,
+    optional colourway with its palette; each under a name that says what it is."""
+    from studio.engine.upscale import print_enlarge  # the Upscale engine builds on this module's swatch img2img
+
+    names = download_names(req, prompts, tile.seed, out_size)
     printed, print_file = tile.image, tile.path
     if out_size != tile.image.size:
-        printed = patterns.resize_tile(tile.image, out_size, req.repeat)
+        printed, record = print_enlarge(studio, req, tile.image, out_size, prompts, tile.seed)
+        print_params = {**params, **record, "Export": "print"}
         print_file = save_image(
-            studio, printed, prompts, {**params, "Export": "print"}, "textile-print", None, dpi=req.dpi
+            studio, printed, prompts, print_params, "textile-print", None, dpi=req.dpi, name=names["print"]
         ).path
     preview = patterns.preview(tile.image, req.repeat)
     done = PrintExport(
         tile=tile,
         print_file=print_file,
         preview=save_image(
-            studio, preview, prompts, {**params, "Export": "repeat preview"}, "textile-preview", None
-        ).path,
+            studio,
+            preview,
+            prompts,
+            {**params, "Export": "repeat preview"},
+            "textile-preview",
+            None,
+            name=names["preview"],
+        ).path,  # fmt: skip
     )
     if req.colors:
         way = patterns.colourway(printed, req.colors)
         extra = {**params, "Export": "colourway", "Colours": len(way.palette), "Palette": " ".join(way.hex)}
-        done.colourway = save_image(studio, way.image, prompts, extra, "textile-colourway", None, dpi=req.dpi).path
-        done.palette_image = save_image(
-            studio, patterns.swatches(way.palette), prompts, {**extra, "Export": "palette"}, "textile-palette", None
+        done.colourway = save_image(
+            studio, way.image, prompts, extra, "textile-colourway", None, dpi=req.dpi, name=names["colourway"]
         ).path
+        done.palette_image = save_image(
+            studio, patterns.swatches(way.palette), prompts, {**extra, "Export": "palette"}, "textile-palette", None,
+            name=names["palette"],
+        ).path  # fmt: skip
         done.palette_text = studio.outputs.write_text(done.palette_image.with_suffix(".txt"), palette_listing(way))
         done.palette = way.hex
     return done

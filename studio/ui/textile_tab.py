@@ -16,6 +16,7 @@ from studio.tiling import REPEAT_LABELS
 from studio.ui.running import cancel_button, finished, results_of, run_events
 from studio.ui.tab import ModeCalls, Tab, inputs_for
 from studio.ui.uploads import image_upload
+from studio.ui.upscale_tab import upscaler_choices
 from studio.ui.widgets import (
     UIContext,
     field_components,
@@ -77,6 +78,15 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
                 print_info = gr.Markdown(
                     describe_print(max(ctx.native_size, 128), max(ctx.native_size, 128), DEFAULT_PRINT_CM, 0, "cm", 300)
                 )
+                choices, default = upscaler_choices(calls.actions.get("upscalers"))
+                upscaler = gr.Dropdown(
+                    choices, value=default, allow_custom_value=True, label="Print upscaler (model file, or Lanczos)",
+                    info="How the tile is enlarged to the print file: a super-resolution model from the upscalers "
+                    "folder (seamless), or Lanczos resampling.",
+                )  # fmt: skip
+                detail_strength = gr.Slider(
+                    0, 1, value=0, step=0.05, label="Print detail strength (0 = none; ~0.3 adds real texture)"
+                )
                 colors = gr.Slider(0, MAX_COLORS, value=0, step=1, label="Colourway: spot colours (0 = off)")
             with gr.Accordion(SWATCH_CLOSED, open=False) as swatch_box:
                 image = image_upload(
@@ -108,6 +118,8 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
         "unit": unit,
         "dpi": dpi,
         "colors": colors,
+        "upscaler": upscaler,
+        "detail_strength": detail_strength,
     }
 
     def textile(
@@ -128,6 +140,8 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
         unit: str,
         dpi: float,
         colors: float,
+        upscaler: str,
+        detail_strength: float,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),
     ) -> Iterator[tuple[Any, ...]]:
