@@ -33,10 +33,10 @@ def upscaler_choices(listing: Callable[[], Any] | None) -> tuple[list[Any], str]
 
 
 def create(ctx: UIContext, calls: ModeCalls) -> Tab:
-    files, _ = upscaler_choices(calls.actions.get("upscalers"))
+    listed, _ = upscaler_choices(calls.actions.get("upscalers"))
     # The folder's default file, looked up at each run (a file added later is used; none: the run says how to get
     # one). Textile's print export defaults to what is there when the page is built, Lanczos without a file.
-    choices, default = [FOLDER_DEFAULT, *files], ""
+    choices, default = [FOLDER_DEFAULT, *listed], ""
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=320):
             image = image_upload(
