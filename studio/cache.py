@@ -153,7 +153,8 @@ class ModelCache:
                 self.loading = None
             while len(self._bases) >= self.settings.max_resident_models:
                 evicted, evicted_pipe = self._bases.popitem(last=False)
-                self._styled.forget([evicted_pipe.unet, evicted_pipe.text_encoder])
+                drafts = [unet for (name, _), (unet, _) in self._drafts.items() if name == evicted]
+                self._styled.forget([evicted_pipe.unet, evicted_pipe.text_encoder, *drafts])  # their style copies
                 self._drafts = {key: value for key, value in self._drafts.items() if key[0] != evicted}
                 for key in [key for key in self._derived if key[0] == evicted]:
                     del self._derived[key]
@@ -297,6 +298,7 @@ class ModelCache:
             finally:
                 self.loading = None
             replaced = self._slots.get(name)
+            self._styled.forget([replaced])  # a replaced inpainting UNet's style copy
             for key in [key for key in self._derived if any(i == id(replaced) for _, i in key[2])]:
                 del self._derived[key]  # pipelines built around the module this slot held before
             self._slots[name], self._slot_sources[name] = module, source

@@ -60,16 +60,21 @@ def _models() -> tuple[torch.nn.Module, torch.nn.Module]:
     return UNet2DConditionModel(in_channels=4, out_channels=4, **_UNET), _text_encoder()
 
 
+def kohya_lora(unet: torch.nn.Module, text_encoder: torch.nn.Module, seed: int = SEED) -> dict[str, torch.Tensor]:
+    """A random kohya-layout LoRA for any SD1.5-family UNet and text encoder (modules may live on the meta device:
+    only their shapes are read). They get peft layers injected: pass throwaway copies."""
+    unet_state = _lora_modules(unet, UNET_TARGETS, seed)
+    text_state = _lora_modules(text_encoder, TEXT_TARGETS, seed + 1)
+    return {**_kohya(unet_state, "lora_unet"), **_kohya(text_state, "lora_te")}
+
+
 def write_loras(folder: Path) -> None:
     from diffusers import StableDiffusionPipeline
     from PIL import Image
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    unet, text_encoder = _models()
-    unet_state = _lora_modules(unet, UNET_TARGETS, SEED)
-    text_state = _lora_modules(text_encoder, TEXT_TARGETS, SEED + 1)
-    kohya = {**_kohya(unet_state, "lora_unet"), **_kohya(text_state, "lora_te")}
+    kohya = kohya_lora(*_models())
     tags = {"15_house florals": {"house florals": 15, "botanical print": 9}}
     save_file(kohya, folder / "house-florals.safetensors", metadata={"ss_tag_frequency": json.dumps(tags)})
     Image.new("RGB", (32, 32), (190, 60, 90)).save(folder / "house-florals.png")
