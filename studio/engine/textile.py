@@ -307,10 +307,8 @@ def tile_params(
             "Print pixels": f"{out_w}x{out_h}",
         }
     )
-    if out_size != size:  # how the print file is enlarged (its own file records the rest: hash, scale, size)
-        params["Postprocess upscaler"] = req.upscaler
-        if req.detail_strength:
-            params["Detail strength"] = req.detail_strength
+    # how the print file is enlarged (the print file itself records the rest: the upscaler's hash, scale and size)
+    params.update({"Postprocess upscaler": req.upscaler, "Detail strength": req.detail_strength})
     return params
 
 

@@ -81,8 +81,7 @@ class UpscaleRequest:
 
 # ---- checks -------------------------------------------------------------------------------------------------------
 def check_request(req: UpscaleRequest, limits: Limits) -> None:
-    if req.image is None:
-        raise RequestError("No image given: upload a picture, or send a result here with Send to Upscale.")
+    """The request's settings (a preset or a restore checks these without an image; the run checks that too)."""
     if req.repeat not in REPEAT_CHOICES:
         raise RequestError(f"Unknown repeat {req.repeat!r}. Choose one of: {', '.join(REPEAT_CHOICES)}.")
     if len(req.upscaler) > 200:
@@ -299,6 +298,8 @@ def print_enlarge(
 def run(studio: Studio, req: UpscaleRequest, job: Job | None = None) -> Result:
     """The Upscale mode: one picture, enlarged (and detailed), saved with what made it."""
     check_request(req, studio.limits)
+    if req.image is None:
+        raise RequestError("No image given: upload a picture, or send a result here with Send to Upscale.")
     source = load_source(studio, req.image)
     repeat = source.repeat if req.repeat == AUTO else req.repeat
     repeat = None if repeat in (None, NO_REPEAT) else repeat
