@@ -16,7 +16,7 @@ from PIL import Image
 
 from studio.cache import ModelCache
 from studio.engine.checks import RequestError
-from studio.engine.contract import Studio
+from studio.engine.contract import Result, Studio
 from studio.engine.draft import DraftRequest, draft
 from studio.engine.inpaint import InpaintRequest, inpaint
 from studio.engine.refine import RefineRequest, refine
@@ -231,17 +231,33 @@ def test_every_mode_accepts_a_lora_tag_and_records_its_hash(styled, mode):
 
 
 # ---- batching: only requests with equal styles share a call ----------------------------------------------------
-def test_concurrent_requests_are_batched_only_with_equal_loras_and_weights(styled):
-    from studio.batching import Txt2ImgBatcher
+def test_concurrent_requests_are_batched_only_with_equal_loras_and_weights(styled, monkeypatch):
+    import threading
+
+    from studio import batching
 
     studio, _ = styled
-    batcher = Txt2ImgBatcher(studio, window_ms=10_000, max_images=8)
-    keys = [
-        studio.cache.select_styles({"prompt": p, "negative_prompt": ""}).key
-        for p in (f"a <lora:{FLORALS}:1>", f"b <lora:{FLORALS}:1>", f"a <lora:{FLORALS}:0.5>", "a", "a houseprint")
-    ]
-    assert keys[0] == keys[1] and len({keys[0], keys[2], keys[3], keys[4]}) == 4
-    assert batcher.concurrency > 1
+    calls: list[set[str]] = []
+
+    def many(studio_, requests, jobs, on_done=None):  # records who shares a call; nothing is generated
+        calls.append({r.prompt for r in requests})
+        for index in range(len(requests)):
+            on_done(index, Result([], 0, {}))
+
+    def alone(studio_, req, job=None):
+        calls.append({req.prompt})
+        return Result([], 0, {})
+
+    monkeypatch.setattr(batching, "txt2img_many", many)
+    monkeypatch.setattr(batching, "txt2img", alone)
+    batcher = batching.Txt2ImgBatcher(studio, window_ms=1500, max_images=8)
+    prompts = [f"a <lora:{FLORALS}:1>", f"b <lora:{FLORALS}:1>", f"c <lora:{FLORALS}:0.5>", "d", "e houseprint"]
+    threads = [threading.Thread(target=batcher, args=(request(p),)) for p in prompts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(map(sorted, calls)) == sorted(map(sorted, [prompts[:2], [prompts[2]], [prompts[3]], [prompts[4]]]))
 
 
 # ---- restore ----------------------------------------------------------------------------------------------------
