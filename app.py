@@ -34,7 +34,7 @@ from studio.registry import resolve
 from studio.restore import Restorer
 from studio.server import body_limit
 from studio.settings import Settings, parse_args
-from studio.ui import shell
+from studio.ui import png_info, shell
 from studio.ui.widgets import UIContext
 
 log = logging.getLogger("atelier")
@@ -45,9 +45,25 @@ CSS = ".token-count p {font-size: 0.8em; opacity: 0.7; margin: 0} footer {displa
     " #header button {align-self: center}"
     # and the preset picker takes the whole width, its description (when one is chosen) the line below
     " @media (max-width: 640px) {#header > *, .preset-row > * {flex: 1 1 100% !important}}"
+    # the model status stays one line (the resident models and their sizes are cache internals): the rest shows on
+    # hover or tap, over the page, never pushing the tabs down
+    " #model-status {flex: 2 1 200px !important; min-width: 160px !important; align-self: center;"
+    " position: relative; overflow: visible !important}"
+    " #model-status p {margin: 0; white-space: nowrap; overflow: hidden; text-overflow: ellipsis}"
+    " #model-status:hover p {position: absolute; z-index: 20; top: 0; right: 0; width: max-content; max-width: 80vw;"
+    " white-space: normal; padding: 0.4em 0.6em; background: var(--background-fill-primary);"
+    " border: 1px solid var(--border-color-primary); border-radius: var(--radius-md)}"
     # each tab's results stay in view beside its form while the designer scrolls the settings (not on a phone)
     " .results-column {position: sticky; top: 0.5rem; align-self: flex-start}"
     " @media (max-width: 640px) {.results-column {position: static}}"
+    # Cancel only while the tab runs something (studio.ui.running.RUNNING_JS marks the running tab)
+    " .cancel-action {display: none !important} .atelier-running .cancel-action {display: inline-flex !important}"
+    # and its progress is written once: the other loading overlays keep their shade but not their text
+    " .atelier-running [data-testid=status-tracker][data-quiet] > * {visibility: hidden}"
+    # the brush editor: its photo starts right of the tool bar and below the label (they overlapped it on a phone)
+    " .brush-editor [data-testid=image] .pixi-target {left: 56px !important; width: calc(100% - 56px) !important;"
+    " top: 30px !important; height: calc(100% - 30px) !important}"
+    " .brush-editor [data-testid=image] .top-panel {top: 30px !important}"
 )
 
 
@@ -64,7 +80,7 @@ def native_size_hint(settings: Settings) -> int:
 
 def build_demo(studio: Studio, modes: Sequence[Mode] = BUILTIN, presets_dir: Path = REPO / "presets") -> gr.Blocks:
     """The studio's page: one tab and one API endpoint per mode, and the shell around them (model switcher, Send
-    to, this session's results, PNG restore), all computed from `modes`."""
+    to, this session's results, the PNG Info tab), all computed from `modes`."""
     settings = studio.cache.settings
     by_name(modes)  # names are unique
     presets = load_presets(presets_dir, settings.limits, modes)  # a broken preset stops startup, naming file and key
@@ -88,7 +104,7 @@ def build_demo(studio: Studio, modes: Sequence[Mode] = BUILTIN, presets_dir: Pat
             shell.model_switcher(model_switch(studio, modes))
         handles: list[shell.TabHandle] = []
         blocks: list[gr.Tab] = []
-        with gr.Tabs() as tabs:
+        with gr.Tabs(overflow_behavior="wrap") as tabs:  # on a phone every tab stays in sight (rows, no menu)
             for mode in modes:
                 with gr.Tab(mode.label, id=mode.name, elem_id=f"tab-{mode.name}") as tab_block:
                     picker = shell.preset_picker(presets[mode.name])
@@ -97,12 +113,14 @@ def build_demo(studio: Studio, modes: Sequence[Mode] = BUILTIN, presets_dir: Pat
                     shell.examples_for(handle, mode.example)
                 handles.append(handle)
                 blocks.append(tab_block)
+            info_tab = gr.Tab("PNG Info", id=png_info.TAB_ID, elem_id=f"tab-{png_info.TAB_ID}")
         for tab_block, handle in zip(blocks, handles, strict=True):
             with tab_block:  # "Send to" rows under each tab's results, once every target exists
                 shell.send_row(handle.tab.gallery, handles, tabs, exclude=handle.mode)
+        with info_tab:
+            png_info.create(handles, tabs, ctx.restore)
         shell.session_results(handles, tabs)
-        shell.restorer(handles, tabs, ctx.restore)
-        shell.keyboard_shortcuts(demo)
+        shell.page_scripts(demo)
         for mode, handle in zip(modes, handles, strict=True):
             if mode.on_page is not None:  # page-level wiring of a mode (Refine's tree survives a reload)
                 mode.on_page(demo, handle.tab, ctx)
