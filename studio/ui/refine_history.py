@@ -42,12 +42,15 @@ RESTORED = (
 EMPTY = (
     '<p class="refine-tree-empty">No history yet: each Refine result appears here, under the image it grew from.</p>'
 )
-# A click on a node (or Enter on it) selects it; the rest of the tree's markup is the server's.
+# A click on a node (or Enter on it) selects it; the rest of the tree's markup is the server's. Once mounted (the
+# Refine tab opens), the tree asks for its current drawing: an update that came while it mounted (the browser's
+# copy of the tree, adopted right after a reload) was otherwise lost.
 TREE_JS = """
 element.addEventListener("click", (event) => {
   const node = event.target instanceof Element && event.target.closest("[data-node]");
   if (node) trigger("click", {node: Number(node.dataset.node)});
 });
+trigger("load");
 """
 TREE_CSS = """
 .refine-tree {max-height: 420px; overflow: auto; padding: 2px}
@@ -183,6 +186,8 @@ def wire(
     ui.node_pick.change(selected, inputs=[ui.node_pick, tree, ui.comparing], outputs=[ui.tree_view, ui.compare],
                         **instant)  # fmt: skip
     ui.tree_view.click(clicked, inputs=tree, outputs=ui.node_pick, **instant)
+    ui.tree_view.load(lambda n, t: tree_html(History.from_dict(t, root), n), inputs=[ui.node_pick, tree],
+                      outputs=ui.tree_view, **instant)  # fmt: skip
     ui.continue_button.click(lambda n, t: continue_node(n, t, root), inputs=[ui.node_pick, tree],
                              outputs=[input_image, continue_from], **private)  # fmt: skip
     ui.compare_button.click(lambda n, t: compare_node(n, t, root), inputs=[ui.node_pick, tree],

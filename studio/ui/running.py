@@ -173,17 +173,27 @@ def cancel_button(board: JobBoard) -> gr.Button:
 
 # A tab "runs" from a click on its main button (`primary-action`, which Ctrl+Enter also presses; `starts-run` for
 # other buttons that start a run, like Draft) or Shift+Enter in one of its text boxes, until none of its components
-# shows Gradio's loading status any more. The class `atelier-running` on the tab shows its Cancel (app.CSS).
+# shows Gradio's loading status any more. The class `atelier-running` on the tab shows its Cancel (app.CSS). While
+# it runs, only one loading overlay writes the progress (the first in the results column): the others are marked
+# `data-quiet` and app.CSS hides their text (a tab whose event sets `show_progress_on` has only one anyway).
 RUNNING_JS = """() => {
   const RUNNING = "atelier-running";
-  const busy = (tab) => Array.from(tab.querySelectorAll("[data-testid='status-tracker']"))
-    .some((tracker) => !tracker.classList.contains("hide"));
+  const shown = (tab) => Array.from(tab.querySelectorAll("[data-testid='status-tracker']"))
+    .filter((tracker) => !tracker.classList.contains("hide"));
+  const quiet = (tab) => {
+    const trackers = shown(tab);
+    const speaker = trackers.find((t) => t.closest(".results-column")) || trackers[0];
+    for (const tracker of tab.querySelectorAll("[data-testid='status-tracker']")) {
+      if (tracker === speaker) delete tracker.dataset.quiet; else tracker.dataset.quiet = "1";
+    }
+  };
   let timer = null;
   const watch = () => {
     if (timer) return;
     timer = setInterval(() => {
       for (const tab of document.querySelectorAll("." + RUNNING)) {
-        if (Date.now() - Number(tab.dataset.runStart) > 1000 && !busy(tab)) tab.classList.remove(RUNNING);
+        quiet(tab);
+        if (Date.now() - Number(tab.dataset.runStart) > 1000 && !shown(tab).length) tab.classList.remove(RUNNING);
       }
       if (!document.querySelector("." + RUNNING)) { clearInterval(timer); timer = null; }
     }, 250);
