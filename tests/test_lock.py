@@ -20,6 +20,7 @@ from studio import hashing, outputs
 from studio.batching import Txt2ImgBatcher
 from studio.cache import ModelCache
 from studio.engine import draft as draft_engine
+from studio.engine import saving
 from studio.engine.contract import Cancelled, Generated, Job, Result, Studio
 from studio.engine.draft import DraftChoice, DraftRequest, draft, render_draft
 from studio.engine.inpaint import InpaintRequest, inpaint
@@ -311,3 +312,30 @@ def test_progress_and_saved_images_reach_the_callers_context_from_two_threads(st
     result = contextvars.copy_context().run(call)
     assert len(result.images) == 3
     assert set(seen) == {"designer"} and len(seen) == 3 * 2 + 3
+
+
+# ---- a writer thread does not start while the lock's holder is still leaving -----------------------------------
+ONE_BATCH: dict[str, Callable[[Studio], object]] = {
+    "txt2img": lambda s: txt2img(s, Txt2ImgRequest(PROMPT, batch_size=2, **FAST)),
+    "inpaint": lambda s: inpaint(s, InpaintRequest(photo(), sleeve_mask(), PROMPT, **FAST)),
+    "restyle": lambda s: restyle(s, RestyleRequest(sketch(), PROMPT, preprocessor="none", **FAST)),
+    "textile": lambda s: textile(s, TextileRequest(PROMPT, **FAST)),
+    "draft": lambda s: draft(s, DraftRequest(PROMPT, seed=5, batch_size=2)),
+}
+
+
+@pytest.mark.parametrize("mode", list(ONE_BATCH))
+def test_the_last_batch_is_handed_to_the_writers_only_after_the_gpu_lock_is_released(studio, watch, monkeypatch, mode):
+    """A writer thread started while the lock's holder still runs Python competes with it for the GIL (up to a 5 ms
+    switch interval with the GPU idle): a run's last writes start once the lock is released."""
+    handed: list[bool] = []  # for each write handed to a writer thread: did the handing thread hold the lock?
+    pool = saving.writer_pool()
+
+    class Watched:
+        def submit(self, *args: Any, **kwargs: Any) -> Any:
+            handed.append(watch.lock.held())
+            return pool.submit(*args, **kwargs)
+
+    monkeypatch.setattr(saving, "writer_pool", Watched)
+    ONE_BATCH[mode](studio)
+    assert handed and not any(handed), handed

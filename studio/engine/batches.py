@@ -54,6 +54,7 @@ def run_batches(
     images = []
     kwargs = prompt_kwargs(pipe, **prompts)  # long prompts: their chunks are encoded here, once per run
     for seeds in seed_batches(seed, req.batch_size, req.batch_count):
+        writes.flush()  # the previous batch's writes run while this one denoises
         output = pipe(
             **kwargs,
             **extra,

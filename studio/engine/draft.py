@@ -83,7 +83,7 @@ def draft(studio: Studio, req: DraftRequest, job: Job | None = None) -> Result:
     pipe = studio.cache.derive(StableDiffusionPipeline, ref=model, prompts=prompts, unet=drafting)
     pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)  # this call's own; the base's untouched
     seed = resolve_seed(req.seed)
-    with Writes(job) as writes, studio.cache.gpu():
+    with Writes(job, defer=True) as writes, studio.cache.gpu():
         images = run_batches(
             studio,
             pipe,

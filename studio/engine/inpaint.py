@@ -225,8 +225,9 @@ def inpaint(studio: Studio, req: InpaintRequest, job: Job | None = None) -> Resu
     seed = resolve_seed(req.seed)
     paste = PasteBack(studio, req, prompts, image, alpha, work.box, model)
     results = []
-    with Writes(job) as writes, studio.cache.gpu():
+    with Writes(job, defer=True) as writes, studio.cache.gpu():
         for seeds in seed_batches(seed, req.batch_size, req.batch_count):
+            writes.flush()  # the previous batch's writes run while this one denoises
             painted = denoise(pipe, req, prompts, work, seeds, job, previewer(studio))
             results += [writes.submit(partial(paste.save, pixels, s)) for pixels, s in zip(painted, seeds, strict=True)]
     params = {**prompts, **inpaint_params(studio, req, seed, image.size, model)}

@@ -259,7 +259,7 @@ def restyle(studio: Studio, req: RestyleRequest, job: Job | None = None, latents
     )
     extra = controlnet_params(studio, req, resolution)
     seed = resolve_seed(req.seed)
-    with Writes(job) as writes, studio.cache.gpu(), repeating(pipe, controlnet, req.repeat):
+    with Writes(job, defer=True) as writes, studio.cache.gpu(), repeating(pipe, controlnet, req.repeat):
         images = run_batches(
             studio,
             pipe,

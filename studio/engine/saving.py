@@ -6,6 +6,12 @@ pixels into a picture, post-processes it, computes its metadata (the model hash 
 and only then tells the job (`on_image`): written before shown. A run's images reach the job in the order they were
 submitted, whichever writer finished first. Leaving `with Writes(job) as writes:` waits for every write of the run,
 also when the run fails or is cancelled, so an image finished before a Cancel is kept and reported.
+
+A writer thread competes for the GIL: started while the lock's holder still has Python to run (handing over the
+rest of a batch, leaving the pipeline), it can keep that thread waiting for a switch interval (5 ms) with the GPU
+idle. `Writes(job, defer=True)` therefore only queues what is submitted; `flush()` starts the queue — a mode calls it
+just before its next pipeline call, so the writes run while the GPU works, and leaving the `with` flushes the last
+batch once the lock (entered after `Writes`, so left before it) is released.
 """
 
 from __future__ import annotations
@@ -108,20 +114,37 @@ class EarlierWriteFailed(Exception):
 class Writes:
     """One run's writes on the writer threads; see the module's docstring."""
 
-    def __init__(self, job: Job | None) -> None:
+    def __init__(self, job: Job | None, defer: bool = False) -> None:
         self.job = job
+        self.defer = defer
         self._futures: list[Future[Any]] = []
+        self._pending: list[Callable[[], None]] = []
         self._last_told: Future[Any] | None = None
 
     def submit(self, write: Callable[[], T], tell: bool = True) -> Future[T]:
-        """Run `write()` on a writer thread. With `tell`, its result goes to `job.on_image` once every image
-        submitted before it has been told; an export (`tell=False`) is only written."""
-        previous = self._last_told
-        future = writer_pool().submit(self._write, write, previous if tell else None, tell)
+        """Run `write()` on a writer thread (with `defer`, from the next `flush()`). With `tell`, its result goes to
+        `job.on_image` once every image submitted before it has been told; an export (`tell=False`) is only
+        written."""
+        previous = self._last_told if tell else None
+        future: Future[T] = Future()
         self._futures.append(future)
         if tell:
             self._last_told = future
+        self._pending.append(lambda: self._start(future, write, previous, tell))
+        if not self.defer:
+            self.flush()
         return future
+
+    def flush(self) -> None:
+        """Start every write queued so far on the writer threads."""
+        pending, self._pending = self._pending, []
+        for start in pending:
+            start()
+
+    def _start(self, future: Future[T], write: Callable[[], T], previous: Future[Any] | None, tell: bool) -> None:
+        future.set_running_or_notify_cancel()
+        inner = writer_pool().submit(self._write, write, previous, tell)
+        inner.add_done_callback(lambda done: _settle(future, done))
 
     def _write(self, write: Callable[[], T], previous: Future[Any] | None, tell: bool) -> T:
         result = write()
@@ -133,6 +156,7 @@ class Writes:
 
     def wait(self) -> None:
         """Until every write submitted so far has finished (its errors stay in its future)."""
+        self.flush()
         for future in self._futures:
             future.exception()
 
@@ -141,6 +165,15 @@ class Writes:
 
     def __exit__(self, *exc: object) -> None:
         self.wait()
+
+
+def _settle(future: Future[T], done: Future[T]) -> None:
+    """`done`'s outcome into `future` (what `Writes.submit` handed out before the write started)."""
+    error = done.exception()
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(done.result())
 
 
 def done(value: T) -> Future[T]:

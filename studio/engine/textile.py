@@ -203,8 +203,9 @@ def textile(
     seed = resolve_seed(req.seed)
     tile = Tile(studio, req, prompts, (width, height), out_size, model)
     tiles, exports = [], []
-    with Writes(job) as writes, studio.cache.gpu():
+    with Writes(job, defer=True) as writes, studio.cache.gpu():
         for seeds in seed_batches(seed, req.batch_size, req.batch_count):
+            writes.flush()  # the previous batch's writes run while this one denoises
             images = denoise(pipe, req, prompts, seeds, (width, height), fitted, latents, job, previewer(studio))
             for pixels, image_seed in zip(images, seeds, strict=True):
                 saved = writes.submit(partial(tile.save, pixels, image_seed))

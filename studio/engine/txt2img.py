@@ -44,7 +44,7 @@ def txt2img(studio: Studio, req: Txt2ImgRequest, job: Job | None = None) -> Resu
     check_size(width, height, studio.limits)
     pipe = studio.cache.derive(StableDiffusionPipeline, scheduler=req.scheduler, ref=model, prompts=prompts)
     seed = resolve_seed(req.seed)
-    with Writes(job) as writes, studio.cache.gpu():  # the lock is released before the writes are waited for
+    with Writes(job, defer=True) as writes, studio.cache.gpu():  # released before the writes start
         images = run_batches(
             studio,
             pipe,
