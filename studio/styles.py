@@ -366,12 +366,15 @@ def match_recorded(library: StyleLibrary, prompt: str, negative: str, params: Ma
     """Select the files an infotext's `Lora hashes` / `TI hashes` name, by hash: a file found under another name
     is renamed in the prompts; one not found is reported missing."""
     out = Matched(prompt, negative)
-    for key, entries, rename in (
-        ("Lora hashes", library.loras(), _rename_tag),
-        ("TI hashes", library.embeddings(), _rename_word),
+    tagged = _tag_names(prompt + "\n" + negative)
+    for key, entries, rename, named in (
+        ("Lora hashes", library.loras(), _rename_tag, lambda n: n in tagged),
+        ("TI hashes", library.embeddings(), _rename_word, lambda n: uses_word(prompt + "\n" + negative, n)),
     ):
         by_hash = {e.short_hash: e for e in entries if e.usable and e.short_hash}
         for name, short in parse_hashes(params.get(key, "")):
+            if not named(name):  # not written in the prompts (a draft's LCM-LoRA): nothing to select
+                continue
             entry = next((e for h, e in by_hash.items() if h.startswith(short) or short.startswith(h)), None)
             if entry is None:
                 out.missing.append(f"{name} ({short})")
@@ -383,6 +386,11 @@ def match_recorded(library: StyleLibrary, prompt: str, negative: str, params: Ma
                 )
             out.found.append(name if entry.name == name else f"{name} (file {entry.name})")
     return out
+
+
+def _tag_names(text: str) -> set[str]:
+    """The names `<lora:...>` tags give, weights unchecked (a restored prompt is only read)."""
+    return {args[0].strip() for kind, args in _tags(text) if kind == "lora"}
 
 
 def _rename_tag(text: str, old: str, new: str) -> str:

@@ -261,24 +261,30 @@ def test_concurrent_requests_are_batched_only_with_equal_loras_and_weights(style
 
 
 # ---- restore ----------------------------------------------------------------------------------------------------
-def test_an_a1111_png_restores_its_loras_by_hash_and_names_the_missing_ones(styled, tmp_path):
-    studio, _ = styled
-    library = studio.cache.styles
+A1111_PROMPT = "a wrap dress, florals_v2 <lora:florals_v2:0.8> <lora:old-look:0.5>, hp-emb"
+RESTORED_PROMPT = f"a wrap dress, florals_v2 <lora:{FLORALS}:0.8> <lora:old-look:0.5>, houseprint"
+
+
+def a1111_png(library: StyleLibrary, path: Path) -> Path:
+    """A PNG as A1111 1.10 writes it, whose LoRA and embedding have other names there than here (and one LoRA
+    this studio does not have)."""
     hashes = {e.name: e.short_hash for e in library.entries()}
-    prompt = "a wrap dress, florals_v2 <lora:florals_v2:0.8> <lora:old-look:0.5>, hp-emb"
-    params = {  # as A1111 1.10 writes them (Lora hashes / TI hashes after Model)
+    params = {  # Lora hashes / TI hashes after Model, as A1111 writes them
         "Steps": 20, "Sampler": "DPM++ 2M", "Schedule type": "Karras", "CFG scale": 7, "Seed": 42, "Size": "64x64",
         "Model hash": "6ce0161689", "Model": "v1-5-pruned-emaonly",
-        "Lora hashes": f"florals_v2: {hashes[FLORALS]}, old-look: 0123456789ab",
+        "Lora hashes": f"florals_v2: {hashes[FLORALS]}, old-look: 0123456789ab, lcm-lora-sdv1-5: 00ff00ff00ff",
         "TI hashes": f"hp-emb: {hashes['houseprint']}", "Version": "v1.10.1",
     }  # fmt: skip
-    path = tmp_path / "a1111.png"
-    colourful().save(path, pnginfo=pnginfo(format_infotext(prompt, "blurry", params)))
-    restored = Restorer_for(studio).from_png(path)
-    assert restored.values["prompt"] == (
-        f"a wrap dress, florals_v2 <lora:{FLORALS}:0.8> <lora:old-look:0.5>, houseprint"
-    )
+    colourful().save(path, pnginfo=pnginfo(format_infotext(A1111_PROMPT, "blurry", params)))
+    return path
+
+
+def test_an_a1111_png_restores_its_loras_by_hash_and_names_the_missing_ones(styled, tmp_path):
+    studio, _ = styled
+    restored = Restorer_for(studio).from_png(a1111_png(studio.cache.styles, tmp_path / "a1111.png"))
+    assert restored.values["prompt"] == RESTORED_PROMPT
     assert "old-look (0123456789ab)" in restored.note and "Missing" in restored.note
+    assert "lcm-lora" not in restored.note  # recorded but never tagged (a draft's adapter): nothing to select
     assert "Lora hashes" not in restored.ignored and "TI hashes" not in restored.ignored
 
 
@@ -301,7 +307,8 @@ def served(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         demo.close()
 
 
-def test_txt2img_with_a_lora_tag_through_the_api_and_its_png_restores_the_tag(served):
+def test_txt2img_with_a_lora_tag_through_the_api_and_pngs_restore_through_restore(served, tiny_dir, tmp_path):
+    library = StyleLibrary(tiny_dir / "loras", tiny_dir / "embeddings")
     prompt = f"a wrap dress <lora:{FLORALS}:0.6>, houseprint"
     gallery, seed, infotext = served.predict(prompt=prompt, num_inference_steps=2, seed=9, api_name="/txt2img")
     params = parse_infotext(infotext).params
@@ -309,6 +316,8 @@ def test_txt2img_with_a_lora_tag_through_the_api_and_its_png_restores_the_tag(se
     mode, values, note = served.predict(png=handle_file(gallery[0]["image"]), api_name="/restore")
     assert (mode, values["prompt"]) == ("txt2img", prompt), note
     assert "Styles found by hash" in note
+    mode, values, note = served.predict(png=handle_file(a1111_png(library, tmp_path / "a.png")), api_name="/restore")
+    assert (mode, values["prompt"]) == ("txt2img", RESTORED_PROMPT) and "old-look (0123456789ab)" in note
     with pytest.raises(Exception, match="No LoRA named 'nowhere'"):
         served.predict(prompt="coat <lora:nowhere:1>", num_inference_steps=2, api_name="/txt2img")
 
