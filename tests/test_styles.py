@@ -177,6 +177,10 @@ def test_an_embeddings_word_changes_the_image_and_a_prompt_without_it_stays_bit_
     ids = base.tokenizer(PROMPT, padding="max_length", max_length=77, return_tensors="pt").input_ids
     with torch.no_grad():
         assert torch.equal(pipe.text_encoder(ids)[0], base.text_encoder(ids)[0])  # same words, same conditioning
+    shared = {p.data_ptr() for p in base.text_encoder.parameters()}
+    own = {n: p for n, p in pipe.text_encoder.named_parameters() if p.data_ptr() not in shared}
+    assert all(n.endswith("token_embedding.extra") or ".lora_" in n for n in own), sorted(own)  # nothing else
+    assert own["embeddings.token_embedding.extra"].shape[0] == 1 + 3  # houseprint's vector, housemodel's three
     base_untouched(studio)
 
 
