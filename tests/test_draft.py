@@ -64,7 +64,8 @@ def test_draft_is_diffusers_lcm_lora_sampling_and_the_lora_changes_the_image(dra
     assert np.array_equal(ours, pixels(with_lora))
     assert np.abs(ours - pixels(without_lora)).mean() > 2  # same seed, scheduler and steps: only the LoRA differs
     params = parse_infotext(result.images[0].infotext).params
-    file_hash = hashlib.sha256((tiny_dir / "lcm_lora" / LCM_LORA_FILE).read_bytes()).hexdigest()[:12]
+    data = (tiny_dir / "lcm_lora" / LCM_LORA_FILE).read_bytes()  # A1111's LoRA hash: the tensors after the header
+    file_hash = hashlib.sha256(data[8 + int.from_bytes(data[:8], "little") :]).hexdigest()[:12]
     assert params["Draft"] == "LCM-LoRA" and params["Lora hashes"] == f"lcm_lora: {file_hash}"
     assert (params["Sampler"], params["Steps"], params["CFG scale"], params["Seed"]) == ("LCM", "4", "1.0", "7")
 

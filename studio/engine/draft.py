@@ -21,8 +21,8 @@ from studio.engine.checks import RequestError, check_common, check_size, clean_p
 from studio.engine.contract import Job, Result, Studio
 from studio.engine.saving import Writes
 from studio.engine.txt2img import Txt2ImgRequest, txt2img
-from studio.hashing import file_sha256
 from studio.registry import HUB_ID, LCM_LORA_FILE
+from studio.styles import addnet_hash
 
 DRAFT_STEPS = 4
 MAX_DRAFT_STEPS = 8
@@ -103,7 +103,8 @@ def draft(studio: Studio, req: DraftRequest, job: Job | None = None) -> Result:
 def draft_params(
     studio: Studio, req: DraftRequest, seed: int, width: int, height: int, model: str | None = None
 ) -> dict[str, Any]:
-    """A1111's keys (Sampler `LCM`, `Lora hashes` as `name: sha256[:12]`) plus `Draft: LCM-LoRA`."""
+    """A1111's keys (Sampler `LCM`, `Lora hashes` as `name: hash`, the LCM-LoRA's and the prompt's own LoRAs'),
+    plus `Draft: LCM-LoRA`."""
     source = studio.cache.adapter_source(ADAPTER_SLOT, model)
     recorded = studio.cache.styles.recorded(req.prompt, req.negative_prompt)  # the designer's own styles
     styles = recorded["Lora hashes"]
@@ -123,7 +124,8 @@ def draft_params(
 
 
 def lora_hash(source: str) -> str:
-    """A1111's LoRA short hash: the first 12 hex digits of the weights file's SHA-256 ("" when not found)."""
+    """A1111's LoRA short hash: the first 12 hex digits of the SHA-256 of the .safetensors file's tensor data, after
+    its header (`studio.styles.addnet_hash`, as for every LoRA) ("" when not found)."""
     path = Path(source) / LCM_LORA_FILE if Path(source).is_dir() else Path(source)
     if not path.is_file() and HUB_ID.match(source):
         from huggingface_hub import try_to_load_from_cache
@@ -132,7 +134,7 @@ def lora_hash(source: str) -> str:
         path = Path(found) if isinstance(found, str) else path
     if not path.is_file():
         return ""
-    return file_sha256(path)[:12]
+    return addnet_hash(path)[:12]
 
 
 # ---- the chosen draft, rendered in full ---------------------------------------------------------------------
