@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from studio import patterns
-from studio.errors import ModelLoadError, RequestError
+from studio.errors import Cancelled, ModelLoadError, RequestError
 from studio.hashing import file_sha256
 
 log = logging.getLogger(__name__)
@@ -115,14 +115,17 @@ def open_upscaler(cache: Any, folder: Path, name: str) -> Upscaler:
 # ---- running the model ------------------------------------------------------------------------------------------
 def run_tiled(
     model: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, scale: int, tile: int = TILE,
-    overlap: int = OVERLAP,
+    overlap: int = OVERLAP, stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """`model` over a (1, C, H, W) image in tiles of `tile` px, each with `overlap` px of context (clipped at the
-    image's edges) of which only the centre is kept. Returns (1, C, scale*H, scale*W) float32 on the CPU."""
+    image's edges) of which only the centre is kept. Returns (1, C, scale*H, scale*W) float32 on the CPU.
+    `stop()` is asked before each tile: True raises `Cancelled`."""
     _, channels, height, width = image.shape
     out = torch.empty(1, channels, scale * height, scale * width, dtype=torch.float32)
     for y0 in range(0, height, tile):
         for x0 in range(0, width, tile):
+            if stop is not None and stop():
+                raise Cancelled("Cancelled.")
             y1, x1 = min(y0 + tile, height), min(x0 + tile, width)
             cy0, cx0 = max(0, y0 - overlap), max(0, x0 - overlap)
             cy1, cx1 = min(height, y1 + overlap), min(width, x1 + overlap)
@@ -133,8 +136,9 @@ def run_tiled(
 
 
 def model_pass(
-    upscaler: Upscaler, pixels: np.ndarray, repeat: str | None, tile: int = TILE, overlap: int = OVERLAP
-) -> np.ndarray:
+    upscaler: Upscaler, pixels: np.ndarray, repeat: str | None, tile: int = TILE, overlap: int = OVERLAP,
+    stop: Callable[[], bool] | None = None,
+) -> np.ndarray:  # fmt: skip
     """One run of the model over an (H, W, 3) float image in [0, 1]; a repeat tile with its wrapped neighbourhood
     around it, then cropped. Returns (scale*H, scale*W, 3) float32 in [0, 1]. Run under the GPU lock."""
     padded, top, left = patterns.pad_wrapped(pixels, overlap, repeat)
@@ -144,7 +148,7 @@ def model_pass(
     def run(part: torch.Tensor) -> torch.Tensor:
         return upscaler.model(part.to(device=device, dtype=dtype))
 
-    out = run_tiled(run, tensor, upscaler.scale, tile, overlap)[0].permute(1, 2, 0).numpy()
+    out = run_tiled(run, tensor, upscaler.scale, tile, overlap, stop)[0].permute(1, 2, 0).numpy()
     s, (height, width) = upscaler.scale, pixels.shape[:2]
     return out[s * top : s * (top + height), s * left : s * (left + width)]
 
@@ -166,7 +170,7 @@ def passes_needed(size: tuple[int, int], target: tuple[int, int], scale: int) ->
 
 def enlarge(
     upscaler: Upscaler | None, image: Image.Image, size: tuple[int, int], repeat: str | None, tile: int = TILE,
-    overlap: int = OVERLAP, lock: Callable[[], Any] | None = None,
+    overlap: int = OVERLAP, lock: Callable[[], Any] | None = None, stop: Callable[[], bool] | None = None,
 ) -> tuple[Image.Image, int]:  # fmt: skip
     """`image` at `size`: the model's passes (under `lock`, the GPU lock), then seamless Lanczos to the exact size.
     Without an upscaler, Lanczos alone. Returns the picture and how many model passes ran."""
@@ -175,7 +179,7 @@ def enlarge(
         pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
         with lock() if lock is not None else contextlib.nullcontext():
             for _ in range(passes):
-                pixels = model_pass(upscaler, pixels, repeat, tile, overlap)  # type: ignore[arg-type]
+                pixels = model_pass(upscaler, pixels, repeat, tile, overlap, stop)  # type: ignore[arg-type]
         image = Image.fromarray(np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8))
     if image.size == size:
         return image, passes

@@ -22,7 +22,7 @@ from PIL import Image
 import app
 from studio import patterns, upscale
 from studio.engine import upscale as engine
-from studio.engine.contract import Studio
+from studio.engine.contract import Cancelled, Job, Studio
 from studio.engine.textile import TextileRequest, print_size, textile
 from studio.hashing import file_sha256
 from studio.metadata import format_infotext, parse_infotext, pnginfo, read_parameters
@@ -116,6 +116,14 @@ def test_the_model_never_sees_more_than_one_tile_with_its_context_whatever_the_s
         upscale.run_tiled(model, image, 4, tile=16, overlap=8)
         largest.append(max(seen))
     assert largest == [3 * (16 + 2 * 8) ** 2] * 3
+
+
+def test_cancel_stops_the_model_between_tiles(up_studio: Studio, tmp_path: Path) -> None:
+    Image.fromarray((smooth(32, 32) * 255).astype(np.uint8)).save(tmp_path / "tile.png")
+    job = Job()
+    job.cancel.set()
+    with pytest.raises(Cancelled):
+        engine.run(up_studio, engine.UpscaleRequest(image=str(tmp_path / "tile.png"), upscaler=""), job)
 
 
 # ---- the detail pass ------------------------------------------------------------------------------------------------

@@ -249,7 +249,8 @@ def enlarge(
     check_repeat_size(repeat, size)
     folder = studio.cache.settings.upscalers_dir
     model = None if upscaler_name == upscale.LANCZOS else upscale.open_upscaler(studio.cache, folder, upscaler_name)
-    big, passes = upscale.enlarge(model, image, size, repeat, lock=studio.cache.gpu)
+    stop = (lambda: job.cancel.is_set()) if job is not None else None
+    big, passes = upscale.enlarge(model, image, size, repeat, lock=studio.cache.gpu, stop=stop)
     params: dict[str, Any] = {
         "Postprocess upscaler": model.name if model is not None and passes else upscale.LANCZOS,
         "Upscaler hash": model.hash if model is not None and passes else None,
