@@ -232,6 +232,7 @@ def png_with_parameters(path: Path) -> Path:
 def test_png_info_shows_a_dropped_png_and_sends_its_settings_and_picture_on(designer, tmp_path) -> None:  # noqa: F811
     page, problems = designer
     tab = open_by_title(page, "PNG Info")
+    expect(tab.get_by_role("button", name="Send to Refine")).to_be_hidden()  # nothing to send before a drop
     png = png_with_parameters(tmp_path / "look.png")
     block(tab, "Atelier or A1111 PNG").locator("input[type=file]").set_input_files(png)
     expect(block(tab, "The dropped PNG").locator("img").first).to_be_visible()

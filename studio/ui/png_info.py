@@ -41,30 +41,32 @@ def create(handles: list[TabHandle], tabs: gr.Tabs, restore: Callable[[str], Any
             parameters = gr.Textbox(label="Parameters stored in the PNG", lines=6, interactive=False,
                                     buttons=["copy"])  # fmt: skip
             use = gr.Button("Use these settings", variant="primary", visible=False)
-            send_row(shown, handles, tabs)  # the picture itself (with its prompt) to each tab that takes an image
+            with gr.Column(visible=False) as sends:  # shown with a picture to send
+                send_row(shown, handles, tabs)  # the picture itself (with its prompt) to each tab that takes an image
     restored_mode = gr.Textbox(label="Mode", visible=False)
     restored_values = gr.JSON(label="Request fields", visible=False)
     form = [tabs, *{c for h in handles for c in h.fields.values()}]
 
     def read(path: str | None) -> tuple[Any, ...]:
         """Show a dropped PNG and what it records; the button names the tab its settings go to."""
+        hide = gr.Column(visible=False)
         if not path:
-            return gr.Gallery(value=None, visible=False), "", NOTHING_YET, gr.Button(visible=False), "", None
+            return gr.Gallery(value=None, visible=False), "", NOTHING_YET, gr.Button(visible=False), "", None, hide
         hidden = gr.Gallery(value=None, visible=False)
         try:
             text = stored_parameters(path)
         except ImageInputError as exc:  # not a picture at all: nothing to show
             gr.Warning(str(exc))
-            return hidden, "", str(exc), gr.Button(visible=False), "", None
-        picture = gr.Gallery(value=[path], visible=True)
+            return hidden, "", str(exc), gr.Button(visible=False), "", None, hide
+        picture, show = gr.Gallery(value=[path], visible=True), gr.Column(visible=True)
         try:
             restored = restore(path)
         except StudioError as exc:
             gr.Warning(str(exc))
-            return picture, text, str(exc), gr.Button(visible=False), "", None
+            return picture, text, str(exc), gr.Button(visible=False), "", None, show
         handle = by_mode.get(restored.mode) or handles[0]
         button = gr.Button(f"Use these settings in {handle.label}", visible=True)
-        return picture, text, found(handle.label, restored), button, handle.mode, restored.values
+        return picture, text, found(handle.label, restored), button, handle.mode, restored.values, show
 
     def apply(mode: str, values: dict[str, Any] | None) -> dict[Any, Any]:
         handle = by_mode.get(mode or "")
@@ -85,7 +87,7 @@ def create(handles: list[TabHandle], tabs: gr.Tabs, restore: Callable[[str], Any
             raise gr.Error(str(exc)) from None
         return restored.mode, restored.values, restored.note
 
-    upload.change(read, inputs=upload, outputs=[shown, parameters, note, use, restored_mode, restored_values],
+    upload.change(read, inputs=upload, outputs=[shown, parameters, note, use, restored_mode, restored_values, sends],
                   concurrency_limit=None, api_visibility="private")  # fmt: skip
     use.click(apply, inputs=[restored_mode, restored_values], outputs=form, concurrency_limit=None,
               api_visibility="private")  # fmt: skip
