@@ -40,6 +40,7 @@ MASKED_CONTENT_CHOICES = [
 BRUSH_OPACITY = 0.5
 BRUSH_COLOURS: list[str | tuple[str, float]] = [("#ff3b6b", BRUSH_OPACITY), ("#ffffff", BRUSH_OPACITY),
                                                 ("#000000", BRUSH_OPACITY)]  # fmt: skip
+STRENGTH_INFO = "How much the brushed area changes: 0.3 keeps its shape and colour, 0.75 reworks it, 1 starts afresh."
 INPAINT_AREA_CHOICES = [("Whole picture", "whole"), ("Only masked (more detail for small areas)", "only_masked")]
 
 
@@ -100,7 +101,7 @@ def mask_options() -> dict[str, gr.components.Component]:
     with gr.Row():
         c["inpaint_area"] = gr.Radio(INPAINT_AREA_CHOICES, value="whole", label="Inpaint area")
         c["padding"] = gr.Slider(0, MAX_PADDING, value=32, step=4, label="Only masked padding (px)")
-    c["strength"] = gr.Slider(0.01, 1.0, value=0.75, step=0.01, label="Denoising strength")
+    c["strength"] = gr.Slider(0.01, 1.0, value=0.75, step=0.01, label="Denoising strength", info=STRENGTH_INFO)
     return c
 
 

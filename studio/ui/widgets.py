@@ -72,7 +72,8 @@ def prompt_block(ctx: UIContext, placeholder: str, negative: str = "") -> Prompt
 def sampling_block(ctx: UIContext, steps: int = 25, guidance: float = 7.0) -> SamplingBlock:
     with gr.Row():
         num_inference_steps = gr.Slider(1, ctx.limits.max_steps, value=steps, step=1, label="Steps")
-        guidance_scale = gr.Slider(0, 30, value=guidance, step=0.5, label="CFG scale")
+        guidance_scale = gr.Slider(0, 30, value=guidance, step=0.5, label="CFG scale",
+                                   info="How closely the picture follows the prompt (5–9 is usual).")  # fmt: skip
     with gr.Row():
         # min_width: on a phone the pair wraps, so "DPM++ 2M Karras" is not written over its arrow
         scheduler = gr.Dropdown(list(SAMPLERS), value=DEFAULT_SAMPLER, label="Sampler", min_width=200)
