@@ -127,9 +127,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="128 -> 512 and 192 -> 885 px, 4 steps at 0.25 (CPU)")
     parser.add_argument("--steps", type=int, help="detail pass steps (default 20; quick: 4)")
     parser.add_argument("--strength", type=float, help="detail strength (default 0.3; quick: 0.25)")
+    parser.add_argument("--sizes", nargs="+", help="SOURCE:TARGET sides in px, e.g. 512:2048 (overrides --quick's)")
+    parser.add_argument("--skip-detail", action="store_true", help="the model upscale alone")
     parser.add_argument("--out", type=Path, help="append a markdown record to this file")
     args = parser.parse_args(argv)
     sizes = [(128, 512), (192, 885)] if args.quick else [(512, 2048), (768, 3543)]
+    if args.sizes:
+        sizes = [(int(a), int(b)) for a, b in (size.split(":") for size in args.sizes)]
     steps = args.steps or (4 if args.quick else 20)
     strength = args.strength or (0.25 if args.quick else 0.3)
     upscalers = REPO / ".cache" / "bench-upscalers"
@@ -145,7 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for source, target in sizes:
         image = picture(source)
-        for label, pass_ in (("model only", None), (f"+ detail pass ({steps} steps at {strength:g})", detail)):
+        passes = [("model only", None), (f"+ detail pass ({steps} steps at {strength:g})", detail)]
+        for label, pass_ in passes[:1] if args.skip_detail else passes:
 
             def run(image: Image.Image = image, side: int = target, pass_: DetailPass | None = pass_) -> object:
                 return enlarge(studio, image, (side, side), "full", ESRGAN_FILE, pass_)
