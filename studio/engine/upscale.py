@@ -153,7 +153,7 @@ def starts(length: int, tile: int, overlap: int, wrap: bool) -> list[int]:
 
 
 def used_overlap(detail: DetailPass, tile: int) -> int:
-    """The overlap in px: the setting, at most half a tile (a multiple of 8)."""
+    """The overlap in px: the setting, at most half the tile's side (a multiple of 8)."""
     return min(detail.tile_overlap, tile // 2 // 8 * 8)
 
 
@@ -178,7 +178,7 @@ def detail_pass(
     tile_w = tile if wrap_x else min(tile, width - width % 8)
     if tile_h < 8 or tile_w < 8:
         raise RequestError(f"A {width}x{height} px picture is too small for a detail pass.")
-    overlap = used_overlap(detail, tile)
+    overlap = used_overlap(detail, min(tile_h, tile_w))
     latent = (1, 4, math.ceil(height / 8), math.ceil(width / 8))
     if noise is None:
         generator = torch.Generator().manual_seed(detail.seed)
@@ -189,14 +189,15 @@ def detail_pass(
     blend = np.outer(feather(tile_h, overlap), feather(tile_w, overlap))
     with studio.cache.gpu():
         embeds = prompt_kwargs(pipe, prompt=detail.prompt, negative_prompt=detail.negative_prompt)
-        for number, (y0, x0) in enumerate(places):
-            if job is not None and job.on_step is not None:
-                job.on_step(number, len(places))
-            index = patterns.plane_index(height, width, np.arange(y0, y0 + tile_h), np.arange(x0, x0 + tile_w), repeat)
-            out = _detail_tile(pipe, embeds, detail, pixels.reshape(-1, 3)[index], _noise_at(noise, y0, x0, tile_h,
-                               tile_w, repeat), job)  # fmt: skip
-            np.add.at(total, index.ravel(), (out * blend[..., None]).reshape(-1, 3))
-            np.add.at(weights, index.ravel(), blend.ravel())
+    for number, (y0, x0) in enumerate(places):
+        if job is not None and job.on_step is not None:
+            job.on_step(number, len(places))
+        index = patterns.plane_index(height, width, np.arange(y0, y0 + tile_h), np.arange(x0, x0 + tile_w), repeat)
+        tile_noise = _noise_at(noise, y0, x0, tile_h, tile_w, repeat)
+        with studio.cache.gpu():  # per tile: other requests' GPU work interleaves with a long print
+            out = _detail_tile(pipe, embeds, detail, pixels.reshape(-1, 3)[index], tile_noise, job)
+        np.add.at(total, index.ravel(), (out * blend[..., None]).reshape(-1, 3))
+        np.add.at(weights, index.ravel(), blend.ravel())
     if job is not None and job.on_step is not None:
         job.on_step(len(places), len(places))
     return (total / weights[:, None]).reshape(height, width, 3)
