@@ -61,6 +61,10 @@ class Settings:
     embeddings_dir: Path = DEFAULT_CACHE / "embeddings"
     # Super-resolution model files (.pth / .safetensors, ESRGAN family) the Upscale tab and print export offer
     upscalers_dir: Path = DEFAULT_CACHE / "upscalers"
+    # Train a style (studio.training): private checkpoints of running trainings, and whether training may run on
+    # the CPU (hours on SD 1.5; off by default: a request without a GPU is answered with the estimated time)
+    train_dir: Path = DEFAULT_CACHE / "training"
+    train_on_cpu: bool = False
     host: str = "127.0.0.1"
     port: int = 7860
     queue_size: int = 16

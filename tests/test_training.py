@@ -1,0 +1,232 @@
+"""Train a style: DreamBooth-LoRA on the tiny checkpoint (CPU, offline): the loss falls on a fixed evaluation batch
+while the base weights stay bit-identical, the written kohya LoRA loads through the personal-styles loader, cancel
+leaves nothing in the LoRA folder and resume reaches the weights of an uninterrupted run, generation runs while a
+training job does, and bad input is answered in words."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
+from PIL import Image
+from safetensors import safe_open
+
+from studio import training
+from studio.cache import ModelCache
+from studio.engine.contract import Cancelled, Job, Studio
+from studio.engine.txt2img import Txt2ImgRequest, txt2img
+from studio.errors import RequestError
+from studio.outputs import Outputs
+from tests.conftest import free_port, make_settings, pixels
+
+TRIGGER = "ohwx"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny models on a shared 2-core machine: one thread is ~10x faster than two fighting over the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def photos(count: int = 5, seed: int = 0, size: tuple[int, int] = (96, 80)) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype(np.uint8)) for _ in range(count)]
+
+
+def settings_for(tiny_dir: Path, root: Path, **extra: object):
+    return make_settings(tiny_dir, root / "outputs", lora_dir=root / "loras", embeddings_dir=root / "embeddings",
+                         train_dir=root / "training", **{"train_on_cpu": True, **extra})  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trainer_studio(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Studio:
+    settings = settings_for(tiny_dir, tmp_path_factory.mktemp("train"))
+    return Studio(ModelCache(settings), Outputs(settings.outputs))
+
+
+def request(name: str = "House Jacket", steps: int = 6, **extra: object) -> training.TrainRequest:
+    fields: dict[str, object] = {
+        "name": name, "trigger": TRIGGER, "images": tuple(photos()), "num_train_steps": steps,
+        "learning_rate": 1e-2, "rank": 16, "prior_preservation": False, "train_text_encoder": False,
+        "sample_steps": 1, "checkpoint_every": 0, "seed": 7, **extra,
+    }  # fmt: skip
+    return training.TrainRequest(**fields)  # type: ignore[arg-type]
+
+
+def weights_hash(*modules: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for module in modules:
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def lora_tensors(path: Path) -> dict[str, torch.Tensor]:
+    with safe_open(str(path), "pt") as handle:
+        return {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118  # safe_open is no dict
+
+
+# ---- the method ------------------------------------------------------------------------------------------------------
+def test_forty_steps_lower_the_loss_on_a_fixed_batch_and_the_base_weights_stay_bit_identical(trainer_studio):
+    base = trainer_studio.cache.base()
+    before = weights_hash(base.unet, base.text_encoder, base.vae)
+    plan = training.plan(trainer_studio, request(steps=40))
+    trainer = training.Trainer(base, plan)
+    start = trainer.evaluate()
+    assert trainer.evaluate() == start  # the evaluation batch is fixed: same noise, same timesteps
+    for step in range(40):
+        trainer.step(step)
+    end = trainer.evaluate()
+    assert end < 0.9 * start, f"loss on the fixed batch went {start:.4f} -> {end:.4f}"
+    assert weights_hash(base.unet, base.text_encoder, base.vae) == before
+    assert not any(isinstance(m, BaseTunerLayer) for m in base.unet.modules()), "the adapter reached the base UNet"
+    assert any(isinstance(m, BaseTunerLayer) for m in trainer.unet.modules())
+    shared = {p.data_ptr() for p in base.unet.parameters()}
+    assert {p.data_ptr() for n, p in trainer.unet.named_parameters() if "lora_" not in n} <= shared  # no copy
+
+
+# ---- the job: result, cancel, resume ---------------------------------------------------------------------------------
+def test_the_lora_loads_as_a_personal_style_and_resume_after_cancel_reaches_the_same_weights(trainer_studio):
+    folder = Path(trainer_studio.cache.settings.lora_dir)
+    whole = training.train(trainer_studio, request("House Jacket"))
+    path = folder / "house-jacket.safetensors"
+    assert whole.params["LoRA"] == "house-jacket" and path.is_file()
+    assert [p.name for p in folder.iterdir()] == [path.name]  # nothing half-written beside it
+    assert whole.images and whole.images[-1].path.is_file()  # the final sample, with the trigger word
+
+    with safe_open(str(path), "pt") as handle:
+        meta = handle.metadata()
+        keys = list(handle.keys())
+    assert json.loads(meta["ss_tag_frequency"]) and TRIGGER in meta["ss_tag_frequency"]
+    assert meta["ss_network_dim"] == "16" and meta["ss_steps"] == "6" and meta["ss_base_model_version"] == "sd_v1"
+    assert len(json.loads(meta["atelier_image_hashes"])) == 5
+    assert all(k.startswith("lora_unet_") and k.endswith((".lora_down.weight", ".lora_up.weight", ".alpha"))
+               for k in keys)  # fmt: skip
+
+    entry = {e.name: e for e in trainer_studio.cache.styles.loras()}["house-jacket"]
+    assert entry.usable and entry.unet and TRIGGER in entry.triggers
+
+    def image(prompt: str) -> np.ndarray:
+        req = Txt2ImgRequest(prompt=prompt, num_inference_steps=2, seed=3, batch_size=1)
+        return pixels(txt2img(trainer_studio, req).paths[0])
+
+    plain = image(f"a jacket, {TRIGGER}")
+    assert np.array_equal(image(f"a jacket, {TRIGGER} <lora:house-jacket:0>"), plain)  # weight 0 is the base
+    assert not np.array_equal(image(f"a jacket, {TRIGGER} <lora:house-jacket:1>"), plain)
+
+    # the same training, cancelled after step 3 and run again: it resumes there and ends on the same weights
+    job = Job()
+    job.on_step = lambda step, total: job.cancel.set() if step == 3 else None
+    cancelled = request("Resumed Jacket")
+    with pytest.raises(Cancelled):
+        training.train(trainer_studio, cancelled, job)
+    assert not (folder / "resumed-jacket.safetensors").exists() and [p.name for p in folder.iterdir()] == [path.name]
+    checkpoint = training.checkpoint_folder(trainer_studio, training.plan(trainer_studio, cancelled).key)
+    assert (checkpoint / "checkpoint.pt").is_file()
+    started: list[int] = []
+    training.train(trainer_studio, cancelled, on_trainer=lambda t: started.append(t.steps_done))
+    assert started == [3] and not checkpoint.exists()
+    resumed, reference = lora_tensors(folder / "resumed-jacket.safetensors"), lora_tensors(path)
+    assert resumed.keys() == reference.keys()
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+
+
+# ---- sharing the GPU -------------------------------------------------------------------------------------------------
+def test_a_txt2img_request_through_gradio_client_runs_while_training_and_equals_its_image_from_before(
+    tiny_dir, tmp_path
+):
+    from gradio_client import Client
+
+    import app
+
+    settings = settings_for(tiny_dir, tmp_path, port=free_port())
+    studio = app.create_studio(settings)
+    demo = app.build_demo(studio)
+    app.launch(demo, settings, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{settings.port}/", verbose=False)
+
+        def generate() -> np.ndarray:
+            out = client.predict(prompt="a linen shirt", num_inference_steps=2, seed=11, batch_size=1,
+                                 api_name="/txt2img")  # fmt: skip
+            return pixels(out[0][0]["image"])
+
+        before = generate()
+        job, errors = Job(), []
+        req = request("Busy Jacket", steps=400)
+
+        def work() -> None:
+            try:
+                training.train(studio, req, job)
+            except Cancelled:
+                pass
+            except Exception as exc:  # reported by the test
+                errors.append(exc)
+
+        worker = threading.Thread(target=work, daemon=True)
+        worker.start()
+        key = training.plan(studio, req).key
+        deadline = time.monotonic() + 30
+        while training.STATUS.get(key, training.Status()).step < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert training.STATUS[key].step >= 2, "training did not start"
+        during = generate()
+        still = training.STATUS[key].step
+        assert worker.is_alive() and still < 400, "the training job ended before the generation"
+        job.cancel.set()
+        worker.join(60)
+        assert not errors
+        assert np.array_equal(during, before)
+    finally:
+        demo.close()
+
+
+# ---- bad input -------------------------------------------------------------------------------------------------------
+def refused(studio: Studio, req: training.TrainRequest, *words: str) -> str:
+    with pytest.raises(RequestError) as info:
+        training.plan(studio, req)
+    message = str(info.value)
+    for word in words:
+        assert word in message, message
+    return message
+
+
+def test_bad_input_is_answered_in_words_and_nothing_is_written(trainer_studio, tiny_dir, tmp_path):
+    studio = trainer_studio
+    refused(studio, request(images=tuple(photos(4))), "5 to 30", "got 4")
+    refused(studio, request(images=tuple(photos(31))), "5 to 30", "got 31")
+    twice = photos(5)
+    refused(studio, request(images=(*twice[:4], twice[1])), "2 and 5", "same picture")
+    refused(studio, request(images=(*photos(4), *photos(1, size=(20, 20)))), "20x20", "at least 32")
+    huge = Image.new("L", (9000, 5000))
+    refused(studio, request(images=(*photos(4), huge)), "9000x5000", "Resize")
+    refused(studio, request(trigger="  "), "trigger word")
+    message = refused(studio, request(trigger="dress"), "'dress' is already a common word")
+    proposed = message.split("such as '")[1].split("'")[0]
+    assert training.trigger_problem(studio.cache.base().tokenizer, proposed) is None
+    refused(studio, request(name="///"), "name")
+    refused(studio, request(captions="one\ntwo"), "one line per image")
+    assert training.slug("../../etc/Passwd Florals!") == "etc-passwd-florals"
+
+    existing = Path(studio.cache.settings.lora_dir) / "taken.safetensors"
+    existing.parent.mkdir(parents=True, exist_ok=True)
+    existing.write_bytes(b"x")
+    refused(studio, request(name="Taken"), "already in the LoRA folder", "Replace")
+    training.plan(studio, request(name="Taken", overwrite=True))
+    existing.unlink()
+
+    no_gpu = settings_for(tiny_dir, tmp_path, train_on_cpu=False)
+    cpu_only = Studio(ModelCache(no_gpu), Outputs(no_gpu.outputs))
+    refused(cpu_only, request(steps=1600), "No GPU", "STUDIO_TRAIN_ON_CPU=1", "1600 steps")
+    assert not list(Path(no_gpu.lora_dir).glob("*")) if Path(no_gpu.lora_dir).exists() else True
