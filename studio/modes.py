@@ -391,7 +391,44 @@ UPSCALE = Mode(
     actions={"upscalers": upscaler_files},
 )
 
-BUILTIN: tuple[Mode, ...] = (TXT2IMG, REFINE, TEXTILE, INPAINT, RESTYLE, COLOURWAYS, UPSCALE)
+
+# ---- train a style --------------------------------------------------------------------------------------------------
+def _train_mode() -> Mode:
+    from studio import training
+    from studio.ui import train_tab
+
+    return Mode(
+        name=training.MODE,
+        label="Train a style",
+        request=training.TrainRequest,
+        run=training.train,
+        check=training.check_request,
+        tab=train_tab.create,
+        fields=lambda limits: {
+            "kind": choice(tuple(training.KINDS)),
+            "num_train_steps": integer(1, training.MAX_STEPS),
+            "learning_rate": number(0, 0.01),
+            "rank": integer(1, training.MAX_RANK),
+            "resolution": integer(0, 1024),
+            "prior_preservation": flag,
+            "train_text_encoder": flag,
+            "sample_every": integer(0, training.MAX_STEPS),
+            "checkpoint_every": integer(0, training.MAX_STEPS),
+        },
+        recorded=frozenset({"Training step"}),
+        actions={
+            "status": training.job_status,
+            "kind_defaults": training.kind_defaults,
+            "propose_trigger": training.proposed_trigger,
+        },  # fmt: skip
+        # Not a ZeroGPU section (no per-call GPU time limit holds a training): each step takes the GPU lock itself.
+        gpu=False,
+    )
+
+
+TRAIN_STYLE = _train_mode()
+
+BUILTIN: tuple[Mode, ...] = (TXT2IMG, REFINE, TEXTILE, INPAINT, RESTYLE, COLOURWAYS, UPSCALE, TRAIN_STYLE)
 SHELL_ENDPOINTS = ("restore",)  # the studio's own, beside the modes'
 
 

@@ -29,6 +29,7 @@ import logging
 import math
 import re
 import shutil
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -491,6 +492,30 @@ class Status:
 
 
 STATUS: dict[str, Status] = {}  # plan key -> the latest status of its training
+_RUNNING: set[str] = set()  # plan keys training now (one checkpoint folder each)
+_RUNNING_LOCK = threading.Lock()
+BY_JOB: dict[int, Status] = {}  # id(job) -> the same status, for the front that holds the job
+
+
+def job_status(studio: Studio, job: Job) -> str:
+    """ "Step 120/800 · loss 0.1234 · about 6 min left" for the training `job` runs ("" when none)."""
+    status = BY_JOB.get(id(job))
+    return status.text() if status is not None else ""
+
+
+def kind_defaults(studio: Studio, kind: str) -> dict[str, Any]:
+    return preset_fields(kind if kind in KINDS else DEFAULT_KIND)
+
+
+def proposed_trigger(studio: Studio, name: str) -> str:
+    return propose_trigger(studio.cache.base().tokenizer, name)
+
+
+def check_request(req: TrainRequest, limits: Any) -> None:
+    """The checks that need no model and no image decoding (the rest run in `plan`, before any GPU work)."""
+    if req.kind not in KINDS:
+        raise RequestError(f"Kind must be one of {', '.join(KINDS)}; got '{req.kind}'.")
+    slug(req.name)
 
 
 def status_of(studio: Studio, req: TrainRequest) -> str:
@@ -513,8 +538,21 @@ def train(studio: Studio, req: TrainRequest, job: Job | None = None, *, on_train
     """Train the LoRA `req` describes, reporting progress, samples and checkpoints through `job`; write the file."""
     job = job or Job()
     p = plan(studio, req)
+    with _RUNNING_LOCK:
+        if p.key in _RUNNING:
+            raise RequestError("This very training is already running; wait for it, or cancel it first.")
+        _RUNNING.add(p.key)
+    status = STATUS[p.key] = BY_JOB[id(job)] = Status(total=0)
+    try:
+        return _train(studio, req, job, p, status, on_trainer)
+    finally:
+        BY_JOB.pop(id(job), None)
+        with _RUNNING_LOCK:
+            _RUNNING.discard(p.key)
+
+
+def _train(studio: Studio, req: TrainRequest, job: Job, p: Plan, status: Status, on_trainer: Any) -> Result:
     cache, total = studio.cache, int(p.settings["num_train_steps"])
-    status = STATUS[p.key] = Status(total=0)
     folder = checkpoint_folder(studio, p.key)
     base = cache.base()
     with cache.gpu():

@@ -159,7 +159,7 @@ def test_every_registered_mode_appears_in_every_derived_table(tiny_dir: Path, tm
     assert set(field_table(BUILTIN, Limits())) == {*names, "any"}
     restorer = Restorer(BUILTIN)  # PNG restore: every mode's own infotext comes back to it
     assert [restorer.detect_mode({"Mode": name}) for name in names] == names
-    takes_image = {mode.label for mode in BUILTIN if mode.name != "txt2img"}
+    takes_image = {mode.label for mode in BUILTIN if mode.name not in ("txt2img", "train_style")}  # no one image
     buttons = {b.value for b in demo.blocks.values() if isinstance(b, gr.Button) and str(b.value).startswith("Send")}
     assert buttons == {f"Send to {label}" for label in takes_image}  # Send to
     for mode in BUILTIN:  # every key a preset or a PNG may set is a field of the mode's request
@@ -229,6 +229,19 @@ FORM = {  # one distinctive value per field, each within its widget's bounds
     "detail_strength": 0.35,
     "tile_size": 128,
     "tile_overlap": 24,
+    "name": "p-name",
+    "trigger": "p-trigger",
+    "kind": "person",
+    "captions": "p-captions",
+    "num_train_steps": 321,
+    "learning_rate": 0.0002,
+    "rank": 12,
+    "resolution": 384,
+    "prior_preservation": False,
+    "train_text_encoder": True,
+    "sample_every": 50,
+    "checkpoint_every": 75,
+    "overwrite": True,
 }
 EXPECTED = {**FORM, "preprocessor_resolution": 320, "final_strength": 0.33, "palettes": tuple(FORM["palettes"])}
 
@@ -261,7 +274,7 @@ def test_each_form_field_reaches_its_own_request_field_through_the_api(recording
     params = [p["parameter_name"] for p in info["parameters"]]
     request_fields = {f.name for f in dataclasses.fields(by_name(BUILTIN)[mode].request)}
     files = {"image": handle_file(str(folder / "photo.png")), "mask_image": handle_file(str(folder / "mask.png"))}
-    ui_only = {"editor": None, "continue_from": None, "tree": None, "pixel_perfect": False}
+    ui_only = {"editor": None, "continue_from": None, "tree": None, "pixel_perfect": False, "images": None}
     sent = {name: files.get(name, ui_only.get(name, FORM.get(name))) for name in params}
     assert all(name in FORM or name in files or name in ui_only for name in params), params
     seen.clear()
@@ -304,6 +317,11 @@ LABEL_WORDS = {
     "mood_image": ("mood photo",), "mood_colors": ("mood photo colours",), "keep_order": ("light/dark",),
     "merge": ("merge",), "include_original": ("original",), "upscaler": ("upscaler",), "scale": ("upscale by",),
     "detail_strength": ("detail strength",), "tile_size": ("tile size",), "tile_overlap": ("tile overlap",),
+    "images": ("training images",), "name": ("style name",), "trigger": ("trigger word",), "kind": ("kind",),
+    "captions": ("captions",), "num_train_steps": ("training steps",), "learning_rate": ("learning rate",),
+    "rank": ("rank",), "resolution": ("resolution",), "prior_preservation": ("prior preservation",),
+    "train_text_encoder": ("text encoder",), "sample_every": ("sample every",),
+    "checkpoint_every": ("checkpoint every",), "overwrite": ("replace",),
 }  # fmt: skip
 
 
