@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -143,10 +142,10 @@ def test_the_lora_loads_as_a_personal_style_and_resume_after_cancel_reaches_the_
 
 
 # ---- sharing the GPU -------------------------------------------------------------------------------------------------
-def test_a_txt2img_request_through_gradio_client_runs_while_training_and_equals_its_image_from_before(
+def test_through_the_api_training_runs_while_txt2img_requests_complete_unchanged_and_cancel_leaves_no_file(
     tiny_dir, tmp_path
 ):
-    from gradio_client import Client
+    from gradio_client import Client, handle_file
 
     import app
 
@@ -154,6 +153,14 @@ def test_a_txt2img_request_through_gradio_client_runs_while_training_and_equals_
     studio = app.create_studio(settings)
     demo = app.build_demo(studio)
     app.launch(demo, settings, prevent_thread_lock=True, quiet=True)
+    uploads = []
+    for number, photo in enumerate(photos()):
+        photo.save(tmp_path / f"photo-{number}.png")
+        uploads.append(handle_file(str(tmp_path / f"photo-{number}.png")))
+    form = {"images": uploads, "trigger": TRIGGER, "kind": "texture", "captions": "", "learning_rate": 0.01,
+            "rank": 16, "resolution": 0, "seed": 7, "prior_preservation": False, "train_text_encoder": False,
+            "sample_every": 0, "checkpoint_every": 0, "overwrite": False}  # fmt: skip
+    lora_dir = Path(settings.lora_dir)
     try:
         client = Client(f"http://127.0.0.1:{settings.port}/", verbose=False)
 
@@ -163,33 +170,31 @@ def test_a_txt2img_request_through_gradio_client_runs_while_training_and_equals_
             return pixels(out[0][0]["image"])
 
         before = generate()
-        job, errors = Job(), []
-        req = request("Busy Jacket", steps=400)
-
-        def work() -> None:
-            try:
-                training.train(studio, req, job)
-            except Cancelled:
-                pass
-            except Exception as exc:  # reported by the test
-                errors.append(exc)
-
-        worker = threading.Thread(target=work, daemon=True)
-        worker.start()
-        key = training.plan(studio, req).key
-        deadline = time.monotonic() + 30
-        while training.STATUS.get(key, training.Status()).step < 2 and time.monotonic() < deadline:
+        busy = client.submit(**form, name="Busy Jacket", num_train_steps=400, api_name="/train_style")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(s.total == 400 and s.step >= 2 for s in running()):
             time.sleep(0.05)
-        assert training.STATUS[key].step >= 2, "training did not start"
+        assert running(), "training did not start"
         during = generate()
-        still = training.STATUS[key].step
-        assert worker.is_alive() and still < 400, "the training job ended before the generation"
-        job.cancel.set()
-        worker.join(60)
-        assert not errors
+        [status] = running()
+        assert 2 <= status.step < 400 and not busy.done(), "the training job ended before the generation"
         assert np.array_equal(during, before)
+        busy.cancel()
+        while time.monotonic() < deadline + 30 and running():
+            time.sleep(0.05)
+        assert not running() and not list(lora_dir.glob("*.safetensors"))  # cancelled: nothing written
+
+        status_text, samples, use = client.predict(**form, name="Door Jacket", num_train_steps=3,
+                                                   api_name="/train_style")  # fmt: skip
+        assert use.startswith("<lora:door-jacket:") and TRIGGER in use and "3 steps" in status_text
+        assert samples and [p.name for p in lora_dir.iterdir()] == ["door-jacket.safetensors"]
+        assert {e.name: e for e in studio.cache.styles.loras()}["door-jacket"].usable
     finally:
         demo.close()
+
+
+def running() -> list[training.Status]:
+    return [training.STATUS[key] for key in list(training._RUNNING) if key in training.STATUS]
 
 
 # ---- bad input -------------------------------------------------------------------------------------------------------
