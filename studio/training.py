@@ -59,7 +59,7 @@ COMMON_BELOW = 20_000  # CLIP BPE ids are in merge order: a whole word below thi
 PRIOR_WEIGHT = 1.0
 # Measured (benchmarks/bench_training.py): seconds per step of the SD1.5 UNet (859.5 M parameters) at 256 px on the
 # 2-core build machine; the estimate scales it by parameters and pixels.
-CPU_SECONDS_SD15_256 = 20.0
+CPU_SECONDS_SD15_256 = 80.0
 SD15_PARAMS = 859.5e6
 
 
@@ -88,8 +88,8 @@ DEFAULT_KIND = "object"
 
 @dataclass(frozen=True)
 class TrainRequest:
-    name: str
-    trigger: str
+    name: str = ""  # the style's name: the LoRA file is a slug of it
+    trigger: str = ""
     images: tuple[Any, ...] = ()  # uploaded files (paths Gradio wrote), PIL images or arrays
     kind: str = DEFAULT_KIND
     captions: str = ""  # optional: one line per image, in order; a line without the trigger gets it in front
@@ -515,7 +515,9 @@ def check_request(req: TrainRequest, limits: Any) -> None:
     """The checks that need no model and no image decoding (the rest run in `plan`, before any GPU work)."""
     if req.kind not in KINDS:
         raise RequestError(f"Kind must be one of {', '.join(KINDS)}; got '{req.kind}'.")
-    slug(req.name)
+    effective = req.settings()
+    if not 1 <= effective["num_train_steps"] <= MAX_STEPS or not 1 <= effective["rank"] <= MAX_RANK:
+        raise RequestError(f"Training steps must be 1-{MAX_STEPS} and rank 1-{MAX_RANK}.")
 
 
 def status_of(studio: Studio, req: TrainRequest) -> str:

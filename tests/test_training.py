@@ -141,6 +141,35 @@ def test_the_lora_loads_as_a_personal_style_and_resume_after_cancel_reaches_the_
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
 
 
+def test_prior_preservation_and_text_encoder_training_write_a_lora_for_both_that_loads(trainer_studio):
+    base = trainer_studio.cache.base()
+    before = weights_hash(base.unet, base.text_encoder)
+    made: list[training.Trainer] = []
+    req = request("Person Look", steps=2, kind="person", prior_preservation=True, train_text_encoder=True,
+                  class_images=2)  # fmt: skip
+    training.train(trainer_studio, req, on_trainer=made.append)
+    [trainer] = made
+    assert trainer.class_latents is not None and trainer.class_latents[0].shape[0] == 2  # made by the base itself
+    path = Path(trainer_studio.cache.settings.lora_dir) / "person-look.safetensors"
+    keys = list(lora_tensors(path))
+    assert any(k.startswith("lora_te_text_model_") for k in keys) and any(k.startswith("lora_unet_") for k in keys)
+    entry = {e.name: e for e in trainer_studio.cache.styles.loras()}["person-look"]
+    assert entry.usable and entry.unet and entry.text
+    assert weights_hash(base.unet, base.text_encoder) == before
+    assert not any(isinstance(m, BaseTunerLayer) for m in base.text_encoder.modules())
+    path.unlink()
+
+
+def test_the_four_kinds_presets_are_the_kinds_defaults() -> None:
+    from studio.modes import BUILTIN
+    from studio.presets import load_presets
+    from studio.settings import Limits
+
+    presets = load_presets(Path(__file__).resolve().parent.parent / "presets", Limits(), BUILTIN)[training.MODE]
+    assert sorted(p.values["kind"] for p in presets) == sorted(training.KINDS)
+    assert all(p.values == {"kind": p.values["kind"], **training.preset_fields(p.values["kind"])} for p in presets)
+
+
 # ---- sharing the GPU -------------------------------------------------------------------------------------------------
 def test_through_the_api_training_runs_while_txt2img_requests_complete_unchanged_and_cancel_leaves_no_file(
     tiny_dir, tmp_path
