@@ -549,6 +549,7 @@ def train(studio: Studio, req: TrainRequest, job: Job | None = None, *, on_train
         return _train(studio, req, job, p, status, on_trainer)
     finally:
         BY_JOB.pop(id(job), None)
+        STATUS.pop(p.key, None)
         with _RUNNING_LOCK:
             _RUNNING.discard(p.key)
 
@@ -585,7 +586,6 @@ def _train(studio: Studio, req: TrainRequest, job: Job, p: Plan, status: Status,
     path = write_lora(studio, trainer, p)
     samples.append(_sample(studio, trainer, p, sample_prompt, total, job))
     shutil.rmtree(folder, ignore_errors=True)
-    STATUS.pop(p.key, None)
     params = {"LoRA": path.stem, "Use": f"<lora:{path.stem}:0.8> {trigger}", "Steps": total, "Loss": status.loss}
     return Result(samples, req.seed, params)
 

@@ -98,11 +98,12 @@ def test_forty_steps_lower_the_loss_on_a_fixed_batch_and_the_base_weights_stay_b
 # ---- the job: result, cancel, resume ---------------------------------------------------------------------------------
 def test_the_lora_loads_as_a_personal_style_and_resume_after_cancel_reaches_the_same_weights(trainer_studio):
     folder = Path(trainer_studio.cache.settings.lora_dir)
-    whole = training.train(trainer_studio, request("House Jacket"))
+    whole = training.train(trainer_studio, request("House Jacket", sample_every=3))
     path = folder / "house-jacket.safetensors"
     assert whole.params["LoRA"] == "house-jacket" and path.is_file()
     assert [p.name for p in folder.iterdir()] == [path.name]  # nothing half-written beside it
-    assert whole.images and whole.images[-1].path.is_file()  # the final sample, with the trigger word
+    # a sample with the trigger word at step 3 and at the end (sampling does not disturb training: see below)
+    assert len(whole.images) == 2 and all(g.path.is_file() and TRIGGER in g.infotext for g in whole.images)
 
     with safe_open(str(path), "pt") as handle:
         meta = handle.metadata()
@@ -139,6 +140,21 @@ def test_the_lora_loads_as_a_personal_style_and_resume_after_cancel_reaches_the_
     resumed, reference = lora_tensors(folder / "resumed-jacket.safetensors"), lora_tensors(path)
     assert resumed.keys() == reference.keys()
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+
+    # a crash (not a cancel) after step 5: the run starts again from the last periodic checkpoint, step 4
+    def power_cut(step: int, total: int) -> None:
+        if step == 5:
+            raise RuntimeError("power cut")
+
+    crashed = request("Crashed Jacket", checkpoint_every=2)
+    with pytest.raises(RuntimeError, match="power cut"):
+        training.train(trainer_studio, crashed, Job(on_step=power_cut))
+    assert not (folder / "crashed-jacket.safetensors").exists()
+    started.clear()
+    training.train(trainer_studio, crashed, on_trainer=lambda t: started.append(t.steps_done))
+    assert started == [4]
+    again = lora_tensors(folder / "crashed-jacket.safetensors")
+    assert all(torch.equal(again[k], reference[k]) for k in reference)
 
 
 def test_prior_preservation_and_text_encoder_training_write_a_lora_for_both_that_loads(trainer_studio):
@@ -213,6 +229,8 @@ def test_through_the_api_training_runs_while_txt2img_requests_complete_unchanged
             time.sleep(0.05)
         assert not running() and not list(lora_dir.glob("*.safetensors"))  # cancelled: nothing written
 
+        with pytest.raises(Exception, match="Upload 5 to 30 images"):  # in words, and the app keeps serving
+            client.predict(**{**form, "images": uploads[:4]}, name="Few", num_train_steps=3, api_name="/train_style")
         status_text, samples, use = client.predict(**form, name="Door Jacket", num_train_steps=3,
                                                    api_name="/train_style")  # fmt: skip
         assert use.startswith("<lora:door-jacket:") and TRIGGER in use and "3 steps" in status_text
