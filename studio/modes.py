@@ -100,7 +100,7 @@ def _txt2img_runner(studio: Studio) -> Callable[..., Any]:
 
 TXT2IMG = Mode(
     name="txt2img",
-    label="txt2img",
+    label="Create",  # a designer's word; the API name and the element ids stay "txt2img"
     request=txt2img.Txt2ImgRequest,
     run=txt2img.txt2img,
     check=lambda req, limits: check_common(req, limits),

@@ -35,7 +35,7 @@ CHROMIUM_ARGS = [
 ARTIFACTS = REPO / "test-artifacts" / "browser"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
-TABS = {"txt2img": "txt2img", "refine": "Refine", "textile": "Textile", "inpaint": "Inpaint", "restyle": "Restyle",
+TABS = {"txt2img": "Create", "refine": "Refine", "textile": "Textile", "inpaint": "Inpaint", "restyle": "Restyle",
         "png-info": "PNG Info"}  # fmt: skip
 RUN_S = 60_000  # ms for one tiny generation on a busy 2-core CI machine (they take 1-5 s)
 STEPS = 3
@@ -233,8 +233,8 @@ def restore_from_png(page: Page, png: Path) -> None:
     info_tab = open_tab(page, "png-info")
     block(info_tab, "Atelier or A1111 PNG").locator("input[type=file]").set_input_files(png)
     expect(textbox(info_tab, "Parameters stored in the PNG")).to_have_value(re.compile(re.escape(info.prompt)))
-    info_tab.get_by_role("button", name="Use these settings in txt2img").click()
-    expect(page.get_by_role("tab", name="txt2img", exact=True)).to_have_attribute("aria-selected", "true")
+    info_tab.get_by_role("button", name="Use these settings in Create").click()
+    expect(page.get_by_role("tab", name="Create", exact=True)).to_have_attribute("aria-selected", "true")
     expect(tab).to_be_visible()
     expect(tab.get_by_label("Prompt", exact=True)).to_have_value(info.prompt)
     expect(tab.get_by_label("number input for Steps", exact=True)).to_have_value(info.params["Steps"])
@@ -286,7 +286,7 @@ def test_refine_history_survives_a_page_reload(page, running_app):
     before = [Path(src).name for src in nodes.evaluate_all("imgs => imgs.map(i => i.src)")]
 
     page.reload()
-    expect(page.get_by_role("tab", name="txt2img", exact=True)).to_be_visible(timeout=30_000)
+    expect(page.get_by_role("tab", name="Create", exact=True)).to_be_visible(timeout=30_000)
     tab = open_tab(page, "refine")
     nodes = tab.locator("#refine-tree button[data-node] img")
     expect(nodes).to_have_count(3, timeout=30_000)  # the browser's copy comes back after the page loads

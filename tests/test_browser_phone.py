@@ -188,7 +188,7 @@ def overlays_visibly_with(tab: Locator, pattern: str, samples: int = 20) -> list
 
 def test_cancel_shows_only_while_a_run_goes_and_its_progress_is_written_once(designer) -> None:  # noqa: F811
     page, problems = designer
-    tab = open_by_title(page, "txt2img")
+    tab = open_by_title(page, "Create")
     cancel = tab.get_by_role("button", name="Cancel", exact=True)
     expect(cancel).to_be_hidden()
     tab.get_by_label("Prompt", exact=True).fill("a wrap dress in emerald silk, photo")
@@ -238,7 +238,7 @@ def test_png_info_shows_a_dropped_png_and_sends_its_settings_and_picture_on(desi
     expect(block(tab, "The dropped PNG").locator("img").first).to_be_visible()
     expect(textbox(tab, "Parameters stored in the PNG")).to_have_value(re.compile(r"Steps: 7, Sampler: Euler"))
     page.screenshot(path=ARTIFACTS / "phone-test-png-info-dropped.png")
-    tab.get_by_role("button", name="Use these settings in txt2img").click()
+    tab.get_by_role("button", name="Use these settings in Create").click()
     txt2img = page.locator("#tab-txt2img")
     expect(txt2img).to_be_visible()
     expect(txt2img.get_by_label("Prompt", exact=True)).to_have_value("a linen shirt dress, photo")
