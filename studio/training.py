@@ -658,7 +658,9 @@ def write_lora(studio: Studio, trainer: Trainer, p: Plan) -> Path:
         )
     data = save_bytes(trainer.lora_state(), metadata=metadata(studio, p))
     p.target.parent.mkdir(parents=True, exist_ok=True)
-    temp = p.target.parent / ".atelier-partial"
-    atomic_write(p.target, lambda handle: handle.write(data), temp)
-    shutil.rmtree(temp, ignore_errors=True)
+    temp = p.target.parent / ".atelier-partial"  # a hidden folder: the library lists only files of the folder
+    try:
+        atomic_write(p.target, lambda handle: handle.write(data), temp)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
     return p.target

@@ -176,6 +176,21 @@ def test_prior_preservation_and_text_encoder_training_write_a_lora_for_both_that
     path.unlink()
 
 
+def test_a_write_that_fails_leaves_nothing_in_the_lora_folder(trainer_studio, monkeypatch):
+    import studio.outputs
+
+    def disk_full(source: object, target: object) -> None:
+        raise OSError("disk full")
+
+    folder = Path(trainer_studio.cache.settings.lora_dir)
+    monkeypatch.setattr(studio.outputs.os, "replace", disk_full)
+    with pytest.raises(OSError, match="disk full"):
+        training.train(trainer_studio, request("Full Disk", steps=1))
+    monkeypatch.undo()
+    assert not (folder / "full-disk.safetensors").exists() and not (folder / ".atelier-partial").exists()
+    assert not [p for p in folder.iterdir() if not p.name.endswith(".safetensors")]
+
+
 def test_the_four_kinds_presets_are_the_kinds_defaults() -> None:
     from studio.modes import BUILTIN
     from studio.presets import load_presets
