@@ -1,10 +1,11 @@
 """Prompt hygiene, token counting and prompts longer than CLIP's 77-token window.
 
 CLIP sees 77 tokens: <start>, 75 prompt tokens, <end>. Plain diffusers silently cuts everything after that.
-Atelier does what A1111 does instead: a longer prompt is split into chunks of 75 tokens, each chunk is encoded on
-its own (wrapped in <start>/<end>, padded to 77), and the chunk embeddings are concatenated along the sequence
-axis; the UNet's cross-attention reads all of them. The negative prompt is padded with empty chunks to the same
-length. Prompts within 75 tokens take diffusers' own path untouched, so they stay bit-identical to diffusers.
+Atelier does what A1111 does instead: a longer prompt is split into chunks of 75 tokens (a chunk that fills up
+within 20 tokens of its last comma ends at that comma), each chunk is encoded on its own (wrapped in <start>/<end>,
+padded to 77), and the chunk embeddings are concatenated along the sequence axis; the UNet's cross-attention reads
+all of them. The negative prompt is padded with empty chunks to the same length. Prompts within 75 tokens take
+diffusers' own path untouched, so they stay bit-identical to diffusers.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from typing import Any
-
-import torch
 
 from studio.settings import Limits
 from studio.style_modules import STYLES_ATTRIBUTE, StyleModules
@@ -62,22 +61,17 @@ def prompt_kwargs(pipe: Any, prompt: str, negative_prompt: str) -> dict[str, Any
         StyleModules.activate(pipe, selection)
     prompt, negative_prompt = strip_tags(prompt), strip_tags(negative_prompt)
     convert = _converter(pipe, selection)
-    if has_weighting(prompt) or has_weighting(negative_prompt):
-        chunks = [weighted_chunks(pipe.tokenizer, parse_attention(text), convert) for text in (prompt, negative_prompt)]
-        count = max(len(c) for c in chunks)
-        return {
-            "prompt_embeds": encode_weighted(pipe, chunks[0], count),
-            "negative_prompt_embeds": encode_weighted(pipe, chunks[1], count),
-        }
     tokenizer = pipe.tokenizer
-    ids = token_ids(tokenizer, convert(prompt))
-    negative_ids = token_ids(tokenizer, convert(negative_prompt))
-    if len(ids) <= CHUNK and len(negative_ids) <= CHUNK:
-        return {"prompt": prompt, "negative_prompt": negative_prompt}  # diffusers expands embeddings itself
-    chunks_count = max(_chunks(ids), _chunks(negative_ids))
+    if not has_weighting(prompt) and not has_weighting(negative_prompt):
+        fits = (len(token_ids(tokenizer, convert(text))) <= CHUNK for text in (prompt, negative_prompt))
+        if all(fits):
+            return {"prompt": prompt, "negative_prompt": negative_prompt}  # diffusers expands embeddings itself
+    # Weighting or a long prompt: A1111's chunks (75 tokens, moved back to a comma, BREAK), weights, means restored.
+    chunks = [weighted_chunks(tokenizer, parse_attention(text), convert) for text in (prompt, negative_prompt)]
+    count = max(len(c) for c in chunks)
     return {
-        "prompt_embeds": _encode_chunks(pipe, ids, chunks_count),
-        "negative_prompt_embeds": _encode_chunks(pipe, negative_ids, chunks_count),
+        "prompt_embeds": encode_weighted(pipe, chunks[0], count),
+        "negative_prompt_embeds": encode_weighted(pipe, chunks[1], count),
     }
 
 
@@ -86,24 +80,6 @@ def _converter(pipe: Any, selection: Any) -> Callable[[str], str]:
     if selection and selection.embeddings and hasattr(pipe, "maybe_convert_prompt"):
         return lambda text: str(pipe.maybe_convert_prompt(text, pipe.tokenizer))
     return lambda text: text
-
-
-def _chunks(ids: list[int]) -> int:
-    return max(1, -(-len(ids) // CHUNK))
-
-
-@torch.no_grad()
-def _encode_chunks(pipe: Any, ids: list[int], chunks: int) -> torch.Tensor:
-    tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    rows = []
-    for index in range(chunks):
-        piece = ids[index * CHUNK : (index + 1) * CHUNK]
-        rows.append([bos, *piece, eos] + [pad] * (CHUNK - len(piece)))
-    batch = torch.tensor(rows, device=encoder.device)
-    hidden = encoder(batch)[0]  # (chunks, 77, dim)
-    return hidden.reshape(1, chunks * (CHUNK + 2), hidden.shape[-1]).to(encoder.dtype)
 
 
 class TokenCounter:

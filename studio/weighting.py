@@ -7,8 +7,9 @@ weight) fragments are the ones A1111 computes; tests/test_weighting.py checks th
 Conditioning follows `modules/sd_hijack_clip.py`: each fragment is tokenized on its own, its tokens carry its
 weight, `BREAK` starts a new 75-token chunk, a chunk is `<start> + 75 tokens + <end>` padded with `<end>`, each
 chunk is encoded by the text encoder, its token vectors are multiplied by their weights, and the chunk is scaled
-back to its original mean ("Original" emphasis). Unlike A1111, a chunk that fills up is not moved back to its last
-comma (A1111's `comma_padding_backtrack`): chunks split every 75 tokens, as Atelier's plain long prompts do.
+back to its original mean ("Original" emphasis). A chunk that fills up while its last comma is at most 20 tokens back
+moves the words after that comma to the next chunk (A1111's `comma_padding_backtrack`, default 20), so a phrase is
+not cut across two chunks. Long prompts without weighting syntax are chunked the same way (all weights 1).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 
 CHUNK = 75
+BACKTRACK = 20  # A1111's comma_padding_backtrack default
 ROUND, SQUARE = 1.1, 1 / 1.1
 _ATTENTION = re.compile(
     r"""\\\(|\\\)|\\\[|\\]|\\\\|\\|\(|\[|:([+-]?[.\d]+)\)|\)|]|[^\\()\[\]:]+|:""",
@@ -79,16 +81,31 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
 def weighted_chunks(
     tokenizer: Any, fragments: list[tuple[str, float]], convert: Callable[[str], str] = lambda t: t
 ) -> list[list[tuple[int, float]]]:
-    """(token id, weight) per chunk of at most 75: each fragment tokenized on its own; BREAK closes a chunk."""
+    """(token id, weight) per chunk of at most 75, as A1111's `tokenize_line` makes them: each fragment tokenized on
+    its own; BREAK closes a chunk; a full chunk whose last comma is at most `BACKTRACK` tokens back hands the tokens
+    after that comma to the next chunk; no empty chunk is left after a closing BREAK."""
+    comma = tokenizer.convert_tokens_to_ids(",</w>")
     chunks: list[list[tuple[int, float]]] = [[]]
+    last_comma = -1  # index of the last comma in the current chunk
     for text, weight in fragments:
         if (text, weight) == BREAK_MARK:
             chunks.append([])
+            last_comma = -1
             continue
         for token in tokenizer(convert(text), add_special_tokens=False, truncation=False).input_ids:
+            chunk = chunks[-1]
+            if token == comma:
+                last_comma = len(chunk)
+            elif len(chunk) == CHUNK and last_comma != -1 and CHUNK - last_comma <= BACKTRACK:
+                chunks[-1], moved = chunk[: last_comma + 1], chunk[last_comma + 1 :]
+                chunks.append(moved)
+                last_comma = -1
             if len(chunks[-1]) == CHUNK:
                 chunks.append([])
+                last_comma = -1
             chunks[-1].append((token, weight))
+    if len(chunks) > 1 and not chunks[-1]:
+        chunks.pop()
     return chunks
 
 
@@ -107,7 +124,11 @@ def encode_weighted(pipe: Any, chunks: list[list[tuple[int, float]]], count: int
     factors = torch.tensor(weights, device=hidden.device, dtype=hidden.dtype)
     out = []
     for z, w in zip(hidden, factors, strict=True):  # A1111 restores each chunk's own mean
+        if bool((w == 1).all()):
+            out.append(z)  # what A1111's scaling gives exactly, without its 0/0 when a chunk's mean is 0
+            continue
         mean = z.mean()
         z = z * w[:, None]
-        out.append(z * (mean / z.mean()))
+        new_mean = z.mean()
+        out.append(z * (mean / new_mean) if new_mean != 0 else z)
     return torch.cat(out)[None].to(encoder.dtype)

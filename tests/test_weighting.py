@@ -12,10 +12,11 @@ from studio.engine.contract import Studio
 from studio.engine.txt2img import Txt2ImgRequest, txt2img
 from studio.prompts import clip_tokens, prompt_kwargs
 from studio.styles import StyleLibrary
-from studio.weighting import CHUNK, parse_attention
+from studio.weighting import CHUNK, parse_attention, weighted_chunks
 from tests.conftest import pixels
 
 LONG = "(" + "silk " * 90 + ":1.2), (pleats)"
+BACKTRACKED = "silk " * 70 + ", " + "wool " * 10 + "(pleats)"  # the chunk fills 4 tokens after its comma
 # The first seven pairs are A1111's own doctest of `parse_prompt_attention` (modules/prompt_parser.py,
 # AUTOMATIC1111/stable-diffusion-webui); the rest follow its documented rules, with each weight written as the
 # products A1111 forms, in the order it forms them (innermost bracket first).
@@ -49,6 +50,8 @@ TABLE = [
     ("florals BREAK stripes", [("florals", 1.0), ("BREAK", -1.0), ("stripes", 1.0)]),
     ("a \\\\ b \\(c\\) (d:0.5)", [("a \\ b (c) ", 1.0), ("d", 0.5)]),
     (LONG, [("silk " * 90, 1.2), (", ", 1.0), ("pleats", 1.1)]),
+    (BACKTRACKED, [("silk " * 70 + ", " + "wool " * 10, 1.0), ("pleats", 1.1)]),
+    ("florals BREAK", [("florals", 1.0), ("BREAK", -1.0), ("", 1.0)]),
 ]
 
 
@@ -57,20 +60,46 @@ def test_the_parse_equals_a1111s_parse_prompt_attention(prompt, expected):
     assert parse_attention(prompt) == expected
 
 
-def a1111_conditioning(pipe, fragments: list[tuple[str, float]], count: int | None = None) -> torch.Tensor:
-    """What A1111's sd_hijack_clip builds from a parse (without comma backtracking): each fragment tokenized
-    alone, chunks of 75 (BREAK closes one), <start> + chunk + <end> padded with <end>, token vectors times their
-    weights, then each chunk scaled back to its own mean."""
-    tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
-    chunks: list[list[tuple[int, float]]] = [[]]
+def a1111_chunks(tokenizer, fragments: list[tuple[str, float]]) -> list[list[tuple[int, float]]]:
+    """A1111's `FrozenCLIPEmbedderWithCustomWordsBase.tokenize_line` (modules/sd_hijack_clip.py), step for step, with
+    `comma_padding_backtrack` at its default 20."""
+    comma = tokenizer.convert_tokens_to_ids(",</w>")
+    chunks: list[list[tuple[int, float]]] = []
+    tokens: list[int] = []
+    multipliers: list[float] = []
+    last_comma = -1
+
+    def next_chunk() -> None:
+        nonlocal tokens, multipliers, last_comma
+        chunks.append(list(zip(tokens, multipliers, strict=True)))
+        tokens, multipliers, last_comma = [], [], -1
+
     for text, weight in fragments:
-        if (text, weight) == ("BREAK", -1.0):
-            chunks.append([])
+        if text == "BREAK" and weight == -1:
+            next_chunk()
             continue
         for token in tokenizer(text, add_special_tokens=False).input_ids:
-            if len(chunks[-1]) == CHUNK:
-                chunks.append([])
-            chunks[-1].append((token, weight))
+            if token == comma:
+                last_comma = len(tokens)
+            elif len(tokens) == CHUNK and last_comma != -1 and len(tokens) - last_comma <= 20:
+                moved, moved_weights = tokens[last_comma + 1 :], multipliers[last_comma + 1 :]
+                tokens, multipliers = tokens[: last_comma + 1], multipliers[: last_comma + 1]
+                next_chunk()
+                tokens, multipliers = moved, moved_weights
+            if len(tokens) == CHUNK:
+                next_chunk()
+            tokens.append(token)
+            multipliers.append(weight)
+    if tokens or not chunks:
+        next_chunk()
+    return chunks
+
+
+def a1111_conditioning(pipe, fragments: list[tuple[str, float]], count: int | None = None) -> torch.Tensor:
+    """What A1111's sd_hijack_clip builds from a parse: its chunks (above), <start> + chunk + <end> padded with <end>,
+    token vectors times their weights, then each chunk scaled back to its own mean."""
+    tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
+    chunks = a1111_chunks(tokenizer, fragments)
     chunks += [[] for _ in range((count or len(chunks)) - len(chunks))]
     out = []
     for chunk in chunks:
@@ -104,6 +133,21 @@ def test_break_and_long_prompts_make_the_chunks_a1111_makes(studio: Studio):
     assert prompt_kwargs(pipe, "florals BREAK stripes", "")["prompt_embeds"].shape[1] == 2 * (CHUNK + 2)
     assert prompt_kwargs(pipe, LONG, "")["prompt_embeds"].shape[1] == 2 * (CHUNK + 2)  # 90 + 3 tokens
     assert prompt_kwargs(pipe, "silk " * 80, "")["prompt_embeds"].shape[1] == 2 * (CHUNK + 2)  # plain long: as before
+    assert prompt_kwargs(pipe, "florals BREAK", "")["prompt_embeds"].shape[1] == CHUNK + 2  # no empty chunk after
+
+
+def test_a_full_chunk_moves_the_words_after_its_last_comma_to_the_next_one_as_a1111_does(studio: Studio):
+    """A1111's comma_padding_backtrack: 70 words, a comma, 10 words: the first chunk ends at the comma (71 tokens) and
+    the 10 words start the second, for a weighted prompt and for a plain long one alike."""
+    tokenizer = studio.cache.base().tokenizer
+    for prompt in (BACKTRACKED, "silk " * 70 + ", " + "wool " * 10):
+        chunks = weighted_chunks(tokenizer, parse_attention(prompt))
+        assert len(chunks) == 2 and len(chunks[0]) == 71, prompt  # the comma ends the first chunk
+        assert chunks == a1111_chunks(tokenizer, parse_attention(prompt))
+    plain = prompt_kwargs(studio.cache.base(), "silk " * 70 + ", " + "wool " * 10, "")["prompt_embeds"]
+    torch.testing.assert_close(
+        plain, a1111_conditioning(studio.cache.base(), [("silk " * 70 + ", " + "wool " * 10, 1.0)]), rtol=0, atol=0
+    )
 
 
 def run(studio: Studio, prompt: str, negative: str = "blurry") -> np.ndarray:
