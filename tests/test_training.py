@@ -284,6 +284,9 @@ def test_bad_input_is_answered_in_words_and_nothing_is_written(trainer_studio, t
     assert training.trigger_problem(studio.cache.base().tokenizer, proposed) is None
     refused(studio, request(name="///"), "name")
     refused(studio, request(captions="one\ntwo"), "one line per image")
+    captioned = training.plan(studio, request(captions="red jacket\nOHWX in blue\n\nlinen\nwool"))
+    assert captioned.prompts[:3] == [f"{TRIGGER}, red jacket", "OHWX in blue", f"a photo of {TRIGGER} garment"]
+    assert all(image.size == (64, 64) for image in captioned.images)  # centre-cropped to the training size
     assert training.slug("../../etc/Passwd Florals!") == "etc-passwd-florals"
 
     existing = Path(studio.cache.settings.lora_dir) / "taken.safetensors"
