@@ -562,4 +562,5 @@ def test_textile_results_can_be_sent_to_colourways(served) -> None:
     client, _, _ = served
     config = client.config
     labels = [c.get("props", {}).get("value") for c in config["components"] if c.get("type") == "button"]
-    assert labels.count("Send to Colourways") == len(BUILTIN)  # under every other tab's results and the session's
+    # under every other tab's results (len(BUILTIN) - 1), the session's results and PNG Info
+    assert labels.count("Send to Colourways") == len(BUILTIN) + 1
