@@ -292,7 +292,11 @@ class Trainer:
     """LoRA layers on weight-sharing copies of the base's UNet (and text encoder), and one optimizer step at a time.
     Build it, and call `step`/`sample`, under the GPU lock."""
 
-    def __init__(self, base: Any, p: Plan, class_images: Sequence[Image.Image] = ()) -> None:
+    def __init__(
+        self, base: Any, p: Plan, class_images: Sequence[Image.Image] = (), checkpointing: bool | None = None
+    ) -> None:
+        """`checkpointing` (gradient checkpointing on the copies): on a GPU unless told; it trades compute for memory
+        and changes no result. A half-precision base trains under autocast, on any device."""
         from diffusers import DDPMScheduler
         from peft import LoraConfig, inject_adapter_in_model
 
@@ -302,7 +306,8 @@ class Trainer:
         self.device = p.device
         self.rank = int(p.settings["rank"])
         self.train_text = bool(p.settings["train_text_encoder"])
-        self.autocast = self.device.type == "cuda" and base.unet.dtype in (torch.float16, torch.bfloat16)
+        self.autocast = base.unet.dtype in (torch.float16, torch.bfloat16)  # LoRA weights train in float32
+        self.checkpointing = self.device.type == "cuda" if checkpointing is None else checkpointing
         self.noise_scheduler = DDPMScheduler.from_config(base.scheduler.config)
         self.unet: Any = shared_copy(base.unet)
         self.text: Any = shared_copy(base.text_encoder) if self.train_text else base.text_encoder
@@ -319,7 +324,7 @@ class Trainer:
         self.params = self._trainable()
         for param in self.params.values():
             param.data = param.data.to(self.device, torch.float32)
-        if self.device.type == "cuda":  # the copies' own modules: the base's are not switched
+        if self.checkpointing:  # the copies' own modules: the base's are not switched
             getattr(self.unet, "enable_gradient_checkpointing")()  # noqa: B009  # mypy reads a Tensor attribute
             if self.train_text:
                 getattr(self.text, "gradient_checkpointing_enable")()  # noqa: B009

@@ -67,7 +67,7 @@ def weights_hash(*modules: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     for module in modules:
         for name, tensor in sorted(module.state_dict().items()):
-            digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
+            digest.update(name.encode() + tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -93,6 +93,41 @@ def test_forty_steps_lower_the_loss_on_a_fixed_batch_and_the_base_weights_stay_b
     assert any(isinstance(m, BaseTunerLayer) for m in trainer.unet.modules())
     shared = {p.data_ptr() for p in base.unet.parameters()}
     assert {p.data_ptr() for n, p in trainer.unet.named_parameters() if "lora_" not in n} <= shared  # no copy
+
+
+def test_gradient_checkpointing_changes_no_weight_and_stays_off_the_base(trainer_studio):
+    """What a GPU run switches on (to fit 512 px in 24 GB) runs here too: the same three steps with and without
+    gradient checkpointing end on the very same LoRA weights, and the base UNet is never switched."""
+    base = trainer_studio.cache.base()
+    plan = training.plan(trainer_studio, request(steps=3))
+    weights = []
+    for checkpointing in (False, True):
+        trainer = training.Trainer(base, plan, checkpointing=checkpointing)
+        assert trainer.unet.is_gradient_checkpointing is checkpointing
+        for step in range(3):
+            trainer.step(step)
+        weights.append({name: param.detach().clone() for name, param in trainer.params.items()})
+    assert not base.unet.is_gradient_checkpointing
+    assert weights[0].keys() == weights[1].keys()
+    for name, tensor in weights[0].items():
+        torch.testing.assert_close(weights[1][name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+def test_a_half_precision_base_trains_under_autocast(tiny_dir, tmp_path):
+    """The GPU's recipe (a bf16 base, float32 LoRA weights, autocast) on the CPU: the loss on the fixed batch falls
+    and the base's bf16 weights stay as they were."""
+    settings = settings_for(tiny_dir, tmp_path, dtype="bf16")
+    studio = Studio(ModelCache(settings), Outputs(settings.outputs))
+    base = studio.cache.base()
+    assert base.unet.dtype == torch.bfloat16
+    before = weights_hash(base.unet)
+    trainer = training.Trainer(base, training.plan(studio, request(steps=20)), checkpointing=True)
+    assert trainer.autocast and all(p.dtype == torch.float32 for p in trainer.params.values())
+    start = trainer.evaluate()
+    for step in range(20):
+        trainer.step(step)
+    assert trainer.evaluate() < 0.95 * start
+    assert weights_hash(base.unet) == before
 
 
 # ---- the job: result, cancel, resume ---------------------------------------------------------------------------------
@@ -284,7 +319,7 @@ def test_bad_input_is_answered_in_words_and_nothing_is_written(trainer_studio, t
     assert training.trigger_problem(studio.cache.base().tokenizer, proposed) is None
     refused(studio, request(name="///"), "name")
     refused(studio, request(captions="one\ntwo"), "one line per image")
-    captioned = training.plan(studio, request(captions="red jacket\nOHWX in blue\n\nlinen\nwool"))
+    captioned = training.plan(studio, request(name="Captioned", captions="red jacket\nOHWX in blue\n\nlinen\nwool"))
     assert captioned.prompts[:3] == [f"{TRIGGER}, red jacket", "OHWX in blue", f"a photo of {TRIGGER} garment"]
     assert all(image.size == (64, 64) for image in captioned.images)  # centre-cropped to the training size
     assert training.slug("../../etc/Passwd Florals!") == "etc-passwd-florals"
