@@ -8,6 +8,7 @@ tiled == whole and the equivariance hold to float precision.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from collections.abc import Iterator
@@ -160,6 +161,22 @@ def test_the_detail_pass_keeps_the_repeat_seamless(detailed, repeat: str) -> Non
 def test_a_detail_pass_over_the_tile_alone_would_break_the_repeat(detailed) -> None:
     expected = patterns.translate(detailed[(None, False)], STEP, STEP, "full")
     assert np.abs(detailed[(None, True)] - expected).max() > 0.05
+
+
+def test_the_detail_pass_applies_the_prompts_lora_and_weight_0_is_no_lora(tiny_dir: Path, tmp_path: Path) -> None:
+    """The detail pass is a mode's pipeline like any other: a `<lora:...>` tag in its prompt takes effect, per tile
+    (the tile takes the GPU lock for itself, so the request's LoRA weights are set again for each)."""
+    studio = app.create_studio(make_settings(tiny_dir, tmp_path, lora_dir=tiny_dir / "loras"))
+    picture = Image.fromarray((smooth(96, 96, seed=2) * 255).astype(np.uint8))
+    noise = torch.randn((1, 4, 12, 12), generator=torch.Generator().manual_seed(4))
+
+    def run(prompt: str) -> np.ndarray:
+        detail = dataclasses.replace(DETAIL, prompt=prompt)
+        return engine.detail_pass(studio, picture, "full", detail, noise=noise)
+
+    plain = run(PROMPT)
+    assert np.array_equal(run(PROMPT + " <lora:house-florals:0>"), plain)
+    assert np.abs(run(PROMPT + " <lora:house-florals:1>") - plain).max() > 1e-3
 
 
 def test_detail_tiles_cover_the_picture_and_blend_with_weights_that_never_vanish() -> None:

@@ -169,7 +169,8 @@ def detail_pass(
 ) -> np.ndarray:  # fmt: skip
     """img2img in overlapping tiles over `image` (laid on the print for a repeat), blended; (H, W, 3) float in
     [0, 1]. `noise` (tests, scripts): the (1, 4, ceil(H/8), ceil(W/8)) starting noise field."""
-    pipe = studio.cache.derive(SwatchPipeline, scheduler=detail.scheduler)
+    prompts = {"prompt": detail.prompt, "negative_prompt": detail.negative_prompt}
+    pipe = studio.cache.derive(SwatchPipeline, scheduler=detail.scheduler, prompts=prompts)  # with its LoRAs
     pixels = np.asarray(image.convert("RGB"))
     height, width = pixels.shape[:2]
     wrap_x, wrap_y = tiling.wraps(repeat) if repeat is not None else (False, False)
@@ -187,14 +188,13 @@ def detail_pass(
     total = np.zeros((height * width, 3), dtype=np.float32)
     weights = np.zeros(height * width, dtype=np.float32)
     blend = np.outer(feather(tile_h, overlap), feather(tile_w, overlap))
-    with studio.cache.gpu():
-        embeds = prompt_kwargs(pipe, prompt=detail.prompt, negative_prompt=detail.negative_prompt)
     for number, (y0, x0) in enumerate(places):
         if job is not None and job.on_step is not None:
             job.on_step(number, len(places))
         index = patterns.plane_index(height, width, np.arange(y0, y0 + tile_h), np.arange(x0, x0 + tile_w), repeat)
         tile_noise = _noise_at(noise, y0, x0, tile_h, tile_w, repeat)
         with studio.cache.gpu():  # per tile: other requests' GPU work interleaves with a long print
+            embeds = prompt_kwargs(pipe, **prompts)  # sets this request's LoRA weights again: another may have run
             out = _detail_tile(pipe, embeds, detail, pixels.reshape(-1, 3)[index], tile_noise, job)
         np.add.at(total, index.ravel(), (out * blend[..., None]).reshape(-1, 3))
         np.add.at(weights, index.ravel(), blend.ravel())
