@@ -30,6 +30,23 @@ from studio.tensors import shared_copy
 
 log = logging.getLogger(__name__)
 STYLES_ATTRIBUTE = "atelier_styles"  # the per-request pipeline's selection, read by prompts.prompt_kwargs
+# The modules an SD1.5 LoRA adapts, as peft names them (diffusers' DreamBooth-LoRA script and kohya's defaults).
+UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+def kohya_state(peft_state: dict[str, torch.Tensor], prefix: str, alpha: float) -> dict[str, torch.Tensor]:
+    """peft names -> kohya/A1111 names: `a.b.to_q.lora_A.weight` -> `<prefix>_a_b_to_q.lora_down.weight`, plus each
+    module's `.alpha`. `prefix` is `lora_unet` or `lora_te`; what diffusers' kohya converter reads back."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in peft_state.items():
+        module, _, kind = key.rpartition(".lora_")
+        if prefix == "lora_te" and not module.startswith("text_model."):  # transformers 5 names it without
+            module = "text_model." + module  # `text_model.`; every kohya file on disk names it with
+        name = f"{prefix}_{module.replace('.', '_')}"
+        out[f"{name}.lora_down.weight" if kind.startswith("A") else f"{name}.lora_up.weight"] = value.contiguous()
+        out[f"{name}.alpha"] = torch.tensor(float(alpha))
+    return out
 
 
 class SharedRowsEmbedding(torch.nn.Module):

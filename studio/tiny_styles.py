@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
+from studio.style_modules import TEXT_TARGETS, UNET_TARGETS, kohya_state
+
 SEED = 20261116
 RANK = 4
-UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 
 def _lora_modules(model: torch.nn.Module, targets: list[str], seed: int) -> dict[str, torch.Tensor]:
@@ -37,19 +37,6 @@ def _lora_modules(model: torch.nn.Module, targets: list[str], seed: int) -> dict
     generator = torch.Generator().manual_seed(seed)
     state = get_peft_model_state_dict(model)
     return {key: torch.randn(value.shape, generator=generator) * 0.3 for key, value in sorted(state.items())}
-
-
-def _kohya(peft_state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """peft names -> kohya names: `a.b.to_q.lora_A.weight` -> `<prefix>_a_b_to_q.lora_down.weight` (+ `.alpha`)."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in peft_state.items():
-        module, _, kind = key.rpartition(".lora_")
-        if prefix == "lora_te" and not module.startswith("text_model."):  # transformers 5 names it without
-            module = "text_model." + module  # `text_model.`; every kohya file on disk names it with
-        name = f"{prefix}_{module.replace('.', '_')}"
-        out[f"{name}.lora_down.weight" if kind.startswith("A") else f"{name}.lora_up.weight"] = value.contiguous()
-        out[f"{name}.alpha"] = torch.tensor(float(RANK))
-    return out
 
 
 def _models() -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -65,7 +52,7 @@ def kohya_lora(unet: torch.nn.Module, text_encoder: torch.nn.Module, seed: int =
     only their shapes are read). They get peft layers injected: pass throwaway copies."""
     unet_state = _lora_modules(unet, UNET_TARGETS, seed)
     text_state = _lora_modules(text_encoder, TEXT_TARGETS, seed + 1)
-    return {**_kohya(unet_state, "lora_unet"), **_kohya(text_state, "lora_te")}
+    return {**kohya_state(unet_state, "lora_unet", RANK), **kohya_state(text_state, "lora_te", RANK)}
 
 
 def write_loras(folder: Path) -> None:

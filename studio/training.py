@@ -45,7 +45,7 @@ from studio.errors import RequestError
 from studio.images import ImageInputError, load_image
 from studio.metadata import format_infotext
 from studio.outputs import atomic_write
-from studio.tiny_styles import TEXT_TARGETS, UNET_TARGETS, _kohya
+from studio.style_modules import TEXT_TARGETS, UNET_TARGETS, kohya_state
 
 log = logging.getLogger(__name__)
 
@@ -463,12 +463,12 @@ class Trainer:
         from peft import get_peft_model_state_dict
 
         unet = {k: v.detach().float().cpu() for k, v in get_peft_model_state_dict(self.unet).items()}
-        out = _kohya(unet, "lora_unet")
+        alpha = float(self.rank)  # lora_alpha = rank: scale 1, as trained
+        out = kohya_state(unet, "lora_unet", alpha)
         if self.train_text:
             text = {k: v.detach().float().cpu() for k, v in get_peft_model_state_dict(self.text).items()}
-            out.update(_kohya(text, "lora_te"))
-        alpha = float(self.rank)  # lora_alpha = rank: scale 1, as trained
-        return {k: (torch.tensor(alpha) if k.endswith(".alpha") else v) for k, v in out.items()}
+            out.update(kohya_state(text, "lora_te", alpha))
+        return out
 
 
 # ---- status, for the tab and the API --------------------------------------------------------------------------------
