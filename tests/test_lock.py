@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from PIL import Image, ImageDraw
 
-from studio import hashing, outputs
+from studio import hashing, outputs, styles
 from studio.batching import Txt2ImgBatcher
 from studio.cache import ModelCache
 from studio.engine import draft as draft_engine
@@ -84,7 +84,12 @@ class Watch:
 
 @pytest.fixture(scope="module")
 def studio(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Studio:
-    settings = make_settings(tiny_dir, tmp_path_factory.mktemp("lock-outputs"))
+    settings = make_settings(
+        tiny_dir,
+        tmp_path_factory.mktemp("lock-outputs"),
+        lora_dir=tiny_dir / "loras",
+        embeddings_dir=tiny_dir / "embeddings",
+    )
     return Studio(cache=ModelCache(settings), outputs=Outputs(settings.outputs))
 
 
@@ -101,7 +106,9 @@ def watch(studio: Studio, monkeypatch: pytest.MonkeyPatch) -> Iterator[Watch]:
         (os, "fsync", "fsync"),
         (hashing, "checkpoint_hash", "model hash"),
         (hashing, "_sha256", "SHA-256 of a file"),
-        (draft_engine, "file_sha256", "LoRA hash"),
+        (draft_engine, "addnet_hash", "LCM-LoRA hash"),
+        (styles, "addnet_hash", "LoRA hash"),
+        (styles, "file_hash", "embedding hash"),
         (ModelCache, "model_hash", "model hash"),
     ]
     for owner, name, what in guarded:
@@ -142,6 +149,9 @@ def batched(studio: Studio) -> object:
 MODES: dict[str, Callable[[Studio], object]] = {
     "txt2img, 2 batches of 2": lambda s: txt2img(s, Txt2ImgRequest(PROMPT, batch_size=2, batch_count=2, **FAST)),
     "txt2img, batched requests": batched,
+    "txt2img, a LoRA and an embedding": lambda s: txt2img(
+        s, Txt2ImgRequest(PROMPT + ", houseprint <lora:house-florals:0.7>", batch_size=2, **FAST)
+    ),
     "txt2img_many": lambda s: txt2img_many(s, [Txt2ImgRequest(PROMPT, **FAST)] * 2, [None, None]),
     "refine, 2 loops x 2 chains, colour correction": lambda s: refine(
         s, RefineRequest(photo(), PROMPT, strength=0.5, loops=2, batch_size=2, color_correction=True, **FAST)
