@@ -49,12 +49,14 @@ import skimage  # noqa: E402
 import torch  # noqa: E402
 from diffusers.image_processor import VaeImageProcessor  # noqa: E402
 from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput  # noqa: E402
-from PIL import Image, ImageDraw, ImageOps  # noqa: E402
+from PIL import Image, ImageOps  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from bench_batching import PROMPTS  # noqa: E402  # eight garments, as the batching benchmark sends them
+from bench_studio import full_size_folder, mask, photo, sketch  # noqa: E402  # the same inputs as the speed benchmark
 from diffusers import (  # noqa: E402
     StableDiffusionControlNetPipeline,
     StableDiffusionImg2ImgPipeline,
@@ -77,16 +79,6 @@ from studio.settings import Settings  # noqa: E402
 from studio.tiny import write_all  # noqa: E402
 
 PROMPT = "photo of a tailored wool coat, studio light"
-PROMPTS = (
-    "photo of a tailored wool coat, studio light",
-    "photo of an embroidered silk slip dress",
-    "photo of a chunky cable-knit cardigan, flat lay",
-    "photo of pleated linen trousers, runway",
-    "photo of a quilted satin bomber jacket",
-    "photo of a beaded evening gown, dark background",
-    "photo of a denim trucker jacket, street",
-    "photo of a houndstooth blazer, editorial",
-)
 PIPELINES = (
     StableDiffusionPipeline,
     StableDiffusionImg2ImgPipeline,
@@ -193,30 +185,6 @@ def instrument() -> None:
             record("tiling", time.perf_counter() - start)
 
     tiling.wrapped = wrapped  # type: ignore[assignment]  # modes look it up at call time
-
-
-# ---- inputs -------------------------------------------------------------------------------------------------------
-def photo(size: int) -> Image.Image:
-    image = Image.linear_gradient("L").resize((size, size)).convert("RGB")
-    ImageDraw.Draw(image).ellipse((size * 0.3, size * 0.2, size * 0.7, size * 0.8), fill=(150, 40, 60))
-    return image
-
-
-def sketch(size: int) -> Image.Image:
-    image = Image.new("RGB", (size, size), "black")
-    s = size
-    ImageDraw.Draw(image).polygon(
-        [(s * 0.4, s * 0.1), (s * 0.6, s * 0.1), (s * 0.85, s * 0.9), (s * 0.15, s * 0.9)],
-        outline="white",
-        width=max(1, s // 64),
-    )
-    return image
-
-
-def mask(size: int) -> Image.Image:
-    image = Image.new("L", (size, size), 0)
-    ImageDraw.Draw(image).rectangle((size // 4, size // 4, 3 * size // 4, 3 * size // 4), fill=255)
-    return image
 
 
 def requests(studio: Studio, size: int, steps: int, full: bool) -> dict[str, tuple[Callable[[int], object], int]]:
@@ -373,8 +341,6 @@ def make_studio(model: str, extra: dict[str, Any]) -> tuple[Studio, LockRecorder
 
 
 def full_studio(device: str) -> tuple[Studio, LockRecorder]:
-    from bench_studio import full_size_folder
-
     folder = full_size_folder()
     tiny = write_all(TINY_DIR)
     return make_studio(
