@@ -335,3 +335,19 @@ def test_bad_input_is_answered_in_words_and_nothing_is_written(trainer_studio, t
     cpu_only = Studio(ModelCache(no_gpu), Outputs(no_gpu.outputs))
     refused(cpu_only, request(steps=1600), "No GPU", "STUDIO_TRAIN_ON_CPU=1", "1600 steps")
     assert not list(Path(no_gpu.lora_dir).glob("*")) if Path(no_gpu.lora_dir).exists() else True
+
+
+def test_the_train_form_reads_an_unticked_box_as_off_and_an_emptied_number_as_the_kinds_default():
+    """The tab builds its request with `form_request` like every tab: an unticked optional flag is False (not "the
+    kind's default"), 0 in a number field is the kind's default, and the uploaded files become the request's tuple."""
+    from studio.ui.widgets import form_request
+
+    form = {"kind": "person", "images": ["a.png", "b.png"], "num_train_steps": 0.0, "rank": None, "seed": 3.0}
+    off = form_request(training.TrainRequest, {**form, "prior_preservation": False, "train_text_encoder": False})
+    on = form_request(training.TrainRequest, {**form, "prior_preservation": True, "train_text_encoder": True})
+    person = training.KINDS["person"]
+    assert person.prior_preservation and person.train_text_encoder  # so "off" below is the form's, not the kind's
+    assert (off.settings()["prior_preservation"], off.settings()["train_text_encoder"]) == (False, False)
+    assert (on.settings()["prior_preservation"], on.settings()["train_text_encoder"]) == (True, True)
+    assert off.images == ("a.png", "b.png") and off.seed == 3
+    assert off.settings()["num_train_steps"] == person.steps and off.settings()["rank"] == person.rank

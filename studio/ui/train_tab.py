@@ -16,7 +16,7 @@ import gradio as gr
 from studio.engine.contract import Finished, Job, Progress, Saved
 from studio.ui.running import cancel_button, run_events
 from studio.ui.tab import ModeCalls, Tab, inputs_for
-from studio.ui.widgets import UIContext
+from studio.ui.widgets import UIContext, form_request
 
 KIND_CHOICES = [
     ("A garment or object", "object"),
@@ -112,14 +112,7 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
     ) -> Iterator[tuple[Any, ...]]:
         from studio.training import TrainRequest  # the request type only; the engine runs behind `calls`
 
-        req = TrainRequest(
-            name=name or "", trigger=trigger or "", images=tuple(images or ()), kind=kind or "object",
-            captions=captions or "", num_train_steps=int(num_train_steps or 0),
-            learning_rate=float(learning_rate or 0), rank=int(rank or 0), resolution=int(resolution or 0),
-            seed=int(seed or 0), prior_preservation=bool(prior_preservation),
-            train_text_encoder=bool(train_text_encoder), sample_every=int(sample_every or 0),
-            checkpoint_every=int(checkpoint_every or 0), overwrite=bool(overwrite),
-        )  # fmt: skip
+        req = form_request(TrainRequest, locals())  # the handler's own parameters, by field name
         held: list[Job] = []
         status_of = calls.actions.get("status")
 

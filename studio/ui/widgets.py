@@ -184,8 +184,8 @@ def form_request(cls: type[R], values: Mapping[str, Any]) -> R:
 def _convert(value: Any, kind: Any, name: str) -> Any:
     optional = type(None) in typing.get_args(kind)
     base = next((t for t in typing.get_args(kind) if t is not type(None)), kind) if optional else kind
-    if optional and value in (None, "", 0):
-        return None
+    if optional and (value is None or value == "" or (base is not bool and value == 0)):
+        return None  # an emptied or 0 optional number means "not set"; an unticked optional flag stays False
     if base is int:
         return as_int(value, name)
     if base is float:
@@ -194,6 +194,8 @@ def _convert(value: Any, kind: Any, name: str) -> Any:
         return bool(value)
     if base is str:
         return "" if value is None else str(value)
+    if typing.get_origin(base) is tuple:
+        return tuple(value or ())  # a list from Gradio (uploaded files) into the request's immutable tuple
     return value
 
 
