@@ -38,6 +38,9 @@ PHONE = {"width": 390, "height": 844}
 TABS = {"txt2img": "Create", "refine": "Refine", "textile": "Textile", "inpaint": "Inpaint", "restyle": "Restyle",
         "png-info": "PNG Info"}  # fmt: skip
 RUN_S = 60_000  # ms for one tiny generation on a busy 2-core CI machine (they take 1-5 s)
+# Every expectation waits up to 15 s instead of Playwright's 5 s: on a loaded 2-core machine a click's handler may wait
+# behind a generation in the queue (a restore once took longer than 5 s there). What is expected stays the same.
+expect.set_options(timeout=15_000)
 STEPS = 3
 
 
