@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import gc
 import inspect
 import logging
@@ -264,22 +265,25 @@ class ModelCache:
     def companion_source(self, slot: str) -> str:
         """Where a companion slot loads from: the operator's setting (a source, or the name of a checkpoint whose
         companion to use, e.g. `tiny`), else the current checkpoint's own companion."""
+        key = "inpaint" if slot == "inpaint_unet" else "annotator" if slot in registry.ANNOTATOR_FILES else slot
         configured = {
             "controlnet": self.settings.controlnet_model,
             "annotator": self.settings.annotator_model,
             "inpaint_unet": self.settings.inpaint_model,
-        }[slot]
-        key = "inpaint" if slot == "inpaint_unet" else slot
+        }.get(key, "")  # the further ControlNets (registry.CONTROL_COMPANIONS) follow the checkpoint
         if configured and configured in registry.named(self.settings.tiny_dir):
             return self.checkpoint(configured).companions[key]
         return configured or self.checkpoint().companions[key]
 
     def slot(self, name: str) -> Any:
-        """ControlNet, annotator or inpainting UNet: loaded once, on first use, kept until the base changes."""
+        """A ControlNet (HED's `controlnet`, or one of registry.CONTROL_COMPANIONS), an annotator (`annotator`,
+        registry.ANNOTATOR_FILES) or the inpainting UNet: loaded once, on first use, kept until the base changes."""
         loaders: dict[str, Callable[[str], Any]] = {
             "controlnet": self._load_controlnet,
             "annotator": self._load_annotator,
             "inpaint_unet": self._load_inpaint_unet,
+            **dict.fromkeys(registry.CONTROL_COMPANIONS, self._load_controlnet),
+            **{slot: functools.partial(self._load_control_annotator, slot) for slot in registry.ANNOTATOR_FILES},
         }
         source = self.companion_source(name)
         if self._slot_sources.get(name) == source:  # loaded (a slot is set before its source): no waiting
@@ -326,6 +330,11 @@ class ModelCache:
 
         detector = HEDdetector.from_pretrained(source, filename=registry.HED_ANNOTATOR_FILE)
         return detector.to(self.device)
+
+    def _load_control_annotator(self, slot: str, source: str) -> Any:
+        from studio.control_units import load_annotator
+
+        return load_annotator(slot, source).to(self.device)
 
     # ---- upscaler (super-resolution model file), on demand ------------------------------------------------------
     def upscaler(self, path: str) -> Any:

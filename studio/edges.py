@@ -1,6 +1,8 @@
-"""Edge maps for Restyle: HED soft edges (plain or "safe") through controlnet_aux, or the designer's own sketch.
+"""Control maps for Restyle: HED soft edges (plain or "safe"), line art (fine or coarse), canny edges and an
+open-pose skeleton through controlnet_aux, or the designer's own sketch.
 
-Pure PIL/numpy around the annotator object (a controlnet_aux `HEDdetector`); no model loading happens here.
+Pure PIL/numpy around the annotator objects (controlnet_aux's `HEDdetector`, `LineartDetector`,
+`OpenposeDetector`; canny is OpenCV and needs none); no model loading happens here.
 
 Two sizes are easy to confuse, so they are kept apart:
 - the *output size* (width x height of the generated image): every edge map is finally resized to exactly that,
@@ -17,9 +19,18 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-PREPROCESSORS = ("hed", "hed_safe", "none")
+PREPROCESSORS = ("hed", "hed_safe", "lineart", "lineart_coarse", "canny", "openpose", "none")
 # The names sd-webui-controlnet writes in its infotext, so A1111 reads our PNGs back.
-A1111_MODULES = {"hed": "softedge_hed", "hed_safe": "softedge_hedsafe", "none": "none"}
+A1111_MODULES = {
+    "hed": "softedge_hed",
+    "hed_safe": "softedge_hedsafe",
+    "lineart": "lineart_realistic",
+    "lineart_coarse": "lineart_coarse",
+    "canny": "canny",
+    "openpose": "openpose",
+    "none": "none",
+}
+CANNY_THRESHOLDS = (100, 200)  # sd-webui-controlnet's and controlnet_aux's defaults (low, high)
 BLACK, WHITE = (0, 0, 0), (255, 255, 255)
 
 
@@ -73,6 +84,31 @@ def hed(annotator: Any, image: Image.Image, resolution: int, safe: bool) -> Imag
     return annotator(image, detect_resolution=resolution, image_resolution=resolution, safe=safe, output_type="pil")
 
 
+def lineart(annotator: Any, image: Image.Image, resolution: int, coarse: bool) -> Image.Image:
+    """Line art as controlnet_aux computes it (white lines on black): the fine model, or the coarse one that keeps
+    only the main strokes."""
+    return annotator(image, coarse=coarse, detect_resolution=resolution, image_resolution=resolution, output_type="pil")
+
+
+def canny(image: Image.Image, resolution: int, thresholds: tuple[int, int]) -> Image.Image:
+    """OpenCV's canny edges exactly as controlnet_aux's `CannyDetector` makes them (no network)."""
+    from controlnet_aux import CannyDetector
+
+    low, high = thresholds
+    return CannyDetector()(
+        image, low_threshold=low, high_threshold=high, detect_resolution=resolution, image_resolution=resolution,
+        output_type="pil",
+    )  # fmt: skip
+
+
+def openpose(annotator: Any, image: Image.Image, resolution: int) -> Image.Image:
+    """The body's pose skeleton (sd-webui-controlnet's "openpose": body only, no hands or face)."""
+    return annotator(
+        image, detect_resolution=resolution, image_resolution=resolution, include_body=True, include_hand=False,
+        include_face=False, output_type="pil",
+    )  # fmt: skip
+
+
 def sketch(image: Image.Image, invert: bool) -> Image.Image:
     """The designer's own edge map or line sketch: luminance only; `invert` turns dark-on-light into the
     light-on-dark lines the ControlNet was trained on."""
@@ -83,13 +119,25 @@ def sketch(image: Image.Image, invert: bool) -> Image.Image:
 
 
 def edge_map(
-    annotator: Any, image: Image.Image, preprocessor: str, size: tuple[int, int], resolution: int, invert: bool
+    annotator: Any,
+    image: Image.Image,
+    preprocessor: str,
+    size: tuple[int, int],
+    resolution: int,
+    invert: bool,
+    thresholds: tuple[int, int] = CANNY_THRESHOLDS,
 ) -> Image.Image:
     """The ControlNet's condition at exactly the output `size`."""
     if preprocessor == "none":
         return fit(sketch(image, invert), size)
-    edges = hed(annotator, crop_to_aspect(image, size), resolution, safe=preprocessor == "hed_safe")
-    return fit(edges, size)
+    picture = crop_to_aspect(image, size)
+    if preprocessor in ("lineart", "lineart_coarse"):
+        return fit(lineart(annotator, picture, resolution, coarse=preprocessor == "lineart_coarse"), size)
+    if preprocessor == "canny":
+        return fit(canny(picture, resolution, thresholds), size)
+    if preprocessor == "openpose":
+        return fit(openpose(annotator, picture, resolution), size)
+    return fit(hed(annotator, picture, resolution, safe=preprocessor == "hed_safe"), size)
 
 
 def coverage(edge: Image.Image) -> float:

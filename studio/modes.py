@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from studio import edges, palettes, patterns, tiling
+from studio import control_units, edges, palettes, patterns, registry, tiling
 from studio import upscale as upscalers
 from studio.engine import colourways, draft, inpaint, refine, restyle, textile, txt2img, upscale
 from studio.engine.checks import check_common
@@ -239,11 +239,12 @@ INPAINT = Mode(
 
 # ---- restyle ------------------------------------------------------------------------------------------------------
 CONTROLNET_USED = {"module", "preprocessor", "model", "weight", "guidance start", "guidance end", "guess mode",
-                   "pixel perfect", "processor res", "resize mode"}  # fmt: skip
+                   "pixel perfect", "processor res", "resize mode", "control mode", "threshold a",
+                   "threshold b"}  # fmt: skip
 
 
-def _controlnet(value: str, _params: Mapping[str, str]) -> dict[str, Any]:
-    """One sd-webui-controlnet unit: `Module: softedge_hed, Model: ..., Weight: 1, Guidance Start: 0, ...`."""
+def _unit_fields(value: str) -> dict[str, Any]:
+    """One sd-webui-controlnet unit (`Module: softedge_hed, Model: ..., Weight: 1, ...`) as request field values."""
     unit = {key.lower(): text.strip() for key, text in parse_infotext(value).params.items()}
     module = unit.get("module", unit.get("preprocessor", ""))
     modules = {a1111: ours for ours, a1111 in edges.A1111_MODULES.items()}
@@ -252,18 +253,51 @@ def _controlnet(value: str, _params: Mapping[str, str]) -> dict[str, Any]:
     elif module in modules:
         fields = {"preprocessor": modules[module], "invert": False}
     else:
-        raise Unsupported(f"module {module!r} is not offered here (Restyle uses soft edges or your own sketch)")
+        raise Unsupported(f"module {module!r} is not offered here (Restyle offers {', '.join(modules)})")
+    kind = control_units.model_kind(unit.get("model", ""))
+    if fields["preprocessor"] == "none" and kind not in (None, control_units.PREPROCESSOR_MODELS["none"]):
+        fields["model"] = kind
     readers: dict[str, tuple[str, Callable[[str], object]]] = {
         "weight": ("controlnet_conditioning_scale", float),
         "guidance start": ("control_guidance_start", float),
         "guidance end": ("control_guidance_end", float),
         "guess mode": ("guess_mode", boolean),
     }
+    if fields["preprocessor"] == "canny":
+        readers.update({"threshold a": ("low_threshold", _whole), "threshold b": ("high_threshold", _whole)})
     fields.update({name: read(unit[key]) for key, (name, read) in readers.items() if key in unit})
-    if "pixel perfect" in unit:
+    if "guess mode" not in unit and "control mode" in unit:
+        fields["guess_mode"] = unit["control mode"] == control_units.CONTROL_MODES[True]
+    if "pixel perfect" in unit and (boolean(unit["pixel perfect"]) or "processor res" in unit):
         pixel_perfect = boolean(unit["pixel perfect"])
-        fields["preprocessor_resolution"] = None if pixel_perfect else int(unit.get("processor res", ""))
+        fields["preprocessor_resolution"] = None if pixel_perfect else int(unit["processor res"])
     return fields
+
+
+def _whole(value: str) -> int:
+    return round(float(value))
+
+
+def _controlnet(value: str, _params: Mapping[str, str]) -> dict[str, Any]:
+    """Unit 0 fills Restyle's own fields."""
+    return _unit_fields(value)
+
+
+def _more_units(value: str, params: Mapping[str, str]) -> dict[str, Any]:
+    """`ControlNet 1`, `ControlNet 2`, ...: every further ControlNet unit of the PNG into `controlnet_units`, in
+    order (each key reads them all, so any one of them restores the same list)."""
+    module = parse_infotext(value).params.get("Module", "").strip()
+    if module.startswith("ip-adapter"):
+        raise Unsupported("an image prompt unit, not a ControlNet")
+    units = []
+    for index in range(1, control_units.MAX_UNITS + 4):
+        text = params.get(f"ControlNet {index}")
+        if text is None or parse_infotext(text).params.get("Module", "").strip().startswith("ip-adapter"):
+            continue
+        fields = _unit_fields(text)
+        fields.pop("guess_mode", None)  # one guess mode for the whole request: unit 0's
+        units.append(control_units.unit_dict(control_units.ControlUnit(image=None, **fields)))
+    return {"controlnet_units": units}
 
 
 def controlnet_unused(value: str) -> list[str]:
@@ -295,12 +329,24 @@ RESTYLE = Mode(
         "control_guidance_end": number(0, 1),
         "guess_mode": flag,
         "repeat": optional(choice(tiling.REPEATS)),
+        "model": choice(("auto", *control_units.MODELS)),
+        "low_threshold": integer(1, 255),
+        "high_threshold": integer(1, 255),
+        "controlnet_units": control_units.units_problem,
     },
-    readers={"ControlNet 0": _controlnet, "ControlNet": _controlnet, "Repeat": one("repeat", str)},
-    partly_read={"ControlNet 0": controlnet_unused, "ControlNet": controlnet_unused},
+    readers={
+        "ControlNet 0": _controlnet,
+        "ControlNet": _controlnet,
+        **{f"ControlNet {index}": _more_units for index in range(1, control_units.MAX_UNITS)},
+        "Repeat": one("repeat", str),
+    },
+    partly_read={
+        key: controlnet_unused for key in ("ControlNet", *(f"ControlNet {i}" for i in range(control_units.MAX_UNITS)))
+    },
     claims=lambda params: any(key.startswith("ControlNet") for key in params),
     claim_order=30,
-    companions=("controlnet", "annotator"),
+    restore_defaults={"controlnet_units": [], "model": "auto"},  # a one-unit PNG clears the further units
+    companions=("controlnet", "annotator", *registry.CONTROL_COMPANIONS, *registry.ANNOTATOR_FILES),
     example="sketch",
     actions={"detect_edges": restyle.detect_edges},
     gpu_endpoints=("restyle_edges",),

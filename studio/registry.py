@@ -13,6 +13,17 @@ SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 ANNOTATORS_REPO = "lllyasviel/Annotators"
 HED_ANNOTATOR_FILE = "ControlNetHED.pth"
 HED_CONTROLNET = "lllyasviel/sd-controlnet-hed"
+# More ControlNets (Restyle's units): each a lazy companion slot of its own, SD1.5 ControlNet v1.1.
+CONTROL_COMPANIONS = {
+    "controlnet_lineart": "lllyasviel/control_v11p_sd15_lineart",
+    "controlnet_canny": "lllyasviel/control_v11p_sd15_canny",
+    "controlnet_openpose": "lllyasviel/control_v11p_sd15_openpose",
+}
+# Annotators beside HED, all from lllyasviel/Annotators (the "annotator" companion): slot -> its files there.
+ANNOTATOR_FILES = {
+    "annotator_lineart": ("sk_model.pth", "sk_model2.pth"),
+    "annotator_openpose": ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"),
+}
 SD15_INPAINTING = "stable-diffusion-v1-5/stable-diffusion-inpainting"
 LCM_LORA = "latent-consistency/lcm-lora-sdv1-5"  # draft mode: 4-8 step LCM sampling on any SD1.5 checkpoint
 LCM_LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -46,6 +57,7 @@ SD15_COMPANIONS: dict[str, str] = {
     "inpaint": SD15_INPAINTING,
     "lcm_lora": LCM_LORA,
     "taesd": TAESD,
+    **CONTROL_COMPANIONS,
 }
 TINY_FOLDERS = {
     "controlnet": "controlnet",
@@ -53,6 +65,7 @@ TINY_FOLDERS = {
     "inpaint": "inpaint",
     "lcm_lora": "lcm_lora",
     "taesd": "taesd",
+    **{slot: slot for slot in CONTROL_COMPANIONS},
 }
 
 REGISTRY: dict[str, Checkpoint] = {

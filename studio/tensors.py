@@ -21,6 +21,11 @@ def torch_modules(owner: Any) -> list[torch.nn.Module]:
         return [m for m in owner.components.values() if isinstance(m, torch.nn.Module)]
     if hasattr(owner, "netNetwork"):  # controlnet_aux detectors
         return [owner.netNetwork]
+    if hasattr(owner, "model_coarse"):  # controlnet_aux's line art: a fine and a coarse model
+        return [owner.model, owner.model_coarse]
+    if hasattr(owner, "body_estimation"):  # controlnet_aux's open pose: body, hand and face networks
+        parts = (owner.body_estimation, owner.hand_estimation, owner.face_estimation)
+        return [part.model for part in parts if part is not None]
     if isinstance(getattr(owner, "model", None), torch.nn.Module):  # spandrel's model descriptors (upscalers)
         return [owner.model]
     return []

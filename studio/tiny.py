@@ -4,7 +4,7 @@ Weights are random but deterministic (fixed seeds), so every machine writes iden
 studio run offline on a CPU in seconds, and let tests load them through the very `from_pretrained` calls used for
 the real hub ids — either from a folder, or installed into a Hugging Face cache under the real ids.
 
-    python -m studio.tiny OUT_DIR          # base/, inpaint/, controlnet/, annotator/, lcm_lora/, taesd/, upscaler/
+    python -m studio.tiny OUT_DIR   # base/, inpaint/, controlnet*/, annotator/, lcm_lora/, taesd/, upscaler/, ...
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Bump when the layout or the seeds change: folders written by an older version are rewritten.
-VERSION = "atelier-tiny-8"
+VERSION = "atelier-tiny-9"
 NATIVE_SIZE = 64  # px; latents 8x8
 SEED = 20260101
 
@@ -52,6 +52,9 @@ HUB_TWINS = {
     "stable-diffusion-v1-5/stable-diffusion-v1-5": "base",
     "stable-diffusion-v1-5/stable-diffusion-inpainting": "inpaint",
     "lllyasviel/sd-controlnet-hed": "controlnet",
+    "lllyasviel/control_v11p_sd15_lineart": "controlnet_lineart",
+    "lllyasviel/control_v11p_sd15_canny": "controlnet_canny",
+    "lllyasviel/control_v11p_sd15_openpose": "controlnet_openpose",
     "lllyasviel/Annotators": "annotator",
     "latent-consistency/lcm-lora-sdv1-5": "lcm_lora",
     "madebyollin/taesd": "taesd",
@@ -221,10 +224,11 @@ def write_base(folder: Path, in_channels: int = 4) -> None:
     write_tokenizer(folder / "tokenizer")  # the exact files the Hub's SD1.5 tokenizer folder holds
 
 
-def write_controlnet(folder: Path) -> None:
+def write_controlnet(folder: Path, seed: int = SEED + 4) -> None:
+    """A tiny SD1.5 ControlNet (HED's by default; studio.tiny_control writes the others with their own seeds)."""
     from diffusers import ControlNetModel
 
-    torch.manual_seed(SEED + 4)
+    torch.manual_seed(seed)
     unet_keys = (
         "in_channels",
         "down_block_types",
@@ -238,7 +242,7 @@ def write_controlnet(folder: Path) -> None:
         **{k: _UNET[k] for k in unet_keys if k in _UNET},
         conditioning_embedding_out_channels=(16, 16, 32, 32),
     )
-    _randomize_zero_convs(controlnet, torch.Generator().manual_seed(SEED + 5))
+    _randomize_zero_convs(controlnet, torch.Generator().manual_seed(seed + 1))
     controlnet.save_pretrained(folder, safe_serialization=True)
 
 
@@ -298,6 +302,8 @@ def write_taesd(folder: Path) -> None:
 
 def write_all(out_dir: Path) -> Path:
     """Write every tiny checkpoint into out_dir (atomically: a half-written folder is never visible)."""
+    from studio.tiny_control import write_control  # it builds on this module's ControlNet writer
+
     out_dir = Path(out_dir)
     if (out_dir / "VERSION").is_file() and (out_dir / "VERSION").read_text().strip() == VERSION:
         return out_dir
@@ -308,6 +314,7 @@ def write_all(out_dir: Path) -> Path:
         write_base(tmp / "inpaint", in_channels=9)
         write_controlnet(tmp / "controlnet")
         write_annotator(tmp / "annotator")
+        write_control(tmp)  # lineart, canny, openpose ControlNets and annotators (studio.tiny_control)
         write_lcm_lora(tmp / "lcm_lora")
         write_taesd(tmp / "taesd")
         write_styles(tmp)  # loras/ and embeddings/ (studio.tiny_styles)
@@ -350,8 +357,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     path = write_all(args.out_dir)
     print(
-        f"Wrote tiny checkpoints to {path}: base/, inpaint/, controlnet/, annotator/ControlNetHED.pth, lcm_lora/, "
-        "taesd/, upscaler/, loras/, embeddings/"
+        f"Wrote tiny checkpoints to {path}: base/, inpaint/, controlnet/, controlnet_lineart/, controlnet_canny/, "
+        "controlnet_openpose/, annotator/ (HED, line art, open pose), lcm_lora/, taesd/, upscaler/, loras/, embeddings/"
     )
 
 

@@ -97,6 +97,8 @@ def slot_calls(image: Any) -> dict[str, tuple[str, dict[str, Any]]]:
         "inpaint editor": ("/inpaint", {"editor": {"background": image, "layers": [], "composite": None},
                                         "image": None, "mask_image": mask, "strength": 1.0, **FAST}),
         "restyle image": ("/restyle", {"image": image, **FAST}),
+        "restyle unit 2 picture": ("/restyle", {"image": photo, "controlnet_units": [{"preprocessor": "none"}],
+                                                "control_image": [image], **FAST}),
         "restyle edges": ("/restyle_edges", {"image": image, "preprocessor": "none"}),
         "colourways tile": ("/colourways", {"image": image, "palettes": ["SS26 Citrus Grove"], "colors": 2}),
         "colourways mood photo": ("/colourways", {"image": photo, "mood_image": image, "colors": 2}),

@@ -215,6 +215,10 @@ FORM = {  # one distinctive value per field, each within its widget's bounds
     "control_guidance_start": 0.1,
     "control_guidance_end": 0.9,
     "guess_mode": True,
+    "model": "lineart",
+    "low_threshold": 40,
+    "high_threshold": 90,
+    "controlnet_units": [{"preprocessor": "canny", "controlnet_conditioning_scale": 0.5}],
     "invert": False,
     "palettes": ["AW26 Forest Dusk", "SS26 Citrus Grove"],
     "custom_palettes": "p-custom: #112233 #445566",
@@ -273,7 +277,8 @@ def test_each_form_field_reaches_its_own_request_field_through_the_api(recording
     info = client.view_api(print_info=False, return_format="dict")["named_endpoints"][f"/{mode}"]
     params = [p["parameter_name"] for p in info["parameters"]]
     request_fields = {f.name for f in dataclasses.fields(by_name(BUILTIN)[mode].request)}
-    files = {"image": handle_file(str(folder / "photo.png")), "mask_image": handle_file(str(folder / "mask.png"))}
+    files = {"image": handle_file(str(folder / "photo.png")), "mask_image": handle_file(str(folder / "mask.png")),
+             "control_image": [handle_file(str(folder / "photo.png"))]}  # fmt: skip
     ui_only = {"editor": None, "continue_from": None, "tree": None, "pixel_perfect": False, "images": None}
     sent = {name: files.get(name, ui_only.get(name, FORM.get(name))) for name in params}
     assert all(name in FORM or name in files or name in ui_only for name in params), params
@@ -321,7 +326,9 @@ LABEL_WORDS = {
     "captions": ("captions",), "num_train_steps": ("training steps",), "learning_rate": ("learning rate",),
     "rank": ("rank",), "resolution": ("resolution",), "prior_preservation": ("prior preservation",),
     "train_text_encoder": ("text encoder",), "sample_every": ("sample every",),
-    "checkpoint_every": ("checkpoint every",), "overwrite": ("replace",),
+    "checkpoint_every": ("checkpoint every",), "overwrite": ("replace",), "model": ("controlnet",),
+    "low_threshold": ("low threshold",), "high_threshold": ("high threshold",),
+    "controlnet_units": ("controlnet_units",), "control_image": ("pictures for units",),
 }  # fmt: skip
 
 

@@ -195,11 +195,18 @@ def test_an_atelier_restyle_png_restores_its_request(studio: Studio) -> None:
         seed=9,
         repeat="brick",
     )
-    params = {**base_params(studio, req, 9, 64, 128, "restyle"), **restyle.controlnet_params(studio, req, 64)}
-    assert_restores(req, format_infotext(req.prompt, "", params), "restyle")
+    params = {
+        **base_params(studio, req, 9, 64, 128, "restyle"),
+        **restyle.controlnet_params(studio, req, restyle.request_units(req, False), [64]),
+    }
+    thresholds = {"low_threshold", "high_threshold"}  # written for canny units only
+    assert_restores(req, format_infotext(req.prompt, "", params), "restyle", absent=thresholds)
     fixed = dataclasses.replace(req, preprocessor="hed", invert=False, preprocessor_resolution=256, repeat=None)
-    params = {**base_params(studio, fixed, 9, 64, 128, "restyle"), **restyle.controlnet_params(studio, fixed, 256)}
-    assert_restores(fixed, format_infotext(fixed.prompt, "", params), "restyle", absent={"repeat"})
+    params = {
+        **base_params(studio, fixed, 9, 64, 128, "restyle"),
+        **restyle.controlnet_params(studio, fixed, restyle.request_units(fixed, False), [256]),
+    }
+    assert_restores(fixed, format_infotext(fixed.prompt, "", params), "restyle", absent={"repeat", *thresholds})
 
 
 @pytest.mark.parametrize(("physical", "unit"), [((0.0, 0.0), "cm"), ((30.0, 0.0), "cm"), ((4.0, 8.0), "in")])

@@ -229,7 +229,7 @@ def test_transparent_sketch_restyles(studio: Studio) -> None:
     ("overrides", "words"),
     [
         ({"control_guidance_start": 0.6, "control_guidance_end": 0.4}, "before guidance end"),
-        ({"preprocessor": "canny"}, "Choose one of"),
+        ({"preprocessor": "depth"}, "Choose one of"),
         ({"invert": True}, "preprocessor 'none'"),
         ({"image": None}, "upload"),
         ({"controlnet_conditioning_scale": 3.0}, "between"),
@@ -336,6 +336,11 @@ def test_tab_turns_widget_values_into_the_request(studio: Studio) -> None:
         "seed": 3,
         "batch_size": 1,
         "batch_count": 1,
+        "model": "auto",
+        "low_threshold": 100,
+        "high_threshold": 200,
+        "controlnet_units": None,
+        "control_image": None,
         "request": None,
         "progress": lambda *a, **k: None,
     }

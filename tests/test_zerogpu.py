@@ -14,7 +14,7 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 import app
-from studio import zerogpu
+from studio import registry, zerogpu
 from studio.jobs import JobBoard
 from studio.modes import BUILTIN, gpu_endpoints
 from studio.settings import Settings
@@ -232,4 +232,5 @@ def test_a_model_switch_on_zero_gpu_loads_every_companion_in_the_main_process(ti
     switch = next(dep.fn for dep in demo.fns.values() if getattr(dep.fn, "__name__", "") == "switch")
     list(switch("tiny"))
     kinds = {row.kind for row in studio.cache.resident()}
-    assert kinds == {"base", "controlnet", "annotator", "inpaint_unet", "adapter", "preview_decoder"}, kinds
+    more = {*registry.CONTROL_COMPANIONS, *registry.ANNOTATOR_FILES}  # Restyle's further ControlNets and annotators
+    assert kinds == {"base", "controlnet", "annotator", "inpaint_unet", "adapter", "preview_decoder", *more}, kinds

@@ -97,3 +97,20 @@ def editor_upload(max_upload_mb: int, **kwargs: Any) -> gr.ImageEditor:
         lambda file, flatten_on_white=False: uploaded_path(file, component.GRADIO_CACHE, limit)
     )
     return component
+
+
+def image_files_upload(max_upload_mb: int, **kwargs: Any) -> gr.File:
+    """Several image files in order (file paths, unopened), each capped at `max_upload_mb` however it arrived (a
+    list of `handle_file`s from gradio_client, a multipart upload or `data:` URLs)."""
+    component = gr.File(file_count="multiple", file_types=["image"], type="filepath", **kwargs)
+    limit = max_upload_mb * 2**20
+
+    def preprocess(payload: Any) -> list[str] | None:
+        if payload is None:
+            return None
+        files = payload.root if hasattr(payload, "root") else [payload]
+        paths = [uploaded_path(file, component.GRADIO_CACHE, limit) for file in files]
+        return [path for path in paths if path is not None]
+
+    component.preprocess = preprocess  # type: ignore[method-assign]
+    return component
