@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from studio import edges, palettes, patterns, tiling
+from studio import edges, image_prompt, palettes, patterns, tiling
 from studio import upscale as upscalers
 from studio.engine import colourways, draft, inpaint, refine, restyle, textile, txt2img, upscale
 from studio.engine.checks import check_common
@@ -91,6 +91,19 @@ def by_name(modes: Sequence[Mode]) -> dict[str, Mode]:
     return {m.name: m for m in modes}
 
 
+# ---- image prompts: IP-Adapter units, `ControlNet K` ... after a request's K ControlNet units ------------------------
+MAX_UNITS = 3 + image_prompt.MAX_IMAGES  # ControlNet units (up to 3) and image-prompt pictures
+
+
+def _unit_readers(controlnet: Reader | None) -> dict[str, Reader]:
+    """Every `ControlNet N` key: an IP-Adapter unit restores the image prompt (any mode), another one goes to
+    `controlnet` (Restyle's). Restore keeps one reader per key, so every mode declares these very readers."""
+    return {f"ControlNet {n}": image_prompt.unit_reader(controlnet) for n in range(MAX_UNITS)}
+
+
+IMAGE_PROMPT_READERS = _unit_readers(lambda value, params: _controlnet(value, params))  # Restyle's, defined below
+
+
 # ---- txt2img ------------------------------------------------------------------------------------------------------
 def _txt2img_runner(studio: Studio) -> Callable[..., Any]:
     from studio.batching import Txt2ImgBatcher
@@ -98,14 +111,25 @@ def _txt2img_runner(studio: Studio) -> Callable[..., Any]:
     return Txt2ImgBatcher(studio)
 
 
+def _txt2img_check(req: txt2img.Txt2ImgRequest, limits: Limits) -> None:
+    check_common(req, limits)
+    image_prompt.check_image_prompt(req)
+
+
 TXT2IMG = Mode(
     name="txt2img",
     label="Create",  # a designer's word; the API name and the element ids stay "txt2img"
     request=txt2img.Txt2ImgRequest,
     run=txt2img.txt2img,
-    check=lambda req, limits: check_common(req, limits),
+    check=_txt2img_check,
     tab=txt2img_tab.create,
-    fields=lambda limits: {**sampling_fields(limits), "width": size(limits), "height": size(limits)},
+    fields=lambda limits: {
+        **sampling_fields(limits),
+        "width": size(limits),
+        "height": size(limits),
+        **image_prompt.fields(),
+    },
+    readers=IMAGE_PROMPT_READERS,
     companions=("lcm_lora",),
     actions={"draft": draft.draft, "render_draft": draft.render_draft},
     gpu_endpoints=("draft", "render_draft"),
@@ -128,8 +152,10 @@ REFINE = Mode(
         "final_strength": optional(STRENGTH),
         "seed_policy": choice(refine.SEED_POLICIES),
         "color_correction": flag,
+        **image_prompt.fields(),
     },
     readers={
+        **IMAGE_PROMPT_READERS,
         "Denoising strength": one("strength", float),
         "Seed policy": one("seed_policy", str),
         "Color correction": one("color_correction", boolean),
@@ -189,8 +215,10 @@ TEXTILE = Mode(
         "colors": choice((0, *range(2, textile.MAX_COLORS + 1))),
         "upscaler": text(200),
         "detail_strength": number(0, 1),
+        **image_prompt.fields(),
     },
     readers={
+        **IMAGE_PROMPT_READERS,
         "Repeat": one("repeat", str),
         "DPI": one("dpi", int),
         "Print size": _print_size,
@@ -221,8 +249,10 @@ INPAINT = Mode(
         "masked_content": choice(tuple(inpaint.MASKED_CONTENT)),
         "inpaint_area": choice(tuple(inpaint.INPAINT_AREA)),
         "padding": integer(0, inpaint.MAX_PADDING),
+        **image_prompt.fields(),
     },
     readers={
+        **IMAGE_PROMPT_READERS,
         "Denoising strength": one("strength", float),
         "Mask blur": one("mask_blur", int),
         "Mask mode": lambda value, _p: {"invert_mask": value.strip().lower() == "inpaint not masked"},
@@ -274,6 +304,7 @@ def controlnet_unused(value: str) -> list[str]:
 def _restyle_check(req: restyle.RestyleRequest, limits: Limits) -> None:
     check_common(req, limits)
     restyle.check_control(req)
+    image_prompt.check_image_prompt(req)
 
 
 RESTYLE = Mode(
@@ -295,10 +326,12 @@ RESTYLE = Mode(
         "control_guidance_end": number(0, 1),
         "guess_mode": flag,
         "repeat": optional(choice(tiling.REPEATS)),
+        **image_prompt.fields(),
     },
-    readers={"ControlNet 0": _controlnet, "ControlNet": _controlnet, "Repeat": one("repeat", str)},
+    readers={**IMAGE_PROMPT_READERS, "ControlNet": _controlnet, "Repeat": one("repeat", str)},
     partly_read={"ControlNet 0": controlnet_unused, "ControlNet": controlnet_unused},
-    claims=lambda params: any(key.startswith("ControlNet") for key in params),
+    # an A1111 PNG with a ControlNet unit (IP-Adapter units alone are an image prompt: any mode)
+    claims=lambda params: any(k.startswith("ControlNet") and not image_prompt.is_ip_unit(v) for k, v in params.items()),
     claim_order=30,
     companions=("controlnet", "annotator"),
     example="sketch",

@@ -20,7 +20,7 @@ import torch
 from diffusers import MultiControlNetModel, StableDiffusionControlNetPipeline
 from PIL import Image
 
-from studio import edges, tiling
+from studio import edges, image_prompt, tiling
 from studio.engine.batches import resolve_seed, run_batches
 from studio.engine.checks import RequestError, check_common, check_latents, check_range, check_size, clean_prompts
 from studio.engine.contract import Job, Result, Studio
@@ -34,7 +34,7 @@ INPUT_PIXELS_PER_OUTPUT_PIXEL = 16  # a phone photo may be far larger than the o
 
 
 @dataclass(frozen=True)
-class RestyleRequest:
+class RestyleRequest(image_prompt.ImagePromptFields):
     image: Any  # a photo, or an edge map / line sketch (preprocessor "none"): PIL image, array or uploaded file
     prompt: str
     negative_prompt: str = ""
@@ -250,14 +250,16 @@ def restyle(studio: Studio, req: RestyleRequest, job: Job | None = None, latents
     resolution = req.preprocessor_resolution or edges.pixel_perfect(width, height)
     control = _edge_map(studio, picture, req.preprocessor, (width, height), resolution, req.invert)
     controlnet = studio.cache.slot("controlnet")
+    ip = image_prompt.prepare(studio, req, ref=model)
     pipe = studio.cache.derive(
         StableDiffusionControlNetPipeline,
         scheduler=req.scheduler,
         ref=model,
         prompts=prompts,
         controlnet=windowed(controlnet),
+        **ip.modules,
     )
-    extra = controlnet_params(studio, req, resolution)
+    extra = {**controlnet_params(studio, req, resolution), **image_prompt.request_params(req, first_unit=1)}
     seed = resolve_seed(req.seed)
     with Writes(job, defer=True) as writes, studio.cache.gpu(), repeating(pipe, controlnet, req.repeat):
         images = run_batches(
@@ -272,6 +274,7 @@ def restyle(studio: Studio, req: RestyleRequest, job: Job | None = None, latents
             params=lambda s: {**base_params(studio, req, s, width, height, "restyle", model), **extra},
             prefix="restyle",
             **control_kwargs(req, control),
+            **ip.call_kwargs(pipe, req.guidance_scale),
             latents=latents,
         )
     params = {**prompts, **base_params(studio, req, seed, width, height, "restyle", model), **extra}
