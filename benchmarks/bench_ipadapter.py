@@ -34,15 +34,18 @@ from bench_restyle import step_times  # noqa: E402
 
 from studio import ip_adapter, tiny_ipadapter  # noqa: E402
 
-FULL_DIR = REPO / ".cache" / "bench-sd15-v1"
+FULL_DIR = REPO / ".cache" / "bench-sd15-v1" / "base"  # written by bench_studio.py
 log = logging.getLogger("bench_ipadapter")
 
 
-def median_step(run: Callable[[Callable[..., Any]], None], repeats: int) -> float:
-    times: list[float] = []
-    for _ in range(repeats):
-        times += step_times(run)
-    return statistics.median(times)
+def interleaved(runs: dict[str, Callable[[Callable[..., Any]], None]], rounds: int) -> dict[str, float]:
+    """Median seconds per step of each run, the runs taking turns round after round (a shared machine's load then
+    falls on every case alike instead of on whichever ran during a busy minute)."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            times[name] += step_times(run)
+    return {name: statistics.median(samples) for name, samples in times.items()}
 
 
 def bench_tiny(steps: int, repeats: int, device: str) -> dict[str, float]:
@@ -58,8 +61,8 @@ def bench_tiny(steps: int, repeats: int, device: str) -> dict[str, float]:
     )
     studio = Studio(cache=ModelCache(settings), outputs=Outputs(out))
     picture = Image.effect_noise((48, 48), 60).convert("RGB")
-    common = {"prompt": "a coat", "num_inference_steps": steps, "scheduler": "Euler", "seed": 1, "width": 64,
-              "height": 64}  # fmt: skip
+    common: dict[str, Any] = {"prompt": "a coat", "num_inference_steps": steps, "scheduler": "Euler", "seed": 1,
+                              "width": 64, "height": 64}  # fmt: skip
     requests = {
         "txt2img": Txt2ImgRequest(**common),
         "ip-adapter_sd15, 1 picture": Txt2ImgRequest(**common, ip_adapter_image=(picture,)),
@@ -70,10 +73,8 @@ def bench_tiny(steps: int, repeats: int, device: str) -> dict[str, float]:
     }
     for req in requests.values():  # warm-up: loads the encoder and both adapters
         txt2img(studio, req)
-    return {
-        name: median_step(lambda on_step, r=req: txt2img(studio, r, Job(on_step=on_step)), repeats)  # type: ignore[misc]
-        for name, req in requests.items()
-    }
+    runs = {name: (lambda on_step, r=req: txt2img(studio, r, Job(on_step=on_step))) for name, req in requests.items()}
+    return interleaved(runs, repeats)  # type: ignore[arg-type]
 
 
 def write_full_adapters(unet: Any, folder: Path) -> None:
@@ -127,7 +128,9 @@ def bench_full(size: int, steps: int, repeats: int, device: str) -> dict[str, fl
         "ip-adapter-plus_sd15, 1 picture": ("ip-adapter-plus_sd15", 1),
     }
     with torch.inference_mode():
-        return {name: median_step(run(*case), repeats) for name, case in cases.items()}
+        runs = {name: run(*case) for name, case in cases.items()}
+        runs["txt2img"](lambda: None)  # warm-up: the weights paged in and converted before any timing
+        return interleaved(runs, repeats)
 
 
 def report(title: str, results: dict[str, float]) -> None:
@@ -144,6 +147,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--full-steps", type=int, default=4)
+    parser.add_argument("--full-rounds", type=int, default=3)
     parser.add_argument("--skip-full", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -151,7 +155,7 @@ def main() -> None:
     report(f"tiny twin, 64 px, {args.device}", bench_tiny(args.steps, args.repeats, args.device))
     if not args.skip_full:
         title = f"SD1.5 architecture, {args.size} px, CFG, {args.device}"
-        report(title, bench_full(args.size, args.full_steps, 1, args.device))
+        report(title, bench_full(args.size, args.full_steps, args.full_rounds, args.device))
 
 
 if __name__ == "__main__":

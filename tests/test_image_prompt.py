@@ -129,6 +129,36 @@ def test_units_follow_the_requests_controlnet_units_and_restore(studio: Studio) 
     assert restored.values["preprocessor"] == "none"
 
 
+def test_an_a1111_png_with_only_image_prompt_units_restores_into_create() -> None:
+    text = (
+        "a coat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512, "
+        'ControlNet 0: "Module: ip-adapter_clip_sd15, Model: ip-adapter_sd15 [6a3f6166], Weight: 0.8, '
+        "Resize Mode: Crop and Resize, Processor Res: 512, Guidance Start: 0, Guidance End: 1, "
+        'Pixel Perfect: False, Control Mode: Balanced"'
+    )
+    restored = Restorer(BUILTIN).from_text(text)
+    assert restored.mode == "txt2img" and not restored.ignored
+    assert restored.values["ip_adapter_scale"] == "0.8" and restored.values["ip_adapter_model"] == "ip-adapter_sd15"
+
+
+def test_the_inpainting_unet_gets_its_own_adapter_copy(tiny_dir: Path, tmp_path: Path) -> None:
+    """With a 9-channel inpainting UNet, the image prompt adapts a copy of that UNet; the UNet itself is untouched."""
+    from studio.engine.inpaint import InpaintRequest, inpaint
+
+    settings = make_settings(tiny_dir, tmp_path, inpaint_model=str(tiny_dir / "inpaint"))
+    studio = Studio(cache=ModelCache(settings), outputs=Outputs(settings.outputs))
+    photo, mask = picture(4, (64, 64)), Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    run = {"mask_image": mask, "prompt": PROMPT, "num_inference_steps": 2, "seed": 3, "mask_blur": 0}
+    plain = pixels(inpaint(studio, InpaintRequest(photo, **run)).images[0].image)
+    guided = inpaint(studio, InpaintRequest(photo, **run, ip_adapter_image=(picture(1),), ip_adapter_scale=(1.0,)))
+    assert np.abs(pixels(guided.images[0].image) - plain).max() > 0 and "ControlNet 0" in guided.images[0].infotext
+    own = studio.cache.slot("inpaint_unet")
+    assert own.config.in_channels == 9 and studio.cache.image_prompt_unet(own, image_prompt.DEFAULT_MODEL) is not own
+    assert not any("IPAdapter" in type(p).__name__ for p in own.attn_processors.values())
+    assert np.array_equal(pixels(inpaint(studio, InpaintRequest(photo, **run)).images[0].image), plain)
+
+
 def test_a_lora_and_an_image_prompt_together(tiny_dir: Path, tmp_path: Path) -> None:
     """The LoRA goes into the style copy of the IP-Adapter copy (derive(prompts=) over it): both act."""
     settings = make_settings(tiny_dir, tmp_path, lora_dir=tiny_dir / "loras")
@@ -201,6 +231,17 @@ def test_mismatched_weights_through_the_api_are_a_clear_error(client_and_files: 
     with pytest.raises(Exception, match="one weight per picture"):
         client.predict(prompt=PROMPT, num_inference_steps=2, ip_adapter_image=[files["a"], files["b"]],
                        ip_adapter_scale="0.5, 0.5, 0.5", api_name="/txt2img")  # fmt: skip
+
+
+def test_a_file_that_is_not_a_picture_is_refused_in_words_by_the_api(client_and_files: Any, tmp_path: Path) -> None:
+    from gradio_client import handle_file
+
+    client, files = client_and_files
+    bad = tmp_path / "swatch.png"
+    bad.write_text("not a picture")
+    with pytest.raises(Exception, match="image prompt picture 2"):
+        client.predict(prompt=PROMPT, num_inference_steps=2, ip_adapter_image=[files["a"], handle_file(str(bad))],
+                       api_name="/txt2img")  # fmt: skip
 
 
 def test_request_fields_are_declared_once() -> None:

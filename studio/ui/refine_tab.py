@@ -102,11 +102,11 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
         color_correction: bool,
         continue_from: int | None,
         tree: dict[str, Any],
-        ip_adapter_scale: str,
-        ip_adapter_model: str,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),
-        ip_adapter_image: list[str] | None = None,  # optional for API clients (a default of None)
+        ip_adapter_image: list[str] | None = None,  # the image prompt: optional, for API clients and callers too
+        ip_adapter_scale: str = "0.6",
+        ip_adapter_model: str = "ip-adapter_sd15",
     ) -> Iterator[tuple[list[tuple[str, str]], int, str, dict]]:
         history = History.from_dict(tree, root)
         req = form_request(RefineRequest, {**locals(), "image": source_value(image, continue_from, history)})

@@ -160,11 +160,11 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
         width: float,
         height: float,
         repeat: str,
-        ip_adapter_scale: str,
-        ip_adapter_model: str,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),
-        ip_adapter_image: list[str] | None = None,  # optional for API clients (a default of None)
+        ip_adapter_image: list[str] | None = None,  # the image prompt: optional, for API clients and callers too
+        ip_adapter_scale: str = "0.6",
+        ip_adapter_model: str = "ip-adapter_sd15",
     ) -> Iterator[tuple[Any, ...]]:
         if image is None:
             raise gr.Error("Upload a photo or a sketch first (or send a result here from another tab).")
