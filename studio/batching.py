@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from studio import image_prompt
 from studio.engine.checks import check_common, clean_prompts
 from studio.engine.contract import Job, Result, Studio
 from studio.engine.txt2img import (
@@ -44,8 +45,11 @@ log = logging.getLogger(__name__)
 
 
 def mergeable(req: Txt2ImgRequest) -> bool:
-    """True when every field `txt2img_many` does not know keeps its default (fields added later run alone)."""
+    """True when every field `txt2img_many` does not know keeps its default (fields added later run alone). So a
+    request with an image prompt runs alone: only requests without one (equal image prompts) are merged."""
     known = set(SHARED_FIELDS) | set(OWN_FIELDS)
+    if not req.ip_adapter_image:  # a weight and a model without pictures are no image prompt
+        known |= set(image_prompt.FIELDS)
     return all(getattr(req, f.name) == f.default for f in dataclasses.fields(req) if f.name not in known)
 
 

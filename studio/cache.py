@@ -4,7 +4,9 @@
   used evicted). Loading returns early when the checkpoint is already resident.
 - Every mode's pipeline is derived from the base with `from_pipe(base, torch_dtype=base.dtype)`: no weight is
   ever copied. Each derivation gets its own fresh scheduler, so no request mutates shared scheduler state.
-- ControlNet, the HED annotator and a 9-channel inpainting UNet live in their own lazily-loaded slots.
+- ControlNet, the HED annotator, a 9-channel inpainting UNet and the image prompts' CLIP vision encoder live in
+  their own lazily-loaded slots; an IP-Adapter lives in a weight-sharing copy of the UNet it adapts
+  (`image_prompt_unet`).
 - One re-entrant lock serialises all GPU work (`with cache.gpu():`) and loads. Looking up what is already resident
   (a base, a derived pipeline's template, a companion) takes no lock, so a request prepares its pipeline while
   another one holds the GPU.
@@ -27,7 +29,7 @@ from typing import Any
 
 import torch
 
-from studio import fastpath, registry
+from studio import fastpath, ip_adapter, registry
 from studio.errors import ModelLoadError
 from studio.registry import Checkpoint
 from studio.schedulers import get_sampler
@@ -108,6 +110,8 @@ class ModelCache:
         self._drafts: dict[tuple[str, str], tuple[Any, str]] = {}
         # (checkpoint name, pipeline class, extra modules' ids) -> a derived pipeline (see `derive`)
         self._derived: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        # (id of the UNet adapted, IP-Adapter model) -> (that UNet, its weight-sharing copy holding the adapter)
+        self._image_prompt: dict[tuple[int, str], tuple[Any, Any]] = {}
         self.current: str = settings.model
         self.loading: str | None = None
         # personal styles: the operator's LoRA and embedding folders, and the weight-sharing copies holding them
@@ -155,6 +159,7 @@ class ModelCache:
             while len(self._bases) >= self.settings.max_resident_models:
                 evicted, evicted_pipe = self._bases.popitem(last=False)
                 drafts = [unet for (name, _), (unet, _) in self._drafts.items() if name == evicted]
+                self._forget_image_prompt([evicted_pipe.unet, *drafts])
                 self._styled.forget([evicted_pipe.unet, evicted_pipe.text_encoder, *drafts])  # their style copies
                 self._drafts = {key: value for key, value in self._drafts.items() if key[0] != evicted}
                 for key in [key for key in self._derived if key[0] == evicted]:
@@ -265,12 +270,13 @@ class ModelCache:
     def companion_source(self, slot: str) -> str:
         """Where a companion slot loads from: the operator's setting (a source, or the name of a checkpoint whose
         companion to use, e.g. `tiny`), else the current checkpoint's own companion."""
-        key = "inpaint" if slot == "inpaint_unet" else "annotator" if slot in registry.ANNOTATOR_FILES else slot
+        key = {"inpaint_unet": "inpaint", "image_encoder": "ip_adapter"}.get(slot, slot)
+        key = "annotator" if slot in registry.ANNOTATOR_FILES else key  # every annotator file is in one repository
         configured = {
             "controlnet": self.settings.controlnet_model,
             "annotator": self.settings.annotator_model,
-            "inpaint_unet": self.settings.inpaint_model,
-        }.get(key, "")  # the further ControlNets (registry.CONTROL_COMPANIONS) follow the checkpoint
+            "inpaint": self.settings.inpaint_model,
+        }.get(key, "")  # the further ControlNets and the image encoder follow the checkpoint
         if configured and configured in registry.named(self.settings.tiny_dir):
             return self.checkpoint(configured).companions[key]
         return configured or self.checkpoint().companions[key]
@@ -284,6 +290,7 @@ class ModelCache:
             "inpaint_unet": self._load_inpaint_unet,
             **dict.fromkeys(registry.CONTROL_COMPANIONS, self._load_controlnet),
             **{slot: functools.partial(self._load_control_annotator, slot) for slot in registry.ANNOTATOR_FILES},
+            "image_encoder": lambda source: ip_adapter.load_encoder(source, self.dtype, self.device),
         }
         source = self.companion_source(name)
         if self._slot_sources.get(name) == source:  # loaded (a slot is set before its source): no waiting
@@ -302,6 +309,7 @@ class ModelCache:
             finally:
                 self.loading = None
             replaced = self._slots.get(name)
+            self._forget_image_prompt([replaced])
             self._styled.forget([replaced])  # a replaced inpainting UNet's style copy
             for key in [key for key in self._derived if any(i == id(replaced) for _, i in key[2])]:
                 del self._derived[key]  # pipelines built around the module this slot held before
@@ -335,6 +343,36 @@ class ModelCache:
         from studio.control_units import load_annotator
 
         return load_annotator(slot, source).to(self.device)
+
+    # ---- image prompts: an IP-Adapter in a weight-sharing copy of the UNet it adapts ------------------------------
+    def image_prompt_unet(self, unet: Any, model: str, ref: str | None = None) -> Any:
+        """`unet` (the base's, or the inpainting UNet) with the IP-Adapter `model` loaded, made once per UNet and
+        model: a copy over the very same weights (studio.ip_adapter), so `unet` itself is never touched."""
+        held = self._image_prompt.get((id(unet), model))  # made before: no waiting for the GPU
+        if held is not None and held[0] is unet:
+            return held[1]
+        with self._lock:
+            held = self._image_prompt.get((id(unet), model))
+            if held is not None and held[0] is unet:
+                return held[1]
+            encoder = self.slot("image_encoder")
+            source = self.checkpoint(ref).companions["ip_adapter"]
+            self.loading = f"IP-Adapter {model} ({source})"
+            try:
+                adapted = ip_adapter.adapted_unet(self.base(ref).components, unet, encoder, source, model)
+            except Exception as exc:  # `unet` is untouched whatever failed
+                raise _load_error(f"IP-Adapter {model}", source, exc) from exc
+            finally:
+                self.loading = None
+            self._image_prompt[(id(unet), model)] = (unet, adapted.to(self.device))
+            return adapted
+
+    def _forget_image_prompt(self, unets: list[Any]) -> None:
+        """Drop the IP-Adapter copies of UNets leaving the cache (and their style copies)."""
+        gone = [key for key, (source, _) in self._image_prompt.items() if any(source is u for u in unets)]
+        self._styled.forget([self._image_prompt[key][1] for key in gone])
+        for key in gone:
+            del self._image_prompt[key]
 
     # ---- upscaler (super-resolution model file), on demand ------------------------------------------------------
     def upscaler(self, path: str) -> Any:
@@ -432,6 +470,11 @@ class ModelCache:
             ]
             rows += self._adapter_rows()
             rows += [
+                Resident(model, "image_prompt", self.checkpoint().companions["ip_adapter"],
+                         ip_adapter.adapter_bytes(adapted))
+                for (_, model), (_, adapted) in self._image_prompt.items()
+            ]  # fmt: skip
+            rows += [
                 Resident(slot, slot, self._slot_sources[slot], unique_param_bytes(module))
                 for slot, module in self._slots.items()
             ]
@@ -440,8 +483,9 @@ class ModelCache:
     def resident_bytes(self) -> int:
         with self._lock:
             drafts = [unet for unet, _ in self._drafts.values()]
+            adapted = [unet for _, unet in self._image_prompt.values()]
             styled = self._styled.modules()
-            return unique_param_bytes(*self._bases.values(), *self._slots.values(), *drafts, *styled)
+            return unique_param_bytes(*self._bases.values(), *self._slots.values(), *drafts, *adapted, *styled)
 
     def _free(self) -> None:
         gc.collect()

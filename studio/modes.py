@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from studio import control_units, edges, palettes, patterns, registry, tiling
+from studio import control_units, edges, image_prompt, palettes, patterns, registry, tiling
 from studio import upscale as upscalers
 from studio.engine import colourways, draft, inpaint, refine, restyle, textile, txt2img, upscale
 from studio.engine.checks import check_common
@@ -91,6 +91,24 @@ def by_name(modes: Sequence[Mode]) -> dict[str, Mode]:
     return {m.name: m for m in modes}
 
 
+# ---- image prompts: IP-Adapter units, `ControlNet K` ... after a request's K ControlNet units ------------------------
+MAX_UNITS = 3 + image_prompt.MAX_IMAGES  # ControlNet units (up to 3) and image-prompt pictures
+
+
+def _unit_readers() -> dict[str, Reader]:
+    """Every `ControlNet N` key: an IP-Adapter unit restores the image prompt (any mode); another one is Restyle's
+    (unit 0 into its own fields, further ones into `controlnet_units`). Restore keeps one reader per key, so every
+    mode declares these very readers."""
+
+    def controlnet(index: int) -> Reader:  # Restyle's readers are defined below
+        return lambda value, params: (_controlnet if index == 0 else _more_units)(value, params)
+
+    return {f"ControlNet {n}": image_prompt.unit_reader(controlnet(n)) for n in range(MAX_UNITS)}
+
+
+IMAGE_PROMPT_READERS = _unit_readers()
+
+
 # ---- txt2img ------------------------------------------------------------------------------------------------------
 def _txt2img_runner(studio: Studio) -> Callable[..., Any]:
     from studio.batching import Txt2ImgBatcher
@@ -98,14 +116,25 @@ def _txt2img_runner(studio: Studio) -> Callable[..., Any]:
     return Txt2ImgBatcher(studio)
 
 
+def _txt2img_check(req: txt2img.Txt2ImgRequest, limits: Limits) -> None:
+    check_common(req, limits)
+    image_prompt.check_image_prompt(req)
+
+
 TXT2IMG = Mode(
     name="txt2img",
     label="Create",  # a designer's word; the API name and the element ids stay "txt2img"
     request=txt2img.Txt2ImgRequest,
     run=txt2img.txt2img,
-    check=lambda req, limits: check_common(req, limits),
+    check=_txt2img_check,
     tab=txt2img_tab.create,
-    fields=lambda limits: {**sampling_fields(limits), "width": size(limits), "height": size(limits)},
+    fields=lambda limits: {
+        **sampling_fields(limits),
+        "width": size(limits),
+        "height": size(limits),
+        **image_prompt.fields(),
+    },
+    readers=IMAGE_PROMPT_READERS,
     companions=("lcm_lora",),
     actions={"draft": draft.draft, "render_draft": draft.render_draft},
     gpu_endpoints=("draft", "render_draft"),
@@ -128,8 +157,10 @@ REFINE = Mode(
         "final_strength": optional(STRENGTH),
         "seed_policy": choice(refine.SEED_POLICIES),
         "color_correction": flag,
+        **image_prompt.fields(),
     },
     readers={
+        **IMAGE_PROMPT_READERS,
         "Denoising strength": one("strength", float),
         "Seed policy": one("seed_policy", str),
         "Color correction": one("color_correction", boolean),
@@ -189,8 +220,10 @@ TEXTILE = Mode(
         "colors": choice((0, *range(2, textile.MAX_COLORS + 1))),
         "upscaler": text(200),
         "detail_strength": number(0, 1),
+        **image_prompt.fields(),
     },
     readers={
+        **IMAGE_PROMPT_READERS,
         "Repeat": one("repeat", str),
         "DPI": one("dpi", int),
         "Print size": _print_size,
@@ -221,8 +254,10 @@ INPAINT = Mode(
         "masked_content": choice(tuple(inpaint.MASKED_CONTENT)),
         "inpaint_area": choice(tuple(inpaint.INPAINT_AREA)),
         "padding": integer(0, inpaint.MAX_PADDING),
+        **image_prompt.fields(),
     },
     readers={
+        **IMAGE_PROMPT_READERS,
         "Denoising strength": one("strength", float),
         "Mask blur": one("mask_blur", int),
         "Mask mode": lambda value, _p: {"invert_mask": value.strip().lower() == "inpaint not masked"},
@@ -305,9 +340,14 @@ def controlnet_unused(value: str) -> list[str]:
     return [key for key in parse_infotext(value).params if key.lower() not in CONTROLNET_USED]
 
 
+def _controlnet_unused_unless_ip(value: str) -> list[str]:
+    return [] if image_prompt.is_ip_unit(value) else controlnet_unused(value)
+
+
 def _restyle_check(req: restyle.RestyleRequest, limits: Limits) -> None:
     check_common(req, limits)
     restyle.check_control(req)
+    image_prompt.check_image_prompt(req)
 
 
 RESTYLE = Mode(
@@ -333,17 +373,14 @@ RESTYLE = Mode(
         "low_threshold": integer(1, 255),
         "high_threshold": integer(1, 255),
         "controlnet_units": control_units.units_problem,
+        **image_prompt.fields(),
     },
-    readers={
-        "ControlNet 0": _controlnet,
-        "ControlNet": _controlnet,
-        **{f"ControlNet {index}": _more_units for index in range(1, control_units.MAX_UNITS)},
-        "Repeat": one("repeat", str),
-    },
+    readers={**IMAGE_PROMPT_READERS, "ControlNet": _controlnet, "Repeat": one("repeat", str)},
     partly_read={
-        key: controlnet_unused for key in ("ControlNet", *(f"ControlNet {i}" for i in range(control_units.MAX_UNITS)))
+        key: _controlnet_unused_unless_ip for key in ("ControlNet", *(f"ControlNet {i}" for i in range(MAX_UNITS)))
     },
-    claims=lambda params: any(key.startswith("ControlNet") for key in params),
+    # an A1111 PNG with a ControlNet unit (IP-Adapter units alone are an image prompt: any mode)
+    claims=lambda params: any(k.startswith("ControlNet") and not image_prompt.is_ip_unit(v) for k, v in params.items()),
     claim_order=30,
     restore_defaults={"controlnet_units": [], "model": "auto"},  # a one-unit PNG clears the further units
     companions=("controlnet", "annotator", *registry.CONTROL_COMPANIONS, *registry.ANNOTATOR_FILES),

@@ -28,6 +28,7 @@ SD15_INPAINTING = "stable-diffusion-v1-5/stable-diffusion-inpainting"
 LCM_LORA = "latent-consistency/lcm-lora-sdv1-5"  # draft mode: 4-8 step LCM sampling on any SD1.5 checkpoint
 LCM_LORA_FILE = "pytorch_lora_weights.safetensors"
 TAESD = "madebyollin/taesd"  # live previews: a tiny SD1.5 latent decoder (AutoencoderTiny), used when cached
+IP_ADAPTER = "h94/IP-Adapter"  # image prompts: models/ip-adapter*_sd15.safetensors and models/image_encoder/
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ SD15_COMPANIONS: dict[str, str] = {
     "lcm_lora": LCM_LORA,
     "taesd": TAESD,
     **CONTROL_COMPANIONS,
+    "ip_adapter": IP_ADAPTER,
 }
 TINY_FOLDERS = {
     "controlnet": "controlnet",
@@ -66,6 +68,7 @@ TINY_FOLDERS = {
     "lcm_lora": "lcm_lora",
     "taesd": "taesd",
     **{slot: slot for slot in CONTROL_COMPANIONS},
+    "ip_adapter": "ip_adapter",
 }
 
 REGISTRY: dict[str, Checkpoint] = {

@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 
 # Recorded for the record, not form fields, by every mode: consumed without being reported as ignored.
 RECORDED = frozenset({"Mode", "Model", "Model hash", "Schedule type"})
+IMAGE_PROMPT_NOTE = (  # an IP-Adapter unit restores the model and weights; the pictures are in no PNG
+    " The image prompt's model and weights are restored; a PNG does not hold its pictures: drop them again under "
+    "Image prompt."
+)
 STYLE_KEYS = frozenset({"Lora hashes", "TI hashes"})  # read against the studio's style folders (studio.styles)
 
 
@@ -166,6 +170,8 @@ class Restorer:
             note += f" Made with model {restored.model}; the current model is kept."
         if restored.mode == "refine" and "Loop" in params:
             note += f" Loop {params['Loop']} of a chain: restored as one loop from its parent image's settings."
+        if "ip_adapter_model" in restored.values:
+            note += IMAGE_PROMPT_NOTE
         if reasons:
             note += " Ignored: " + "; ".join(f"{key} ({why})" for key, why in reasons.items()) + "."
         return note

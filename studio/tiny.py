@@ -4,7 +4,8 @@ Weights are random but deterministic (fixed seeds), so every machine writes iden
 studio run offline on a CPU in seconds, and let tests load them through the very `from_pretrained` calls used for
 the real hub ids — either from a folder, or installed into a Hugging Face cache under the real ids.
 
-    python -m studio.tiny OUT_DIR   # base/, inpaint/, controlnet*/, annotator/, lcm_lora/, taesd/, upscaler/, ...
+    python -m studio.tiny OUT_DIR   # base/, inpaint/, controlnet*/, annotator/, lcm_lora/, taesd/, upscaler/,
+                                    # ip_adapter/, ...
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import shutil
 import tempfile
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from studio.tiny_ipadapter import write_ip_adapter
 from studio.tiny_styles import write_styles
 from studio.tiny_upscaler import write_upscaler
 
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Bump when the layout or the seeds change: folders written by an older version are rewritten.
-VERSION = "atelier-tiny-9"
+VERSION = "atelier-tiny-10"
 NATIVE_SIZE = 64  # px; latents 8x8
 SEED = 20260101
 
@@ -58,6 +60,7 @@ HUB_TWINS = {
     "lllyasviel/Annotators": "annotator",
     "latent-consistency/lcm-lora-sdv1-5": "lcm_lora",
     "madebyollin/taesd": "taesd",
+    "h94/IP-Adapter": "ip_adapter",
 }
 # The UNet layers LCM-LoRA adapts (its training script's target modules), and the file name it ships.
 LCM_LORA_TARGETS = (
@@ -193,6 +196,13 @@ def _randomize_zero_convs(controlnet: ControlNetModel, generator: torch.Generato
             conv.bias.copy_(torch.randn(conv.bias.shape, generator=generator) * 0.05)
 
 
+def _tiny_unet() -> Any:
+    """The tiny base UNet's architecture (the IP-Adapter twin's layers are shaped after it)."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(in_channels=4, out_channels=4, **_UNET)
+
+
 def write_base(folder: Path, in_channels: int = 4) -> None:
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTokenizer
@@ -319,6 +329,7 @@ def write_all(out_dir: Path) -> Path:
         write_taesd(tmp / "taesd")
         write_styles(tmp)  # loras/ and embeddings/ (studio.tiny_styles)
         write_upscaler(tmp / "upscaler")  # a 4x ESRGAN in Real-ESRGAN's .pth layout (studio.tiny_upscaler)
+        write_ip_adapter(tmp / "ip_adapter", _tiny_unet())  # h94/IP-Adapter's layout (studio.tiny_ipadapter)
         (tmp / "VERSION").write_text(VERSION + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -358,7 +369,8 @@ def main(argv: list[str] | None = None) -> None:
     path = write_all(args.out_dir)
     print(
         f"Wrote tiny checkpoints to {path}: base/, inpaint/, controlnet/, controlnet_lineart/, controlnet_canny/, "
-        "controlnet_openpose/, annotator/ (HED, line art, open pose), lcm_lora/, taesd/, upscaler/, loras/, embeddings/"
+        "controlnet_openpose/, annotator/ (HED, line art, open pose), lcm_lora/, taesd/, upscaler/, loras/, "
+        "embeddings/, ip_adapter/"
     )
 
 

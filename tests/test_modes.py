@@ -246,8 +246,11 @@ FORM = {  # one distinctive value per field, each within its widget's bounds
     "sample_every": 50,
     "checkpoint_every": 75,
     "overwrite": True,
+    "ip_adapter_scale": "0.7, 0.3",
+    "ip_adapter_model": "ip-adapter-plus_sd15",
 }
-EXPECTED = {**FORM, "preprocessor_resolution": 320, "final_strength": 0.33, "palettes": tuple(FORM["palettes"])}
+EXPECTED = {**FORM, "preprocessor_resolution": 320, "final_strength": 0.33, "palettes": tuple(FORM["palettes"]),
+            "ip_adapter_scale": (0.7, 0.3)}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -277,8 +280,8 @@ def test_each_form_field_reaches_its_own_request_field_through_the_api(recording
     info = client.view_api(print_info=False, return_format="dict")["named_endpoints"][f"/{mode}"]
     params = [p["parameter_name"] for p in info["parameters"]]
     request_fields = {f.name for f in dataclasses.fields(by_name(BUILTIN)[mode].request)}
-    files = {"image": handle_file(str(folder / "photo.png")), "mask_image": handle_file(str(folder / "mask.png")),
-             "control_image": [handle_file(str(folder / "photo.png"))]}  # fmt: skip
+    photo, mask = handle_file(str(folder / "photo.png")), handle_file(str(folder / "mask.png"))
+    files = {"image": photo, "mask_image": mask, "ip_adapter_image": [photo, mask], "control_image": [photo]}
     ui_only = {"editor": None, "continue_from": None, "tree": None, "pixel_perfect": False, "images": None}
     sent = {name: files.get(name, ui_only.get(name, FORM.get(name))) for name in params}
     assert all(name in FORM or name in files or name in ui_only for name in params), params
@@ -288,6 +291,8 @@ def test_each_form_field_reaches_its_own_request_field_through_the_api(recording
     for name in params:
         if name in FORM and name in request_fields:
             assert getattr(req, name) == EXPECTED[name], name
+    if "ip_adapter_image" in params:  # both pictures, as the uploaded files
+        assert len(req.ip_adapter_image) == 2 and all(Path(p).is_file() for p in req.ip_adapter_image)
     assert set(params) - set(ui_only) <= request_fields, set(params) - request_fields
 
 
@@ -329,6 +334,8 @@ LABEL_WORDS = {
     "checkpoint_every": ("checkpoint every",), "overwrite": ("replace",), "model": ("controlnet",),
     "low_threshold": ("low threshold",), "high_threshold": ("high threshold",),
     "controlnet_units": ("controlnet_units",), "control_image": ("pictures for units",),
+    "ip_adapter_image": ("image prompt",), "ip_adapter_scale": ("weight per picture",),
+    "ip_adapter_model": ("image prompt model",),
 }  # fmt: skip
 
 

@@ -36,6 +36,8 @@ def restore_from_png(source: object, limits: Limits | None = None) -> Restored:
 
 
 NOT_RECORDED = {"batch_size", "batch_count"}  # how many images were made is not a property of one image
+# an image prompt is recorded only with pictures (its restore: tests/test_image_prompt.py)
+NOT_RECORDED |= {"ip_adapter_scale", "ip_adapter_model"}
 
 
 def png(tmp_path: Path, infotext: str | None, name: str = "in.png") -> Path:

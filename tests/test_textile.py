@@ -321,6 +321,9 @@ def test_tab_turns_widget_values_into_a_request_and_shows_the_exports(studio: St
         "colors": 3.0,
         "upscaler": "Lanczos",
         "detail_strength": 0.0,
+        "ip_adapter_image": None,  # the image prompt box, empty
+        "ip_adapter_scale": "0.6",
+        "ip_adapter_model": "ip-adapter_sd15",
     }
     names = [n for n in inspect.signature(handler).parameters if n not in ("request", "progress")]
     outputs = final(handler(**{n: values[n] for n in names}, request=None, progress=lambda *a, **k: None))

@@ -23,7 +23,7 @@ from diffusers import StableDiffusionInpaintPipeline
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from studio import masks
+from studio import image_prompt, masks
 from studio.engine.batches import generators, resolve_seed, seed_batches
 from studio.engine.checks import RequestError, check_common, check_range, clean_prompts
 from studio.engine.contract import Generated, Job, Result, Studio
@@ -42,7 +42,7 @@ MAX_PADDING = 512
 
 
 @dataclass(frozen=True)
-class InpaintRequest:
+class InpaintRequest(image_prompt.ImagePromptFields):
     image: Any  # a photo (PIL, array, uploaded file) or an image-editor value {"background", "layers", ...}
     mask_image: Any = None  # white = repaint; None: the editor value's brush layers are the mask
     prompt: str = ""
@@ -80,6 +80,7 @@ def check_request(req: InpaintRequest, limits: Limits) -> None:
         )
     check_range("mask_blur", req.mask_blur, 0, MAX_MASK_BLUR)
     check_range("padding", req.padding, 0, MAX_PADDING)
+    image_prompt.check_image_prompt(req)
     if req.masked_content not in MASKED_CONTENT:
         raise RequestError(f"Unknown masked content {req.masked_content!r}: use one of {', '.join(MASKED_CONTENT)}.")
     if req.inpaint_area not in INPAINT_AREA:
@@ -128,17 +129,25 @@ def plan(image: Image.Image, alpha: Image.Image, req: InpaintRequest, native: in
     return Work(box=box, image=region, mask=region_mask)
 
 
-def pipeline(studio: Studio, scheduler: str, model: str | None = None, prompts: dict[str, str] | None = None) -> Any:
-    """The base's modules; with `inpaint_model` set, its 9-channel UNet (a separate UNet, held in its own slot)."""
-    if studio.cache.settings.inpaint_model:
-        return studio.cache.derive(
-            StableDiffusionInpaintPipeline,
-            scheduler=scheduler,
-            ref=model,
-            prompts=prompts,
-            unet=studio.cache.slot("inpaint_unet"),
-        )
-    return studio.cache.derive(StableDiffusionInpaintPipeline, scheduler=scheduler, ref=model, prompts=prompts)
+def own_unet(studio: Studio) -> Any | None:
+    """With `inpaint_model` set, its 9-channel UNet (a separate UNet, held in its own slot); else None."""
+    return studio.cache.slot("inpaint_unet") if studio.cache.settings.inpaint_model else None
+
+
+def pipeline(
+    studio: Studio,
+    scheduler: str,
+    model: str | None = None,
+    prompts: dict[str, str] | None = None,
+    ip: image_prompt.ImagePrompt | None = None,
+) -> Any:
+    """The base's modules, with `own_unet` when set; with an image prompt, the IP-Adapter copy of that UNet."""
+    unet = own_unet(studio)
+    modules = {"unet": unet} if unet is not None else {}
+    modules.update(ip.modules if ip is not None else {})
+    return studio.cache.derive(
+        StableDiffusionInpaintPipeline, scheduler=scheduler, ref=model, prompts=prompts, **modules
+    )
 
 
 @torch.no_grad()
@@ -168,6 +177,7 @@ def denoise(
     seeds: list[int],
     job: Job | None,
     preview: PreviewFn = preview_image,
+    ip: image_prompt.ImagePrompt | None = None,
 ) -> np.ndarray:
     """One batch's repainted regions, as the pipeline's `output_type="np"` gives them."""
     gens = generators(seeds)
@@ -179,6 +189,7 @@ def denoise(
     output = pipe(
         **prompt_kwargs(pipe, **prompts),
         **images,
+        **(ip.call_kwargs(pipe, req.guidance_scale) if ip is not None else {}),
         mask_image=work.mask,
         strength=req.strength,
         num_inference_steps=req.num_inference_steps,
@@ -208,6 +219,7 @@ def inpaint_params(
             "Inpaint model": studio.cache.companion_source("inpaint_unet")
             if studio.cache.settings.inpaint_model
             else None,
+            **image_prompt.request_params(req),
         }
     )
     return params
@@ -219,7 +231,8 @@ def inpaint(studio: Studio, req: InpaintRequest, job: Job | None = None) -> Resu
     image, mask = load_inputs(req, studio.limits)
     alpha = masks.feather(mask, req.mask_blur)
     model = studio.cache.current
-    pipe = pipeline(studio, req.scheduler, model, prompts)
+    ip = image_prompt.prepare(studio, req, unet=own_unet(studio), ref=model)
+    pipe = pipeline(studio, req.scheduler, model, prompts, ip)
     native = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
     work = plan(image, alpha, req, native, studio.limits)
     seed = resolve_seed(req.seed)
@@ -228,7 +241,7 @@ def inpaint(studio: Studio, req: InpaintRequest, job: Job | None = None) -> Resu
     with Writes(job, defer=True) as writes, studio.cache.gpu():
         for seeds in seed_batches(seed, req.batch_size, req.batch_count):
             writes.flush()  # the previous batch's writes run while this one denoises
-            painted = denoise(pipe, req, prompts, work, seeds, job, previewer(studio))
+            painted = denoise(pipe, req, prompts, work, seeds, job, previewer(studio), ip)
             results += [writes.submit(partial(paste.save, pixels, s)) for pixels, s in zip(painted, seeds, strict=True)]
     params = {**prompts, **inpaint_params(studio, req, seed, image.size, model)}
     return Result(images=[r.result() for r in results], seed=seed, params=params)

@@ -25,6 +25,7 @@ import numpy as np
 from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image
 
+from studio import image_prompt
 from studio.color import match_palette
 from studio.engine.batches import generators, resolve_seed
 from studio.engine.checks import MAX_SEED, RequestError, check_common, check_range, clean_prompts
@@ -49,7 +50,7 @@ MIN_SIDE = 64
 
 
 @dataclass(frozen=True)
-class RefineRequest:
+class RefineRequest(image_prompt.ImagePromptFields):
     image: Any  # PIL image, numpy array or file path; a PNG already in the outputs folder is its own source
     prompt: str = ""
     negative_prompt: str = DEFAULT_NEGATIVE
@@ -93,6 +94,7 @@ def check_refine(req: RefineRequest, limits: Limits) -> None:
     check_common(req, limits, prompt_required=False)
     check_range("strength", req.strength, 0, 1)
     check_range("loops", req.loops, 1, MAX_LOOPS)
+    image_prompt.check_image_prompt(req)
     if req.strength_schedule not in SCHEDULES:
         raise RequestError(f"Unknown strength schedule {req.strength_schedule!r}; use constant or linear.")
     if req.seed_policy not in SEED_POLICIES:
@@ -250,6 +252,7 @@ def _save_loop(
     parent_path = written.path if isinstance(written, Generated) else Path(written)
     params = {
         **base_params(studio, req, where.seed, image.width, image.height, "refine", model),
+        **image_prompt.request_params(req),
         "Denoising strength": where.strength,
         "Loop": f"{where.loop}/{req.loops}",
         "Parent": parent_path.name,
@@ -280,10 +283,14 @@ def _img2img(
     model: str,
 ) -> np.ndarray:
     """One plain diffusers img2img call; the GPU lock is held for the call only, never across loops."""
-    pipe = studio.cache.derive(StableDiffusionImg2ImgPipeline, scheduler=req.scheduler, ref=model, prompts=prompts)
+    ip = image_prompt.prepare(studio, req, ref=model)
+    pipe = studio.cache.derive(
+        StableDiffusionImg2ImgPipeline, scheduler=req.scheduler, ref=model, prompts=prompts, **ip.modules
+    )
     steps = denoising_steps(req.num_inference_steps, strength)
     with studio.cache.gpu():
         output = pipe(
+            **ip.call_kwargs(pipe, req.guidance_scale),
             **prompt_kwargs(pipe, **prompts),
             image=image,
             strength=strength,

@@ -22,7 +22,7 @@ import torch
 from diffusers import MultiControlNetModel, StableDiffusionControlNetPipeline
 from PIL import Image
 
-from studio import control_units, edges, tiling
+from studio import control_units, edges, image_prompt, tiling
 from studio.control_units import ControlUnit
 from studio.engine.batches import resolve_seed, run_batches
 from studio.engine.checks import RequestError, check_common, check_latents, check_size, clean_prompts
@@ -37,7 +37,7 @@ INPUT_PIXELS_PER_OUTPUT_PIXEL = 16  # a phone photo may be far larger than the o
 
 
 @dataclass(frozen=True)
-class RestyleRequest:
+class RestyleRequest(image_prompt.ImagePromptFields):
     image: Any  # a photo, or an edge map / line sketch (preprocessor "none"): PIL image, array or uploaded file
     prompt: str
     negative_prompt: str = ""
@@ -299,14 +299,19 @@ def restyle(studio: Studio, req: RestyleRequest, job: Job | None = None, latents
         for unit, picture, resolution in zip(units, pictures, resolutions, strict=True)
     ]
     controlnets = [studio.cache.slot(control_units.CONTROLNET_SLOTS[unit.kind]) for unit in units]
+    ip = image_prompt.prepare(studio, req, ref=model)
     pipe = studio.cache.derive(
         StableDiffusionControlNetPipeline,
         scheduler=req.scheduler,
         ref=model,
         prompts=prompts,
         controlnet=windowed(*controlnets),
+        **ip.modules,
     )
-    extra = controlnet_params(studio, req, units, resolutions)
+    extra = {
+        **controlnet_params(studio, req, units, resolutions),
+        **image_prompt.request_params(req, first_unit=len(units)),  # numbered after the ControlNet units
+    }
     seed = resolve_seed(req.seed)
     with Writes(job, defer=True) as writes, studio.cache.gpu(), repeating(pipe, controlnets, req.repeat):
         images = run_batches(
@@ -321,6 +326,7 @@ def restyle(studio: Studio, req: RestyleRequest, job: Job | None = None, latents
             params=lambda s: {**base_params(studio, req, s, width, height, "restyle", model), **extra},
             prefix="restyle",
             **control_kwargs(req, units, controls),
+            **ip.call_kwargs(pipe, req.guidance_scale),
             latents=latents,
         )
     params = {**prompts, **base_params(studio, req, seed, width, height, "restyle", model), **extra}

@@ -20,7 +20,7 @@ from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image, ImageOps
 
-from studio import patterns, tiling, upscale
+from studio import image_prompt, patterns, tiling, upscale
 from studio.engine.batches import generators, resolve_seed, seed_batches
 from studio.engine.checks import RequestError, check_common, check_latents, check_range, check_size, clean_prompts
 from studio.engine.contract import Generated, Job, Result, Studio
@@ -37,7 +37,7 @@ DEFAULT_NEGATIVE = "text, watermark, signature, frame, border, vignette, photo o
 
 
 @dataclass(frozen=True)
-class TextileRequest:
+class TextileRequest(image_prompt.ImagePromptFields):
     prompt: str
     negative_prompt: str = DEFAULT_NEGATIVE
     repeat: str = "full"  # one of studio.tiling.REPEATS
@@ -105,6 +105,7 @@ def check_request(req: TextileRequest, limits: Limits) -> None:
     if req.repeat not in tiling.REPEATS:
         raise RequestError(f"Unknown repeat {req.repeat!r}. Choose one of: {', '.join(tiling.REPEATS)}.")
     check_range("dpi", req.dpi, 36, 2400)
+    image_prompt.check_image_prompt(req)
     check_range("colors", req.colors, 0, MAX_COLORS)
     if req.colors == 1:
         raise RequestError("A colourway needs at least 2 colours (0 turns it off).")
@@ -198,7 +199,8 @@ def textile(
     if out_size != (width, height) and req.upscaler != upscale.LANCZOS:  # a missing file is told before any work
         req = replace(req, upscaler=upscale.resolve(studio.cache.settings.upscalers_dir, req.upscaler).name)
     pipe_cls = StableDiffusionPipeline if swatch is None else SwatchPipeline
-    pipe = studio.cache.derive(pipe_cls, scheduler=req.scheduler, ref=model, prompts=prompts)
+    ip = image_prompt.prepare(studio, req, ref=model)
+    pipe = studio.cache.derive(pipe_cls, scheduler=req.scheduler, ref=model, prompts=prompts, **ip.modules)
     fitted = None if swatch is None else ImageOps.fit(swatch, (width, height), Image.Resampling.LANCZOS)
     seed = resolve_seed(req.seed)
     tile = Tile(studio, req, prompts, (width, height), out_size, model)
@@ -206,7 +208,7 @@ def textile(
     with Writes(job, defer=True) as writes, studio.cache.gpu():
         for seeds in seed_batches(seed, req.batch_size, req.batch_count):
             writes.flush()  # the previous batch's writes run while this one denoises
-            images = denoise(pipe, req, prompts, seeds, (width, height), fitted, latents, job, previewer(studio))
+            images = denoise(pipe, req, prompts, seeds, (width, height), fitted, latents, job, previewer(studio), ip)
             for pixels, image_seed in zip(images, seeds, strict=True):
                 saved = writes.submit(partial(tile.save, pixels, image_seed))
                 tiles.append(saved)
@@ -254,6 +256,7 @@ def denoise(
     latents: torch.Tensor | None,
     job: Job | None,
     preview: PreviewFn = preview_image,
+    ip: image_prompt.ImagePrompt | None = None,
 ) -> np.ndarray:
     """One batch with the UNet and the VAE wrapped by the repeat (restored when this returns or raises); the
     tiles' pixels as the pipeline's `output_type="np"` gives them."""
@@ -266,6 +269,7 @@ def denoise(
         generator=generators(seeds),
         callback_on_step_end=step_callback(job, steps, preview),
         output_type="np",
+        **(ip.call_kwargs(pipe, req.guidance_scale) if ip is not None else {}),
     )
     with tiling.wrapped([pipe.unet, pipe.vae], req.repeat):
         if swatch is None:
@@ -295,7 +299,7 @@ def tile_params(
     out_size: tuple[int, int],
     model: str | None = None,
 ) -> dict[str, Any]:
-    params = base_params(studio, req, seed, size[0], size[1], "textile", model)
+    params = {**base_params(studio, req, seed, size[0], size[1], "textile", model), **image_prompt.request_params(req)}
     if req.image is not None:
         params["Denoising strength"] = req.strength
     out_w, out_h = out_size

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
 
+from studio import image_prompt
 from studio.engine.batches import generators, resolve_seed, run_batches
 from studio.engine.checks import RequestError, check_common, check_size, clean_prompts
 from studio.engine.contract import Cancelled, Generated, Job, Result, Studio
@@ -22,7 +23,7 @@ from studio.schedulers import DEFAULT_SAMPLER
 
 
 @dataclass(frozen=True)
-class Txt2ImgRequest:
+class Txt2ImgRequest(image_prompt.ImagePromptFields):
     prompt: str
     negative_prompt: str = ""
     num_inference_steps: int = 25
@@ -42,7 +43,11 @@ def txt2img(studio: Studio, req: Txt2ImgRequest, job: Job | None = None) -> Resu
     native = studio.cache.native_size(model)
     width, height = req.width or native, req.height or native
     check_size(width, height, studio.limits)
-    pipe = studio.cache.derive(StableDiffusionPipeline, scheduler=req.scheduler, ref=model, prompts=prompts)
+    ip = image_prompt.prepare(studio, req, ref=model)
+    pipe = studio.cache.derive(
+        StableDiffusionPipeline, scheduler=req.scheduler, ref=model, prompts=prompts, **ip.modules
+    )
+    units = image_prompt.request_params(req)
     seed = resolve_seed(req.seed)
     with Writes(job, defer=True) as writes, studio.cache.gpu():  # released before the writes start
         images = run_batches(
@@ -54,10 +59,11 @@ def txt2img(studio: Studio, req: Txt2ImgRequest, job: Job | None = None) -> Resu
             job=job,
             size=(width, height),
             seed=seed,
-            params=lambda s: base_params(studio, req, s, width, height, "txt2img", model),
+            params=lambda s: {**base_params(studio, req, s, width, height, "txt2img", model), **units},
             prefix="txt2img",
+            **ip.call_kwargs(pipe, req.guidance_scale),
         )
-    params = {**prompts, **base_params(studio, req, seed, width, height, "txt2img", model)}
+    params = {**prompts, **base_params(studio, req, seed, width, height, "txt2img", model), **units}
     return Result(images=[image.result() for image in images], seed=seed, params=params)
 
 

@@ -17,6 +17,7 @@ from PIL import Image
 
 from studio.engine.inpaint import MAX_MASK_BLUR, MAX_PADDING, InpaintRequest
 from studio.images import ImageInputError, open_upload
+from studio.ui.image_prompt_box import image_prompt_box
 from studio.ui.running import cancel_button, gallery_outputs, run_events
 from studio.ui.tab import ModeCalls, Tab, inputs_for
 from studio.ui.uploads import editor_upload, image_upload
@@ -115,6 +116,7 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
                 cancel_button(ctx.board)
             c.update(mask_options())
             sampling = sampling_block(ctx)
+            image_prompt = image_prompt_box(ctx, "fabric")
             with gr.Row():
                 batch_size = gr.Slider(1, ctx.limits.max_batch_size, value=1, step=1, label="Batch size")
                 batch_count = gr.Slider(1, ctx.limits.max_batch_count, value=1, step=1, label="Batch count")
@@ -123,7 +125,7 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
             link_seed(sampling, seed_used, gallery)
 
     fields = {**c, **field_components(prompts), **field_components(sampling), "batch_size": batch_size,
-              "batch_count": batch_count}  # fmt: skip
+              "batch_count": batch_count, **image_prompt}  # fmt: skip
 
     def inpaint(
         editor: dict[str, Any] | None,
@@ -145,6 +147,9 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
         batch_count: float,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),
+        ip_adapter_image: list[str] | None = None,  # the image prompt: optional, for API clients and callers too
+        ip_adapter_scale: str = "0.6",
+        ip_adapter_model: str = "ip-adapter_sd15",
     ) -> Iterator[tuple[Any, ...]]:
         req = form_request(InpaintRequest, {**locals(), "image": image_value(editor, image)})
         yield from gallery_outputs(run_events(ctx.board, request, progress, lambda job: calls.run(req, job)))

@@ -21,6 +21,7 @@ from studio.engine.contract import Job, Saved
 from studio.engine.refine import DEFAULT_NEGATIVE, MAX_LOOPS, SCHEDULES, SEED_POLICIES, LoopImage, RefineRequest
 from studio.history import History, HistoryError
 from studio.ui import refine_history
+from studio.ui.image_prompt_box import image_prompt_box
 from studio.ui.refine_history import RESTORED, restore_fields
 from studio.ui.running import cancel_button, run_events
 from studio.ui.tab import ModeCalls, Tab, inputs_for
@@ -67,6 +68,7 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
             strength = gr.Slider(0.01, 1, value=0.75, step=0.01, label="Denoising strength",
                                  info="How much each loop changes: 0.3 polishes, 0.75 reworks the look.")  # fmt: skip
             sampling = sampling_block(ctx, guidance=7.5)
+            image_prompt = image_prompt_box(ctx)
             with gr.Row():
                 batch_size = gr.Slider(1, ctx.limits.max_batch_size, value=1, step=1, label="Batch size (chains)")
                 loops = gr.Slider(1, MAX_LOOPS, value=4, step=1, label="Loops")
@@ -102,6 +104,9 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
         tree: dict[str, Any],
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),
+        ip_adapter_image: list[str] | None = None,  # the image prompt: optional, for API clients and callers too
+        ip_adapter_scale: str = "0.6",
+        ip_adapter_model: str = "ip-adapter_sd15",
     ) -> Iterator[tuple[list[tuple[str, str]], int, str, dict]]:
         history = History.from_dict(tree, root)
         req = form_request(RefineRequest, {**locals(), "image": source_value(image, continue_from, history)})
@@ -121,6 +126,7 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
             yield shown, seeds[0], infotext, history.to_dict()
 
     fields = {
+        **image_prompt,
         **field_components(prompts),
         **field_components(sampling),
         "image": input_image,

@@ -13,6 +13,7 @@ from studio import control_units, edges
 from studio.engine.restyle import RestyleRequest
 from studio.errors import StudioError
 from studio.tiling import REPEAT_LABELS
+from studio.ui.image_prompt_box import image_prompt_box
 from studio.ui.running import cancel_button, gallery_outputs, run_events
 from studio.ui.tab import ModeCalls, Tab, inputs_for
 from studio.ui.uploads import image_files_upload, image_upload
@@ -208,6 +209,7 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
                 run = gr.Button("Restyle", variant="primary", elem_classes="primary-action")
                 cancel_button(ctx.board)
             sampling = sampling_block(ctx)
+            image_prompt = image_prompt_box(ctx, "fabric")
             gr.Markdown(SIZE_NOTE)
             with gr.Row():
                 width = gr.Slider(0, ctx.limits.max_side, value=0, step=8, label="Width (0 = auto)")
@@ -222,7 +224,8 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
 
     controls = {name: c[name] for name in c if name not in ("preview", "use_edges", "edge_map", "edge_note")}
     fields = {**controls, **field_components(prompts), **field_components(sampling), "batch_size": batch_size,
-              "batch_count": batch_count, "width": width, "height": height, "repeat": repeat}  # fmt: skip
+              "batch_count": batch_count, "width": width, "height": height, "repeat": repeat,
+              **image_prompt}  # fmt: skip
 
     def restyle(
         image: Any,
@@ -253,6 +256,9 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
         control_image: list[str] | None,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),
+        ip_adapter_image: list[str] | None = None,  # the image prompt: optional, for API clients and callers too
+        ip_adapter_scale: str = "0.6",
+        ip_adapter_model: str = "ip-adapter_sd15",
     ) -> Iterator[tuple[Any, ...]]:
         if image is None:
             raise gr.Error("Upload a photo or a sketch first (or send a result here from another tab).")

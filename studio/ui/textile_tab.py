@@ -13,6 +13,7 @@ from studio.engine.textile import DEFAULT_NEGATIVE, MAX_COLORS, TextileRequest, 
 from studio.errors import StudioError
 from studio.patterns import UNITS, physical_length
 from studio.tiling import REPEAT_LABELS
+from studio.ui.image_prompt_box import image_prompt_box
 from studio.ui.running import cancel_button, finished, results_of, run_events
 from studio.ui.tab import ModeCalls, Tab, inputs_for
 from studio.ui.uploads import image_upload
@@ -94,6 +95,7 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
                 )
                 strength = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="Denoising strength")
             sampling = sampling_block(ctx)
+            image_prompt = image_prompt_box(ctx)
             batch_size = gr.Slider(1, ctx.limits.max_batch_size, value=1, step=1, label="Tiles per run")
         with gr.Column(scale=6, min_width=320, elem_classes="results-column"):
             preview = gr.Image(label="Repeat preview", format="png", type="filepath", interactive=False)
@@ -105,6 +107,7 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
             files = gr.File(label="Downloads", file_count="multiple", interactive=False)
 
     fields = {
+        **image_prompt,
         **field_components(prompts),
         **field_components(sampling),
         "repeat": repeat,
@@ -144,6 +147,9 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
         detail_strength: float,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),
+        ip_adapter_image: list[str] | None = None,  # the image prompt: optional, for API clients and callers too
+        ip_adapter_scale: str = "0.6",
+        ip_adapter_model: str = "ip-adapter_sd15",
     ) -> Iterator[tuple[Any, ...]]:
         req = form_request(TextileRequest, locals())
         stream = run_events(ctx.board, request, progress, lambda job: calls.run(req, job))

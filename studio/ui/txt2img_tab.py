@@ -22,6 +22,7 @@ from studio.engine.draft import (
 )
 from studio.engine.txt2img import Txt2ImgRequest
 from studio.sizes import DEFAULT_SHAPE, SHAPES, snapped
+from studio.ui.image_prompt_box import image_prompt_box
 from studio.ui.running import cancel_button, finished, gallery_outputs, run_events
 from studio.ui.tab import ModeCalls, Tab, inputs_for
 from studio.ui.widgets import (
@@ -56,6 +57,7 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
             with gr.Row():
                 batch_size = gr.Slider(1, ctx.limits.max_batch_size, value=1, step=1, label="Batch size")
                 batch_count = gr.Slider(1, ctx.limits.max_batch_count, value=1, step=1, label="Batch count")
+            image_prompt = image_prompt_box(ctx)
             draft_ui = draft_controls()
         with gr.Column(scale=6, min_width=320, elem_classes="results-column"):
             preview = gr.Image(label="Live preview", visible=False, interactive=False, height=256)
@@ -68,6 +70,7 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
         "height": height,
         "batch_size": batch_size,
         "batch_count": batch_count,
+        **image_prompt,
     }
 
     def txt2img(
@@ -83,6 +86,9 @@ def create(ctx: UIContext, calls: ModeCalls) -> Tab:
         batch_count: float,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),
+        ip_adapter_image: list[str] | None = None,  # the image prompt: optional, for API clients and callers too
+        ip_adapter_scale: str = "0.6",
+        ip_adapter_model: str = "ip-adapter_sd15",
     ) -> Iterator[tuple[Any, ...]]:
         yield from gallery_outputs(generate(locals(), request, progress))
 

@@ -195,8 +195,17 @@ def _convert(value: Any, kind: Any, name: str) -> Any:
     if base is str:
         return "" if value is None else str(value)
     if typing.get_origin(base) is tuple:
-        return tuple(value or ())  # a list from Gradio (uploaded files) into the request's immutable tuple
+        return _as_tuple(value, typing.get_args(base)[0], name)
     return value
+
+
+def _as_tuple(value: Any, item: Any, name: str) -> tuple[Any, ...]:
+    """A list field: a list as sent, or numbers as text separated by commas ("0.7, 0.3")."""
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str) and item is float:
+        return tuple(as_float(part, name) for part in value.replace(";", ",").split(",") if part.strip())
+    return tuple(value) if isinstance(value, list | tuple) else (value,)
 
 
 def field_components(block: Any) -> dict[str, gr.components.Component]:
