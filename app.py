@@ -209,7 +209,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     if settings.engine == "ray":  # the modes run on the Ray Serve deployment; this process loads no weights
         from studio.serve.client import RemoteEngine
 
-        demo = build_demo(studio, engine=RemoteEngine(settings))
+        try:
+            engine = RemoteEngine(settings)
+        except Exception as exc:  # no cluster, no deployment: say how to start one, not a traceback
+            raise SystemExit(
+                f"app.py: error: the Ray engine is not reachable ({exc}). Deploy it first: "
+                "python -m studio.serve up --replicas N"
+            ) from None
+        demo = build_demo(studio, engine=engine)
     else:
         demo = build_demo(studio)
         start_preload(studio)

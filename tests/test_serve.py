@@ -240,3 +240,17 @@ def test_a_cancelled_request_stops_the_replicas_unet_within_a_step(fronts: Front
             last, since = now, time.monotonic()
     assert last - at_cancel <= 2, f"{last - at_cancel} steps after the cancel"  # the step under way (and its read)
     assert last - start < 150  # far from the 600 steps asked for
+
+
+def test_a_failed_model_switch_keeps_the_previous_model_serving_everywhere(fronts: Fronts) -> None:
+    from studio.errors import StudioError
+
+    with pytest.raises(StudioError):
+        fronts.engine.switch("no-such-model")
+    assert fronts.engine.current == "tiny"
+    client = Client(fronts.ray_url, verbose=False)
+    for seed in (1, 2, 3):  # whichever replica answers still serves the tiny checkpoint
+        _, _, infotext = client.predict(prompt="a coat", seed=seed, **FAST, api_name="/txt2img")
+        assert "Model: tiny" in infotext
+    text, _ = fronts.engine.status()
+    assert "tiny" in text

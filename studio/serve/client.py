@@ -31,7 +31,7 @@ from studio.engine.batches import resolve_seed
 from studio.engine.contract import Finished, Job, Preview, Progress, Result, Saved, Studio
 from studio.errors import Cancelled
 from studio.modes import Mode, bind
-from studio.serve.deploy import connect
+from studio.serve.deploy import connect, listening
 from studio.serve.replica import served_modes
 from studio.serve.wire import IMAGE_FIELDS, Failed, as_bytes, inputs_as_bytes, unpack
 from studio.settings import Settings
@@ -47,7 +47,10 @@ CANCEL_POLL_S = 0.02
 class RemoteEngine:
     def __init__(self, settings: Settings, handle: Any = None) -> None:
         if handle is None:
-            connect(settings.ray_address)
+            address = settings.ray_address
+            if address != "auto" and not listening(address):  # Ray itself would retry for minutes
+                raise ConnectionError(f"no Ray cluster answers at {address}")
+            connect(address)
             handle = serve.get_app_handle(settings.ray_app)
         self.handle = handle
         self.settings = settings
