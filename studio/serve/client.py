@@ -28,7 +28,7 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
 
 from studio.engine.batches import resolve_seed
-from studio.engine.contract import Finished, Job, Preview, Progress, Result, Saved, Studio
+from studio.engine.contract import Finished, Generated, Job, Preview, Progress, Result, Saved, Studio
 from studio.errors import Cancelled
 from studio.modes import Mode, bind
 from studio.serve.deploy import connect, listening
@@ -84,7 +84,8 @@ class RemoteEngine:
         *head, job = args
         job = job or Job()
         sent = tuple(inputs_as_bytes(_with_seed(a)) for a in head)
-        return self._retrying(lambda: self._stream_once(studio, mode, action, sent, job), job)
+        told: list[Generated] = []  # images the job heard of: a retry makes them again, and they are not told twice
+        return self._retrying(lambda: self._stream_once(studio, mode, action, sent, job, told), job)
 
     def _retrying(self, attempt: Callable[[], Any], job: Job | None = None) -> Any:
         for tries in range(self.settings.ray_retries + 1):
@@ -98,11 +99,14 @@ class RemoteEngine:
                 log.warning("A replica failed (%s); sending the request again", type(exc).__name__)
         raise AssertionError("unreachable")
 
-    def _stream_once(self, studio: Studio, mode: str, action: str | None, sent: tuple[Any, ...], job: Job) -> Result:
+    def _stream_once(
+        self, studio: Studio, mode: str, action: str | None, sent: tuple[Any, ...], job: Job, told: list[Generated]
+    ) -> Result:
         response = self.handle.run.options(stream=True).remote(self.current, mode, action, sent, job.preview_every)
         finished = threading.Event()
         watcher = threading.Thread(target=_cancel_when_asked, args=(job, response, finished), daemon=True)
         watcher.start()
+        again = len(told)  # images of an earlier try, made again in the same order by the same seeds
         try:
             for shipped in response:
                 event = unpack(shipped, studio.outputs)
@@ -110,6 +114,11 @@ class RemoteEngine:
                     raise event.error
                 if isinstance(event, Finished):
                     return event.result
+                if isinstance(event, Saved):
+                    if again:
+                        again -= 1
+                        continue
+                    told.append(event.generated)
                 _relay(event, job)
         except RETRIABLE:
             raise
