@@ -15,6 +15,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from studio.zerogpu import gpu_section, preload_everything, spaces_module
 
@@ -78,9 +79,12 @@ def native_size_hint(settings: Settings) -> int:
     return native_size(resolve(settings.model, settings.tiny_dir))
 
 
-def build_demo(studio: Studio, modes: Sequence[Mode] = BUILTIN, presets_dir: Path = REPO / "presets") -> gr.Blocks:
+def build_demo(
+    studio: Studio, modes: Sequence[Mode] = BUILTIN, presets_dir: Path = REPO / "presets", engine: Any = None
+) -> gr.Blocks:
     """The studio's page: one tab and one API endpoint per mode, and the shell around them (model switcher, Send
-    to, this session's results, the PNG Info tab), all computed from `modes`."""
+    to, this session's results, the PNG Info tab), all computed from `modes`. `engine`: where the modes run, a
+    `studio.serve.client.RemoteEngine` (`--engine ray`); None: in this process."""
     settings = studio.cache.settings
     by_name(modes)  # names are unique
     presets = load_presets(presets_dir, settings.limits, modes)  # a broken preset stops startup, naming file and key
@@ -101,14 +105,15 @@ def build_demo(studio: Studio, modes: Sequence[Mode] = BUILTIN, presets_dir: Pat
     with gr.Blocks(title="Atelier") as demo:
         with gr.Row(equal_height=True, elem_id="header"):
             gr.Markdown("## Atelier — diffusion design studio")
-            shell.model_switcher(model_switch(studio, modes))
+            shell.model_switcher(model_switch(studio, modes) if engine is None else remote_switch(studio, engine))
         handles: list[shell.TabHandle] = []
         blocks: list[gr.Tab] = []
         with gr.Tabs(overflow_behavior="wrap") as tabs:  # on a phone every tab stays in sight (rows, no menu)
             for mode in modes:
                 with gr.Tab(mode.label, id=mode.name, elem_id=f"tab-{mode.name}") as tab_block:
                     picker = shell.preset_picker(presets[mode.name])
-                    handle = shell.TabHandle(mode.name, mode.label, mode.tab(ctx, bind(mode, studio)))
+                    calls = bind(mode, studio) if engine is None else engine.bind(mode, studio)
+                    handle = shell.TabHandle(mode.name, mode.label, mode.tab(ctx, calls))
                     shell.wire_presets(picker, presets[mode.name], handle)
                     shell.examples_for(handle, mode.example)
                 handles.append(handle)
@@ -140,13 +145,26 @@ def model_switch(studio: Studio, modes: Sequence[Mode]) -> shell.ModelSwitch:
     )
 
 
+def remote_switch(studio: Studio, engine: Any) -> shell.ModelSwitch:
+    """The model switcher of a Ray front: the replicas load, this process never does."""
+    settings = studio.cache.settings
+    return shell.ModelSwitch(
+        choices=list(dict.fromkeys([settings.model, *settings.model_choices])),
+        current=lambda: engine.current,
+        load=engine.switch,
+        status=engine.status,
+    )
+
+
 def launch(demo: gr.Blocks, settings: Settings, **kwargs: object) -> object:
     """Serve the studio: the queue closed to direct API calls, uploads and request bodies capped, only finished
     results served (writes in progress are blocked, leftovers of killed ones removed first), SSR and Gradio's run
     history off (advisory CVE-2026-134825: run-history auth bypass through the SSR proxy, Gradio 6.27-6.32)."""
     clean_leftovers(settings.outputs)
     warn_if_open(settings)
-    demo.queue(max_size=settings.queue_size, default_concurrency_limit=1, api_open=False)
+    # One run at a time reaches the local GPU lock; with Ray, every slot of every replica can be busy at once.
+    concurrency = settings.engine_concurrency
+    demo.queue(max_size=max(settings.queue_size, concurrency), default_concurrency_limit=concurrency, api_open=False)
     # On a Space, the platform fronts the public address; elsewhere settings refuse 0.0.0.0 without --auth.
     return demo.launch(
         server_name=settings.host,
@@ -188,8 +206,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = parse_args(argv)
     studio = create_studio(settings)
-    demo = build_demo(studio)
-    start_preload(studio)
+    if settings.engine == "ray":  # the modes run on the Ray Serve deployment; this process loads no weights
+        from studio.serve.client import RemoteEngine
+
+        try:
+            engine = RemoteEngine(settings)
+        except Exception as exc:  # no cluster, no deployment: say how to start one, not a traceback
+            raise SystemExit(
+                f"app.py: error: the Ray engine is not reachable ({exc}). Deploy it first: "
+                "python -m studio.serve up --replicas N"
+            ) from None
+        demo = build_demo(studio, engine=engine)
+    else:
+        demo = build_demo(studio)
+        start_preload(studio)
     launch(demo, settings, inbrowser=settings.open_browser)
 
 

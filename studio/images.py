@@ -8,6 +8,7 @@ like URLs (no user string is ever fetched or opened as a path: uploads arrive as
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 Image.MAX_IMAGE_PIXELS = 64_000_000
 MAX_SIDE = 16_384  # absurd sizes: no garment photo or print is longer than this
 MAX_ASPECT = 16
+
+
+@dataclass(frozen=True)
+class FileBytes:
+    """An uploaded file's bytes, read where the upload landed (the front of a Ray Serve studio) and decoded where
+    the work runs, by the same checks as a file path (`load_image`)."""
+
+    data: bytes
 
 
 class ImageInputError(ValueError):
@@ -68,6 +77,8 @@ def _open(value: Any, what: str, allowed_root: Path | None, max_pixels: int = Im
         return value
     if isinstance(value, np.ndarray):
         return Image.fromarray(_array_to_uint8(value))
+    if isinstance(value, FileBytes):
+        return _decode(value.data, what, max_pixels)
     if isinstance(value, dict) and "path" in value:  # a Gradio FileData-like dict
         value = value["path"]
     if isinstance(value, str | Path):

@@ -81,6 +81,19 @@ class Settings:
     # A ZeroGPU Space (SPACES_ZERO_GPU set by the platform): GPU work runs in forked workers (studio.zerogpu)
     zero_gpu: bool = False
     zero_gpu_duration: int = 120  # seconds of GPU a call asks ZeroGPU for
+    # Where the modes run (studio.serve): "local" = this process (the default), "ray" = an Engine deployment on a
+    # Ray Serve cluster at `ray_address` ("auto": the cluster this machine runs), application `ray_app`.
+    engine: str = "local"
+    ray_address: str = "auto"
+    ray_app: str = "atelier"
+    # The deployment (`python -m studio.serve up`): replicas between min and max, scaled on ongoing requests per
+    # replica (0: the batch size); requests a replica takes at once (0: the batch size, so little waits inside it)
+    ray_min_replicas: int = 1
+    ray_max_replicas: int = 1
+    ray_target_ongoing: int = 0
+    ray_max_ongoing: int = 0
+    ray_retries: int = 3  # a request whose replica died is sent again this many times (same seed, same result)
+    ray_threads: int = 0  # torch threads per CPU replica (0: the node's cores shared among the replicas)
     limits: Limits = field(default_factory=Limits)
 
     # ---- construction -------------------------------------------------------------------------------------
@@ -113,6 +126,17 @@ class Settings:
         return settings
 
     @property
+    def max_ongoing(self) -> int:
+        """Requests one replica takes at once: enough for a full batch of the batcher."""
+        return self.ray_max_ongoing or self.limits.max_batch_size
+
+    @property
+    def engine_concurrency(self) -> int:
+        """How many runs of one mode the front lets wait at once: one for the local GPU lock (a batcher raises
+        txt2img's), every slot of every replica with Ray."""
+        return 1 if self.engine == "local" else self.ray_max_replicas * self.max_ongoing
+
+    @property
     def exposed(self) -> bool:
         """Reachable from beyond this machine: bound to a non-loopback address, or shared through a Gradio link."""
         return self.share or self.host not in LOOPBACK
@@ -134,6 +158,15 @@ class Settings:
             raise SettingsError(f"Unknown dtype {self.dtype!r}: use auto, fp32, fp16 or bf16.")
         if self.channels_last not in ("auto", "on", "off"):
             raise SettingsError(f"STUDIO_CHANNELS_LAST must be auto, on or off; got {self.channels_last!r}.")
+        if self.engine not in ("local", "ray"):
+            raise SettingsError(f"Unknown engine {self.engine!r}: use local (this process) or ray (Ray Serve).")
+        if not 1 <= self.ray_min_replicas <= self.ray_max_replicas:
+            raise SettingsError(
+                f"Ray replicas: need 1 <= STUDIO_RAY_MIN_REPLICAS ({self.ray_min_replicas}) <= "
+                f"STUDIO_RAY_MAX_REPLICAS ({self.ray_max_replicas})."
+            )
+        if min(self.ray_target_ongoing, self.ray_max_ongoing, self.ray_retries, self.ray_threads) < 0:
+            raise SettingsError("STUDIO_RAY_TARGET_ONGOING, _MAX_ONGOING, _RETRIES and _THREADS must be 0 or more.")
         if self.zero_gpu_duration < 1:
             raise SettingsError("STUDIO_ZERO_GPU_DURATION must be a number of seconds, at least 1.")
         if self.preview_every < 0:
@@ -221,6 +254,10 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
     parser.add_argument("--public-demo", action="store_true", help="safety checker and default negative prompt")
     parser.add_argument("--no-preload", action="store_true", help="load weights on first request only")
     parser.add_argument("--open", action="store_true", help="open the studio in a browser tab")
+    parser.add_argument(
+        "--engine", choices=["local", "ray"], help="local: run the modes here; ray: on a Ray Serve deployment"
+    )
+    parser.add_argument("--ray-address", help="the Ray cluster of --engine ray (default auto: this machine's)")
     args = parser.parse_args(argv)
     overrides: dict[str, object] = {
         "model": args.model,
@@ -240,6 +277,8 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
         "default_negative_prompt": PUBLIC_NEGATIVE if args.public_demo else None,
         "open_browser": args.open or None,
         "preload": False if args.no_preload else None,
+        "engine": args.engine,
+        "ray_address": args.ray_address,
     }
     try:
         return Settings.from_env(env, **overrides)

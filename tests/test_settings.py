@@ -56,3 +56,22 @@ def test_a_hugging_face_space_gets_public_demo_defaults():
 def test_public_demo_flag_turns_on_the_default_negative_prompt():
     settings = parse_args(["--public-demo"], env={})
     assert settings.public_demo and "nsfw" in settings.default_negative_prompt
+
+
+def test_the_engine_is_local_unless_ray_is_asked_for(capsys):
+    assert Settings.from_env({}).engine == "local"
+    assert parse_args([], env={"STUDIO_ENGINE": "ray"}).engine == "ray"
+    settings = parse_args(["--engine", "ray", "--ray-address", "127.0.0.1:6390"], env={"STUDIO_ENGINE": "local"})
+    assert settings.engine == "ray" and settings.ray_address == "127.0.0.1:6390"
+    with pytest.raises(SettingsError, match="use local"):
+        Settings.from_env({"STUDIO_ENGINE": "cluster"})
+    with pytest.raises(SettingsError, match="STUDIO_RAY_MIN_REPLICAS"):
+        Settings.from_env({"STUDIO_RAY_MIN_REPLICAS": "3", "STUDIO_RAY_MAX_REPLICAS": "2"})
+
+
+def test_a_replica_takes_a_batch_and_the_front_lets_every_slot_wait():
+    local = Settings.from_env({"STUDIO_MAX_BATCH_SIZE": "6"})
+    assert local.max_ongoing == 6 and local.engine_concurrency == 1
+    ray = Settings.from_env({"STUDIO_MAX_BATCH_SIZE": "6", "STUDIO_ENGINE": "ray", "STUDIO_RAY_MAX_REPLICAS": "3"})
+    assert ray.engine_concurrency == 18
+    assert Settings.from_env({"STUDIO_RAY_MAX_ONGOING": "2"}).max_ongoing == 2
