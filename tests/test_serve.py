@@ -121,7 +121,18 @@ def calls(files: dict[str, Any]) -> dict[str, tuple[tuple[Any, ...], dict[str, A
                 "seed": 5,
             },
         ),  # fmt: skip
-        "textile": ((), {"prompt": "a tulip print", "repeat": "full", "image": None, "seed": 4, **FAST}),
+        "textile": (
+            (),
+            {
+                "prompt": "a tulip print",
+                "repeat": "full",
+                "image": None,
+                "seed": 4,
+                **FAST,
+                "ip_adapter_image": [files["mask"]],
+                "ip_adapter_scale": "1",
+            },
+        ),  # fmt: skip
         "inpaint": (
             (),
             {
@@ -133,7 +144,16 @@ def calls(files: dict[str, Any]) -> dict[str, tuple[tuple[Any, ...], dict[str, A
                 "seed": 6,
             },
         ),  # fmt: skip
-        "restyle": (restyle, {}),
+        # a second ControlNet unit (canny of the photo) and an image prompt: lists of uploads travel as bytes too
+        "restyle": (
+            restyle,
+            {
+                "controlnet_units": [{"preprocessor": "canny"}],
+                "control_image": [files["photo"]],
+                "ip_adapter_image": [files["photo"]],
+                "ip_adapter_scale": "0.8",
+            },
+        ),  # fmt: skip
         "restyle_edges": ((files["sketch"], "hed", False, True, 512, 64, 64, "off"), {}),
         "draft": ((), {"prompt": "a wrap dress", "seed": 3, **FAST}),  # an action that streams: LCM-LoRA drafts
     }

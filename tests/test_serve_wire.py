@@ -73,3 +73,22 @@ def test_the_local_studio_never_imports_ray(tiny_dir: Path, tmp_path: Path) -> N
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_every_picture_field_of_a_mode_sent_to_a_replica_travels_as_bytes(tmp_path: Path) -> None:
+    """A replica on another machine cannot open the front's upload paths: every request field that holds pictures
+    (one, or a list: the image prompt's, Restyle's further units') is read into bytes before it is sent."""
+    from studio.engine.restyle import RestyleRequest
+    from studio.modes import BUILTIN
+    from studio.serve.wire import IMAGE_FIELDS
+
+    remote = [mode for mode in BUILTIN if mode.gpu]  # what replicas serve (studio.serve.replica.served_modes)
+    picture_fields = {f.name for mode in remote for f in dataclasses.fields(mode.request) if f.name.endswith("image")}
+    assert picture_fields <= set(IMAGE_FIELDS), picture_fields - set(IMAGE_FIELDS)
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (32, 32), (10, 200, 10)).save(photo)
+    request = RestyleRequest(image=str(photo), prompt="gown", control_image=(str(photo),),
+                             ip_adapter_image=(str(photo), {"path": str(photo)}))  # fmt: skip
+    sent = pickle.loads(pickle.dumps(inputs_as_bytes(request)))
+    pictures = [sent.image, *sent.control_image, *sent.ip_adapter_image]
+    assert len(pictures) == 4 and all(isinstance(p, FileBytes) for p in pictures)

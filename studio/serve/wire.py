@@ -22,7 +22,8 @@ from typing import Any, BinaryIO
 from studio.images import FileBytes
 from studio.outputs import Outputs, atomic_write
 
-IMAGE_FIELDS = ("image", "mask_image")  # request fields (and action parameters) that hold an uploaded picture
+# request fields (and action parameters) that hold uploaded pictures: one, or a list (image prompt, further units)
+IMAGE_FIELDS = ("image", "mask_image", "ip_adapter_image", "control_image")
 
 
 @dataclasses.dataclass(frozen=True)
