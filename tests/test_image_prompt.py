@@ -218,6 +218,12 @@ def test_every_mode_takes_an_image_prompt_through_its_api(client_and_files: Any,
     plain = client.predict(**common, ip_adapter_image=None, ip_adapter_scale="0.6", api_name=f"/{mode}")
     assert "ip-adapter" not in plain[-1 if mode == "textile" else 2]
     assert np.abs(pixels(first_image(gallery)) - pixels(first_image(plain[0]))).max() > 0
+    if mode == "inpaint":  # fabric onto a garment: the swatch repaints the brushed region and nothing else
+        from studio import masks
+
+        folder = Path(files["photo"]["path"]).parent
+        outside = np.asarray(masks.feather(Image.open(folder / "mask.png"), 4)) == 0  # the default mask blur
+        assert np.array_equal(pixels(first_image(gallery))[outside], pixels(folder / "photo.png")[outside])
 
 
 def first_image(gallery: list[Any]) -> str:
