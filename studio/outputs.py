@@ -42,9 +42,12 @@ def temp_folder(root: Path) -> Path:
 
 
 class Outputs:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, durable: bool = True) -> None:
         self.root = Path(root).resolve()
         self.temp = temp_folder(self.root)
+        # fsync each file before it is renamed into place; False only for a scratch folder whose files are read
+        # back at once and written durably elsewhere (a Ray replica's: the front writes the served copy)
+        self.durable = durable
 
     def save(
         self,
@@ -68,14 +71,17 @@ class Outputs:
         path = folder / (f"{name}.png" if name is not None else f"{mode}-{secrets.token_hex(16)}.png")
         kwargs: dict[str, object] = {"compress_level": compress_level, **({"dpi": dpi} if dpi else {})}
         return atomic_write(
-            path, lambda handle: image.save(handle, format="PNG", pnginfo=pnginfo(infotext), **kwargs), self.temp
+            path,
+            lambda handle: image.save(handle, format="PNG", pnginfo=pnginfo(infotext), **kwargs),
+            self.temp,
+            durable=self.durable,
         )
 
     def write_text(self, path: Path, text: str) -> Path:
         """A text file beside the results (e.g. a palette listing), written the same atomic way."""
         if not self.owns(path):
             raise ValueError(f"{path} is outside the outputs folder")
-        return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")), self.temp)
+        return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")), self.temp, durable=self.durable)
 
     def owns(self, path: Path) -> bool:
         """True when `path` lies inside the outputs folder and is a result, not a write in progress (used before
@@ -84,16 +90,18 @@ class Outputs:
         return resolved.is_relative_to(self.root) and not resolved.is_relative_to(self.temp)
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], object], temp: Path) -> Path:
-    """Write into a temporary file in the private folder `temp` (same filesystem as `path`), fsync, then rename:
-    a reader sees the whole file or none, and a half-written file is never where anything serves it."""
+def atomic_write(path: Path, write: Callable[[BinaryIO], object], temp: Path, durable: bool = True) -> Path:
+    """Write into a temporary file in the private folder `temp` (same filesystem as `path`), fsync (unless not
+    `durable`), then rename: a reader sees the whole file or none, and a half-written file is never where anything
+    serves it."""
     temp.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=temp, suffix=PART)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

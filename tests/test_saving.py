@@ -41,3 +41,18 @@ def test_each_level_writes_its_own_compression_and_the_same_pixels(tiny_dir, tmp
     assert idat_level(written[1]) == 0 and idat_level(written[9]) == 3
     first, second = (np.asarray(Image.open(path)) for path in written.values())
     assert np.array_equal(first, second)
+
+
+def test_results_are_fsynced_and_only_a_scratch_folder_skips_it(tmp_path: Path, monkeypatch) -> None:
+    """The served outputs folder fsyncs every file before it appears; a Ray replica's scratch folder (read back at
+    once, the front writing the durable copy) does not, and its files are still whole and in place."""
+    import os
+
+    synced: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
+    image = Image.new("RGB", (16, 16), (1, 2, 3))
+    served = Outputs(tmp_path / "served").save(image, "a coat", "txt2img")
+    assert len(synced) == 1
+    scratch = Outputs(tmp_path / "scratch", durable=False).save(image, "a coat", "txt2img")
+    assert len(synced) == 1 and scratch.read_bytes() == served.read_bytes()

@@ -49,7 +49,8 @@ class EngineReplica:
             torch.set_num_threads(threads)  # replicas sharing a CPU node each take their share of its cores
         self.scratch = Path(tempfile.mkdtemp(prefix="atelier-replica-"))
         self.settings = dataclasses.replace(settings, engine="local", outputs=self.scratch, preload=False)
-        self.studio = Studio(cache=ModelCache(self.settings), outputs=Outputs(self.scratch))
+        # the scratch copy is read back at once and shipped; the front's copy is the durable one (fsynced)
+        self.studio = Studio(cache=ModelCache(self.settings), outputs=Outputs(self.scratch, durable=False))
         self.modes = served_modes()
         self.calls = {name: bind(mode, self.studio) for name, mode in self.modes.items()}
         companions = [name for mode in self.modes.values() for name in mode.companions]
