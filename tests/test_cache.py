@@ -42,6 +42,17 @@ LOAD_BY_HUB_ID = textwrap.dedent("""
                       "controlnet": type(studio.cache.slot("controlnet")).__name__,
                       "annotator": type(studio.cache.slot("annotator")).__name__,
                       "preview": type(studio.cache.preview_decoder()).__name__}
+    # the further ControlNets and annotators, and an image prompt through h94/IP-Adapter, by their real ids
+    from PIL import Image
+
+    from studio.registry import ANNOTATOR_FILES, CONTROL_COMPANIONS
+    studio = Studio(ModelCache(Settings.from_env({}, model="sd15", outputs=sys.argv[1], preload=False)),
+                    Outputs(sys.argv[1]))
+    out["further"] = {slot: type(studio.cache.slot(slot)).__name__ for slot in (*CONTROL_COMPANIONS, *ANNOTATOR_FILES)}
+    swatch = Image.new("RGB", (64, 64), (180, 40, 90))
+    result = txt2img(studio, Txt2ImgRequest(prompt="a pleated skirt", num_inference_steps=2, seed=3,
+                                            ip_adapter_image=(swatch,), ip_adapter_scale=(0.8,)))
+    out["image_prompt"] = result.images[0].infotext
     settings = Settings.from_env({}, model="some-org/missing-model", outputs=sys.argv[1], preload=False)
     try:
         ModelCache(settings).base()
@@ -72,6 +83,10 @@ def test_models_load_by_real_hub_id_from_an_offline_cache(studio, tiny_dir, tmp_
         assert out[model]["controlnet"] == "ControlNetModel" and out[model]["annotator"] == "HEDdetector"
         assert out[model]["preview"] == "AutoencoderTiny"  # madebyollin/taesd, found in the cache
     assert out["sd15"]["source"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert out["further"] == {"controlnet_lineart": "ControlNetModel", "controlnet_canny": "ControlNetModel",
+                              "controlnet_openpose": "ControlNetModel", "annotator_lineart": "LineartDetector",
+                              "annotator_openpose": "OpenposeDetector"}  # fmt: skip
+    assert "Module: ip-adapter_clip_sd15, Model: ip-adapter_sd15, Weight: 0.8" in out["image_prompt"]
     missing = out["missing"]
     assert "some-org/missing-model" in missing and "--model tiny" in missing and "download" in missing
 
