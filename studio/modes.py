@@ -116,17 +116,12 @@ def _txt2img_runner(studio: Studio) -> Callable[..., Any]:
     return Txt2ImgBatcher(studio)
 
 
-def _txt2img_check(req: txt2img.Txt2ImgRequest, limits: Limits) -> None:
-    check_common(req, limits)
-    image_prompt.check_image_prompt(req)
-
-
 TXT2IMG = Mode(
     name="txt2img",
     label="Create",  # a designer's word; the API name and the element ids stay "txt2img"
     request=txt2img.Txt2ImgRequest,
     run=txt2img.txt2img,
-    check=_txt2img_check,
+    check=lambda req, limits: check_common(req, limits),
     tab=txt2img_tab.create,
     fields=lambda limits: {
         **sampling_fields(limits),
@@ -347,7 +342,6 @@ def _controlnet_unused_unless_ip(value: str) -> list[str]:
 def _restyle_check(req: restyle.RestyleRequest, limits: Limits) -> None:
     check_common(req, limits)
     restyle.check_control(req)
-    image_prompt.check_image_prompt(req)
 
 
 RESTYLE = Mode(

@@ -57,6 +57,10 @@ def check_common(
         check_range("batch_count", req.batch_count, 1, limits.max_batch_count)
     if hasattr(req, "scheduler") and req.scheduler not in SAMPLERS:
         raise RequestError(f"Unknown scheduler {req.scheduler!r}. Choose one of: {', '.join(SAMPLERS)}.")
+    if hasattr(req, "ip_adapter_image"):  # an image prompt (studio.image_prompt.ImagePromptFields)
+        from studio.image_prompt import check_image_prompt  # imported here: image_prompt imports this module
+
+        check_image_prompt(req)
 
 
 def visible(text: str) -> bool:

@@ -80,7 +80,6 @@ def check_request(req: InpaintRequest, limits: Limits) -> None:
         )
     check_range("mask_blur", req.mask_blur, 0, MAX_MASK_BLUR)
     check_range("padding", req.padding, 0, MAX_PADDING)
-    image_prompt.check_image_prompt(req)
     if req.masked_content not in MASKED_CONTENT:
         raise RequestError(f"Unknown masked content {req.masked_content!r}: use one of {', '.join(MASKED_CONTENT)}.")
     if req.inpaint_area not in INPAINT_AREA:

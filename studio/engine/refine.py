@@ -94,7 +94,6 @@ def check_refine(req: RefineRequest, limits: Limits) -> None:
     check_common(req, limits, prompt_required=False)
     check_range("strength", req.strength, 0, 1)
     check_range("loops", req.loops, 1, MAX_LOOPS)
-    image_prompt.check_image_prompt(req)
     if req.strength_schedule not in SCHEDULES:
         raise RequestError(f"Unknown strength schedule {req.strength_schedule!r}; use constant or linear.")
     if req.seed_policy not in SEED_POLICIES:

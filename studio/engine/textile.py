@@ -105,7 +105,6 @@ def check_request(req: TextileRequest, limits: Limits) -> None:
     if req.repeat not in tiling.REPEATS:
         raise RequestError(f"Unknown repeat {req.repeat!r}. Choose one of: {', '.join(tiling.REPEATS)}.")
     check_range("dpi", req.dpi, 36, 2400)
-    image_prompt.check_image_prompt(req)
     check_range("colors", req.colors, 0, MAX_COLORS)
     if req.colors == 1:
         raise RequestError("A colourway needs at least 2 colours (0 turns it off).")
