@@ -237,6 +237,8 @@ def test_mismatched_weights_through_the_api_are_a_clear_error(client_and_files: 
     with pytest.raises(Exception, match="one weight per picture"):
         client.predict(prompt=PROMPT, num_inference_steps=2, ip_adapter_image=[files["a"], files["b"]],
                        ip_adapter_scale="0.5, 0.5, 0.5", api_name="/txt2img")  # fmt: skip
+    with pytest.raises(Exception, match="5 pictures in the image prompt; at most 4"):  # refused before decoding
+        client.predict(prompt=PROMPT, num_inference_steps=2, ip_adapter_image=[files["a"]] * 5, api_name="/txt2img")
 
 
 def test_a_file_that_is_not_a_picture_is_refused_in_words_by_the_api(client_and_files: Any, tmp_path: Path) -> None:

@@ -10,9 +10,8 @@ one weight per picture separated by commas ("0.7, 0.3"), or one weight for all; 
 from __future__ import annotations
 
 import gradio as gr
-from gradio.data_classes import FileData, ListFiles
 
-from studio.ui.uploads import uploaded_path
+from studio.ui.uploads import image_files_upload
 from studio.ui.widgets import UIContext
 
 MODEL_CHOICES = [
@@ -30,25 +29,13 @@ HINTS = {
 
 def pictures_input(max_upload_mb: int) -> gr.File:
     """Several pictures as files, each checked for size only (never decoded by Gradio)."""
-    component = gr.File(
-        file_count="multiple",
-        file_types=["image"],
-        type="filepath",
+    return image_files_upload(
+        max_upload_mb,
+        max_files=MAX_PICTURES,
+        what="pictures in the image prompt",
         label="Pictures to look like (image prompt)",
         height=140,
     )
-    limit = max_upload_mb * 2**20
-
-    def preprocess(payload: ListFiles | FileData | None) -> list[str] | None:
-        if payload is None:
-            return None
-        files = payload.root if isinstance(payload, ListFiles) else [payload]
-        if len(files) > MAX_PICTURES:
-            raise gr.Error(f"{len(files)} pictures in the image prompt; at most {MAX_PICTURES}. Drop the extra ones.")
-        return [path for path in (uploaded_path(f, component.GRADIO_CACHE, limit) for f in files) if path]
-
-    component.preprocess = preprocess  # type: ignore[method-assign]  # as studio.ui.uploads does, on the instance
-    return component
 
 
 def describe(pictures: list[str] | None, weights: str) -> str:

@@ -99,9 +99,12 @@ def editor_upload(max_upload_mb: int, **kwargs: Any) -> gr.ImageEditor:
     return component
 
 
-def image_files_upload(max_upload_mb: int, **kwargs: Any) -> gr.File:
+def image_files_upload(
+    max_upload_mb: int, max_files: int | None = None, what: str = "pictures", **kwargs: Any
+) -> gr.File:
     """Several image files in order (file paths, unopened), each capped at `max_upload_mb` however it arrived (a
-    list of `handle_file`s from gradio_client, a multipart upload or `data:` URLs)."""
+    list of `handle_file`s from gradio_client, a multipart upload or `data:` URLs); more than `max_files` of them
+    (`what`, in the refusal's words) are refused."""
     component = gr.File(file_count="multiple", file_types=["image"], type="filepath", **kwargs)
     limit = max_upload_mb * 2**20
 
@@ -109,6 +112,8 @@ def image_files_upload(max_upload_mb: int, **kwargs: Any) -> gr.File:
         if payload is None:
             return None
         files = payload.root if hasattr(payload, "root") else [payload]
+        if max_files is not None and len(files) > max_files:
+            raise gr.Error(f"{len(files)} {what}; at most {max_files}. Drop the extra ones.")
         paths = [uploaded_path(file, component.GRADIO_CACHE, limit) for file in files]
         return [path for path in paths if path is not None]
 
